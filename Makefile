@@ -1,0 +1,42 @@
+# SciGPT — the two commands a new user needs (README.md): `make demo` and `make test`.
+# Both work on a fresh Debian machine as root: system packages via apt-get, Python packages into
+# a fresh venv with the CPU build of torch pinned through constraints-cpu.txt.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+APT_PACKAGES := openmpi-bin libopenmpi-dev
+PYTEST_ARGS ?=
+
+.PHONY: demo test system-deps venv lint clean
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "install as root: apt-get install$$missing"; exit 1; fi; \
+	  echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints-cpu.txt -e '.[dev,mpi]'
+	@touch $(STAMP)
+
+venv: system-deps $(STAMP)
+
+demo: venv
+	OMP_NUM_THREADS=2 $(VENV)/bin/scigpt demo
+
+test: venv
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

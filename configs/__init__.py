@@ -1,0 +1,1 @@
+"""Shipped run and model configs (package data)."""

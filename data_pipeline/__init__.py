@@ -1,0 +1,1 @@
+"""Ingest, shards, statistics and loaders. Knows ranks only as integers (DESIGN.md §3)."""

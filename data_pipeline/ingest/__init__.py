@@ -1,0 +1,1 @@
+"""One reader per source format, each returning canonical arrays plus variable metadata."""

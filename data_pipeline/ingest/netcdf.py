@@ -1,0 +1,285 @@
+"""CF netCDF reader (ERA5 as written by the CDS) → :class:`GridArray` of canonical variables."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ..units import to_canonical
+from ..variables import ERA5_VARIABLES, VariableInfo, era5_variable, era5_variable_info
+
+_LAT_NAMES = ("latitude", "lat")
+_LON_NAMES = ("longitude", "lon")
+# "valid_time" is what the new (2024+) CDS netCDF writer calls the time axis.
+_TIME_NAMES = ("time", "valid_time")
+# Pressure-level axis names: CDS netCDF (old, new), cfgrib, CMIP.
+_LEVEL_NAMES = ("level", "pressure_level", "isobaricInhPa", "plev")
+# Units assumed when the level coordinate has no units attribute: CMIP's plev is in Pa, the
+# ECMWF-derived names are in hPa.
+_LEVEL_DEFAULT_UNITS = {
+    "level": "hPa",
+    "pressure_level": "hPa",
+    "isobaricInhPa": "hPa",
+    "plev": "Pa",
+}
+
+
+@dataclass
+class GridArray:
+    """Gridded fields of one source on one lat/lon grid and one time axis."""
+
+    values: np.ndarray  # (T, V, H, W) float32, NaN where missing
+    variables: list[VariableInfo]
+    lat: np.ndarray  # (H,) degrees north, float64, as in the file (may be descending)
+    lon: np.ndarray  # (W,) degrees east, float64
+    time: np.ndarray  # (T,) datetime64[ns]
+    source: str  # e.g. "era5-netcdf:<dir name>"
+
+    def __post_init__(self) -> None:
+        expected = (len(self.time), len(self.variables), len(self.lat), len(self.lon))
+        if self.values.ndim != 4 or self.values.shape != expected:
+            raise ValueError(
+                f"GridArray values have shape {self.values.shape}, expected (T, V, H, W) = "
+                f"{expected} from time, variables, lat and lon"
+            )
+        if self.values.dtype != np.float32:
+            raise ValueError(f"GridArray values must be float32, got {self.values.dtype}")
+        names = self.names
+        if len(set(names)) != len(names):
+            raise ValueError(f"GridArray has duplicate variable names: {names}")
+
+    @property
+    def names(self) -> list[str]:
+        """Canonical variable names, in the order of the V axis."""
+        return [v.name for v in self.variables]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(T, V, H, W) bool, True where the value is valid (not NaN)."""
+        return ~np.isnan(self.values)
+
+
+@dataclass(frozen=True)
+class _Field:
+    """Where one canonical variable lives: file, netCDF variable, level index."""
+
+    info: VariableInfo
+    path: Path
+    var: str
+    level_index: int | None
+    units: str
+
+
+def _find_coord(ds: xr.Dataset, names: Sequence[str], what: str, path: Path) -> str:
+    for name in names:
+        if name in ds.variables:
+            return name
+    raise ValueError(
+        f"{path}: no {what} coordinate; looked for {list(names)}, file has {sorted(ds.variables)}. "
+        "Fix: rename the coordinate to one of the accepted names."
+    )
+
+
+def _open(path: Path) -> xr.Dataset:
+    try:
+        # mask_and_scale decodes packed int16 (scale_factor/add_offset) and turns _FillValue and
+        # missing_value into NaN; xarray decodes in float64 for float64 scale factors.
+        return xr.open_dataset(path, mask_and_scale=True, decode_times=True, cache=False)
+    except Exception as exc:  # any backend error: refuse the file, naming it
+        raise ValueError(
+            f"cannot open {path} as netCDF: {type(exc).__name__}: {exc}. "
+            "Fix: check the file is a complete netCDF3/netCDF4 file (re-download it if truncated)."
+        ) from exc
+
+
+def _levels_hpa(ds: xr.Dataset, name: str, path: Path) -> np.ndarray:
+    coord = ds[name]
+    units = coord.attrs.get("units", _LEVEL_DEFAULT_UNITS[name])
+    values = np.asarray(coord.values, dtype=np.float64)
+    return to_canonical(values, units, "hPa", where=f"{path}:{name}")
+
+
+def _scan(ds: xr.Dataset, path: Path) -> tuple[list[_Field], list[str]]:
+    """Canonical fields a file offers (no data read yet), and its unrecognised variables."""
+    lat = _find_coord(ds, _LAT_NAMES, "latitude", path)
+    lon = _find_coord(ds, _LON_NAMES, "longitude", path)
+    time = _find_coord(ds, _TIME_NAMES, "time", path)
+    fields: list[_Field] = []
+    unknown: list[str] = []
+    for var_name, da in ds.data_vars.items():
+        dims = tuple(str(d) for d in da.dims)
+        # Only gridded variables are fields; bounds and other 0-D/1-D helpers are not data.
+        if lat not in dims or lon not in dims:
+            continue
+        if str(var_name) not in ERA5_VARIABLES:
+            unknown.append(f"{path}:{var_name}")
+            continue
+        level_dims = [d for d in dims if d in _LEVEL_NAMES]
+        allowed = {lat, lon, time, *level_dims}
+        extra = [d for d in dims if d not in allowed]
+        if extra or time not in dims or len(level_dims) > 1:
+            raise ValueError(
+                f"{path}:{var_name} has dims {dims}; the reader takes (time, [level,] lat, lon). "
+                "Fix: select one member/expver (e.g. ds.isel(number=0)) and write it out, or "
+                "drop the variable from the file."
+            )
+        units = da.attrs.get("units")
+        if units is None:
+            raise ValueError(
+                f"{path}:{var_name} has no units attribute. Fix: add the units attribute "
+                f"(canonical: {era5_variable(str(var_name)).units!r})."
+            )
+        if level_dims:
+            levels = _levels_hpa(ds, level_dims[0], path)
+            for k, level in enumerate(levels):
+                info = era5_variable_info(str(var_name), float(level))
+                fields.append(_Field(info, path, str(var_name), k, str(units)))
+        else:
+            info = era5_variable_info(str(var_name), None)
+            fields.append(_Field(info, path, str(var_name), None, str(units)))
+    return fields, unknown
+
+
+def _load(ds: xr.Dataset, field: _Field, dims: tuple[str, str, str]) -> np.ndarray:
+    """(T, H, W) float32 values of one field, converted to canonical units."""
+    da = ds[field.var]
+    if field.level_index is not None:
+        level_dim = next(d for d in da.dims if d in _LEVEL_NAMES)
+        da = da.isel({level_dim: field.level_index})
+    values = np.asarray(da.transpose(*dims).values)  # (T, H, W), float64 after unpacking
+    where = f"{field.path}:{field.var}"
+    values = to_canonical(values, field.units, field.info.units, where=where)
+    # Decode (and convert) in float64 first, then round once to float32.
+    return values.astype(np.float32)
+
+
+def read_netcdf(paths: Sequence[str | Path], variables: Sequence[str] | None = None) -> GridArray:
+    """Read CF netCDF files (one or many variables per file) into one :class:`GridArray`.
+
+    Pressure-level variables are split into one canonical variable per level (``u`` at 850 hPa
+    → ``u850``) and all values are converted to canonical units. ``variables=None`` returns every
+    field in path order, then file order, then level order; otherwise exactly the named canonical
+    variables in the given order. All files must share the same lat, lon and time axes.
+    """
+    if isinstance(paths, (str, Path)):
+        raise ValueError(f"read_netcdf takes a sequence of paths, got the single path {paths!r}")
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("read_netcdf got no paths. Fix: pass the netCDF files to read.")
+    with contextlib.ExitStack() as stack:
+        datasets: list[xr.Dataset] = []
+        for path in paths:
+            datasets.append(stack.enter_context(_open(path)))
+
+        # Variables are split per level before combining, so files may carry different level
+        # sets; the horizontal grid and time axis must match exactly (no regridding, no joins).
+        ref_path = paths[0]
+        ref = datasets[0]
+        ref_lat = _find_coord(ref, _LAT_NAMES, "latitude", ref_path)
+        ref_lon = _find_coord(ref, _LON_NAMES, "longitude", ref_path)
+        ref_time = _find_coord(ref, _TIME_NAMES, "time", ref_path)
+        lat = np.asarray(ref[ref_lat].values, dtype=np.float64)
+        lon = np.asarray(ref[ref_lon].values, dtype=np.float64)
+        time = _times(ref, ref_time, ref_path)
+
+        available: dict[str, tuple[_Field, xr.Dataset]] = {}
+        unknown: list[str] = []
+        for path, ds in zip(paths, datasets, strict=True):
+            _check_axes(ds, path, ref_path, lat, lon, time)
+            fields, file_unknown = _scan(ds, path)
+            unknown.extend(file_unknown)
+            for field in fields:
+                if field.info.name in available:
+                    other = available[field.info.name][0].path
+                    raise ValueError(
+                        f"variable {field.info.name!r} is in both {other} and {path}. "
+                        "Fix: pass each variable once (time-split files are not combined yet)."
+                    )
+                available[field.info.name] = (field, ds)
+
+        if variables is None:
+            if unknown:
+                # "All" must not silently mean "all we happen to recognise".
+                raise ValueError(
+                    f"variables {unknown} are not in the ERA5 table (variables.ERA5_VARIABLES). "
+                    "Fix: add them to variables._ERA5, or pass variables=[...] to read only "
+                    "known ones."
+                )
+            names = list(available)
+        else:
+            names = list(variables)
+            missing = [n for n in names if n not in available]
+            if missing:
+                extra = f" (unrecognised, skipped: {unknown})" if unknown else ""
+                raise ValueError(
+                    f"variables {missing} are not in the files; they have {list(available)}"
+                    f"{extra}. Fix: request only these names (canonical, with level, e.g. 'u850')."
+                )
+            if len(set(names)) != len(names):
+                raise ValueError(f"variables lists a name twice: {names}")
+
+        out = np.empty((len(time), len(names), len(lat), len(lon)), dtype=np.float32)
+        infos: list[VariableInfo] = []
+        for v, name in enumerate(names):
+            field, ds = available[name]
+            dims = (
+                _find_coord(ds, _TIME_NAMES, "time", field.path),
+                _find_coord(ds, _LAT_NAMES, "latitude", field.path),
+                _find_coord(ds, _LON_NAMES, "longitude", field.path),
+            )
+            out[:, v] = _load(ds, field, dims)  # (T, H, W)
+            infos.append(field.info)
+
+    return GridArray(
+        values=out,
+        variables=infos,
+        lat=lat,
+        lon=lon,
+        time=time,
+        source=f"era5-netcdf:{ref_path.resolve().parent.name}",
+    )
+
+
+def _times(ds: xr.Dataset, name: str, path: Path) -> np.ndarray:
+    values = np.asarray(ds[name].values)
+    if not np.issubdtype(values.dtype, np.datetime64):
+        raise ValueError(
+            f"{path}: time coordinate {name!r} did not decode to datetimes (dtype {values.dtype}). "
+            "Fix: give it CF units such as 'hours since 1900-01-01' and a standard calendar."
+        )
+    return values.astype("datetime64[ns]")
+
+
+def _check_axes(
+    ds: xr.Dataset, path: Path, ref_path: Path, lat: np.ndarray, lon: np.ndarray, time: np.ndarray
+) -> None:
+    names = {
+        "latitude": _find_coord(ds, _LAT_NAMES, "latitude", path),
+        "longitude": _find_coord(ds, _LON_NAMES, "longitude", path),
+    }
+    for what, ref in (("latitude", lat), ("longitude", lon)):
+        values = np.asarray(ds[names[what]].values, dtype=np.float64)
+        if values.ndim != 1 or not np.array_equal(values, ref):
+            raise ValueError(
+                f"{path} and {ref_path} have different {what} axes. "
+                "Fix: regrid/subset them to one grid before ingest."
+            )
+    this = _times(ds, _find_coord(ds, _TIME_NAMES, "time", path), path)
+    if not np.array_equal(this, time):
+        first = _first_difference(this, time)
+        raise ValueError(
+            f"{path} and {ref_path} have different time axes ({len(this)} vs {len(time)} steps; "
+            f"first difference: {first}). Fix: pass files that cover the same times."
+        )
+
+
+def _first_difference(a: np.ndarray, b: np.ndarray) -> str:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return f"step {i}: {x} vs {y}"
+    return f"lengths differ after step {min(len(a), len(b)) - 1}"

@@ -1,0 +1,1 @@
+"""Process launch: rank discovery for Slurm, OpenMPI, torchrun/DeepSpeed, and one process."""

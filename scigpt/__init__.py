@@ -1,0 +1,7 @@
+"""SciGPT: one transformer trained on many kinds of Earth data.
+
+The package keeps heavy imports (torch, deepspeed, xarray) out of this module so that
+``scigpt --help`` and ``scigpt validate`` start fast and work without them.
+"""
+
+__version__ = "0.1.0"

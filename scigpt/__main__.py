@@ -1,0 +1,3 @@
+from scigpt.cli import main
+
+raise SystemExit(main())

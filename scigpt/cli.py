@@ -1,0 +1,168 @@
+"""The ``scigpt`` command.
+
+Exit codes: 0 success; 1 a runtime failure (bad data file, diverged run); 2 a usage or config
+error (printed without a traceback, naming the key and the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from scigpt import __version__
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+DEMO_CONFIG = "runs/demo.yaml"
+
+
+def _add_config_args(p: argparse.ArgumentParser, *, config: bool = True) -> None:
+    if config:
+        p.add_argument("config", type=Path, help="run config YAML")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--run-name",
+        default=None,
+        help="run directory name under $SCIGPT_RUNS (default: <config name>-<UTC time>)",
+    )
+    p.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="root of run directories (default: $SCIGPT_RUNS or ./runs)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scigpt",
+        description="SciGPT: train one transformer on many kinds of Earth data.",
+        epilog="Run `scigpt demo` to train a tiny forecaster on real ERA5 data in a few minutes.",
+    )
+    parser.add_argument("--version", action="version", version=f"scigpt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser(
+        "demo",
+        help="ingest the shipped ERA5 sample, train a tiny ViT forecaster, score it",
+        description="Ingest the shipped ERA5 Rhine sample, train a tiny ViT to forecast the next "
+        "hour through DeepSpeed ZeRO-1, and compare its RMSE with persistence.",
+    )
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: config)")
+    _add_config_args(p, config=False)
+    _add_run_args(p)
+
+    p = sub.add_parser(
+        "train",
+        help="train from a run config",
+        description="Train from a run config. Launch with torchrun, mpirun or srun for several "
+        "processes; ranks are discovered from the environment.",
+    )
+    _add_config_args(p)
+    _add_run_args(p)
+
+    p = sub.add_parser(
+        "validate",
+        help="check a run config and print it resolved",
+        description="Load, compose, override, interpolate and validate a config. Exit code 2 "
+        "and one line per problem when it is invalid.",
+    )
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing when valid")
+    return parser
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from scigpt.config_loader import load_config
+
+    loaded = load_config(args.config, args.overrides)
+    if args.quiet:
+        return EXIT_OK
+    resolved = loaded.resolved_dict()
+    if args.json:
+        print(json.dumps(resolved, indent=2))
+    else:
+        print(yaml.safe_dump(resolved, sort_keys=False), end="")
+        print(f"# {args.config}: valid", file=sys.stderr)
+    return EXIT_OK
+
+
+def _run_training(loaded, args: argparse.Namespace, *, demo: bool) -> int:
+    from scigpt.train.trainer import train
+
+    result = train(
+        loaded, run_name=args.run_name, root=args.runs_dir.resolve() if args.runs_dir else None
+    )
+    s = result.test.get("summary", {})
+    if not s:
+        return EXIT_OK
+    print()
+    print(f"Test forecasts ({s['n_forecasts']}), latitude-weighted RMSE over normalised channels:")
+    print(f"  model        {s['rmse_model']:.4f}")
+    print(f"  persistence  {s['rmse_persistence']:.4f}")
+    gain = s["improvement_vs_persistence"]
+    verdict = "better" if gain > 0 else "WORSE"
+    print(f"  the model is {100 * abs(gain):.1f}% {verdict} than persistence")
+    print()
+    print(f"Run directory: {result.run_dir}")
+    for key, path in result.files.items():
+        print(f"  {key:14s} {path}")
+    print(f"  {'metrics':14s} {result.run_dir / 'metrics.jsonl'}")
+    print(f"  {'tensorboard':14s} tensorboard --logdir {result.run_dir / 'tb'}")
+    return EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from scigpt.config_loader import load_config
+
+    return _run_training(load_config(args.config, args.overrides), args, demo=False)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from scigpt.config_loader import load_config, shipped_config
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"schedule.steps={args.steps}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    return _run_training(load_config(shipped_config(DEMO_CONFIG), overrides), args, demo=True)
+
+
+COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "validate": _cmd_validate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from scigpt.config_loader import ConfigError
+
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"scigpt: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        # User-facing problems (bad layout, missing data, existing run dir): message, no traceback.
+        print(f"scigpt {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(e, ValueError) else EXIT_FAIL
+    except KeyboardInterrupt:
+        print("scigpt: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,228 @@
+"""Typed run configuration.
+
+Why pydantic v2 rather than dataclasses: we need strict validation with the exact location of
+every error (``model.depth``), ``extra="forbid"`` for unknown keys at every depth, coercion-free
+types (``steps: "many"`` must fail, not become NaN), and a JSON dump of the resolved config for
+run directories and checkpoints. Dataclasses would need all of that hand-written.
+
+Cross-field checks that name both keys and the fix live in ``model_validator`` methods; checks that
+need the world size (``dp * tp * pp == world``) live in ``scigpt.parallel.topology``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    # strict=True: no silent "3" -> 3 coercion; YAML already gives real ints/floats/bools.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+class TimeRange(_Strict):
+    """Inclusive range of timestamps (ISO 8601 strings in YAML)."""
+
+    start: datetime
+    end: datetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeRange:
+        if self.end < self.start:
+            raise ValueError(
+                f"end={self.end.isoformat()} is before start={self.start.isoformat()}: "
+                "swap them or fix the dates"
+            )
+        return self
+
+
+class SourceConfig(_Strict):
+    """One raw data source to ingest."""
+
+    name: str = Field(min_length=1)
+    format: Literal["netcdf"] = "netcdf"
+    # A folder or glob. Relative paths resolve against the config file's folder;
+    # ``pkg:...`` resolves inside the installed scigpt package (the shipped sample data).
+    path: str = Field(min_length=1)
+    variables: list[str] | None = None
+
+    @field_validator("variables")
+    @classmethod
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            seen: set[str] = set()
+            dup = sorted({x for x in v if x in seen or seen.add(x)})
+            if dup:
+                raise ValueError(f"variables listed twice: {dup}; list each variable once")
+            if not v:
+                raise ValueError("variables is empty: list at least one or omit the key for all")
+        return v
+
+
+class SplitsConfig(_Strict):
+    """Time-blocked splits: a sample belongs to a split when all its frames lie inside it."""
+
+    train: TimeRange
+    val: TimeRange | None = None
+    test: TimeRange
+
+
+class DataConfig(_Strict):
+    sources: list[SourceConfig] = Field(min_length=1)
+    # Where the ingested store goes; default: <run dir>/store.
+    store: str | None = None
+    steps_per_shard: PositiveInt = 24
+    splits: SplitsConfig
+    history: PositiveInt = 2  # input frames per sample (current + previous)
+    lead: PositiveInt = 1  # forecast lead in time steps
+    num_workers: NonNegInt = 0
+
+    @model_validator(mode="after")
+    def _no_leak(self) -> DataConfig:
+        tr, te = self.splits.train, self.splits.test
+        if tr.end > te.start:
+            raise ValueError(
+                f"splits.train.end={tr.end.isoformat()} is after "
+                f"splits.test.start={te.start.isoformat()}: the test block must start at or "
+                "after the end of training, or test samples leak into training"
+            )
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sources have duplicate names {names}: give each a unique name")
+        return self
+
+
+class ModelConfig(_Strict):
+    # Name of a preset in configs/models/ (merged under the keys given here by the loader).
+    preset: str | None = None
+    patch_size: PositiveInt = 4
+    embed_dim: PositiveInt = 96
+    depth: PositiveInt = 3
+    heads: PositiveInt = 4
+    mlp_ratio: PositiveFloat = 4.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    residual: bool = True  # predict the change from the last input frame
+    attention: str = "sdpa"  # name in scigpt.models.attention's registry
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.embed_dim % self.heads:
+            raise ValueError(
+                f"model.embed_dim={self.embed_dim} is not divisible by model.heads={self.heads}: "
+                f"choose heads from {_divisors(self.embed_dim)}"
+            )
+        return self
+
+
+class ParallelConfig(_Strict):
+    # dp is derived: world_size / (tp * pp). Checked against the world in parallel.topology.
+    tp: PositiveInt = 1
+    pp: PositiveInt = 1
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    # ZeRO communication bucket in elements; None: min(5e8, parameter count).
+    bucket_elements: PositiveInt | None = None
+
+
+class OptimConfig(_Strict):
+    lr: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.05
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.95,
+    )
+    eps: PositiveFloat = 1e-8
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0 disables clipping
+
+
+class ScheduleConfig(_Strict):
+    steps: PositiveInt = 300
+    warmup_steps: NonNegInt = 20
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    micro_batch_size: PositiveInt = 8
+    grad_accum: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> ScheduleConfig:
+        if self.warmup_steps >= self.steps:
+            raise ValueError(
+                f"schedule.warmup_steps={self.warmup_steps} must be smaller than "
+                f"schedule.steps={self.steps}: lower the warm-up or train longer"
+            )
+        return self
+
+
+class CheckpointConfig(_Strict):
+    every: NonNegInt = 0  # 0: only at the end
+    keep_last: PositiveInt = 2
+
+
+class LoggingConfig(_Strict):
+    every: PositiveInt = 10
+    tensorboard: bool = True
+    progress: bool = True
+    # Peak dense TFLOP/s of one device in the run's precision, for MFU. None: detect from the
+    # device name; unknown devices (CPUs) report no MFU.
+    peak_tflops: PositiveFloat | None = None
+
+
+class EvalConfig(_Strict):
+    plot_variable: str | None = None  # variable for the forecast-vs-truth map; default the first
+
+
+class RuntimeConfig(_Strict):
+    threads: PositiveInt | None = None  # torch intra-op threads; pinned for reproducibility
+    deterministic: bool = True
+
+
+class RunConfig(_Strict):
+    """A whole run: everything needed to reproduce it lives in this one object."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: NonNegInt = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+    eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        m, p = self.model, self.parallel
+        if m.heads % p.tp:
+            raise ValueError(
+                f"parallel.tp={p.tp} does not divide model.heads={m.heads}: "
+                f"choose tp from {_divisors(m.heads)}"
+            )
+        hidden = int(m.embed_dim * m.mlp_ratio)
+        if hidden % p.tp:
+            raise ValueError(
+                f"parallel.tp={p.tp} does not divide the MLP width {hidden} "
+                f"(model.embed_dim={m.embed_dim} x model.mlp_ratio={m.mlp_ratio}): "
+                "choose a tp that divides it"
+            )
+        if p.pp > m.depth:
+            raise ValueError(
+                f"parallel.pp={p.pp} is larger than model.depth={m.depth}: every pipeline stage "
+                f"needs at least one block; use pp <= {m.depth}"
+            )
+        if p.pp > 1 and p.zero_stage > 1:
+            raise ValueError(
+                f"parallel.pp={p.pp} needs parallel.zero_stage <= 1 (DeepSpeed's pipeline engine "
+                f"supports ZeRO 0/1), got {p.zero_stage}: set zero_stage: 1"
+            )
+        return self

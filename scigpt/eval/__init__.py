@@ -1,0 +1,1 @@
+"""Evaluation metrics and forecast scoring (WeatherBench 2 conventions)."""

@@ -1,0 +1,51 @@
+"""Area-weighted scores following WeatherBench 2 (Rasp et al. 2024).
+
+RMSE convention (the one ClimaX#59 tripped over): the weighted squared error is averaged over
+space *and* time first, and the square root is taken last.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def lat_weights(lat_deg: torch.Tensor) -> torch.Tensor:
+    """cos(latitude) weights normalised to mean 1 over the grid rows. (H,) → (H,)."""
+    w = torch.cos(torch.deg2rad(lat_deg.double())).clamp_min(0)
+    if float(w.sum()) == 0:
+        raise ValueError("all latitudes are at the poles: area weights are zero everywhere")
+    return (w / w.mean()).to(torch.float32)
+
+
+def weighted_mse(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Area-weighted MSE over every element: the training loss.
+
+    pred, target: (B, V, H, W); weights: (H,); mask: (B, V, H, W) bool, True where valid.
+    """
+    w = weights[:, None].expand(pred.shape[-2:])  # (H, W)
+    w = w.expand_as(pred)
+    if mask is not None:
+        w = w * mask
+    return (w * (pred - target) ** 2).sum() / w.sum().clamp_min(1e-12)
+
+
+def weighted_rmse_per_channel(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """RMSE per channel: sqrt of the area-weighted mean over samples and space. → (V,)
+
+    pred, target: (N, V, H, W) — N forecasts (times); weights: (H,).
+    """
+    w = weights[None, None, :, None].expand_as(pred).double()
+    if mask is not None:
+        w = w * mask
+    se = w * (pred.double() - target.double()) ** 2
+    return torch.sqrt(se.sum(dim=(0, 2, 3)) / w.sum(dim=(0, 2, 3)).clamp_min(1e-12)).float()

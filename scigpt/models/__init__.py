@@ -1,0 +1,1 @@
+"""Single-device model code: tokenizers, ViT backbone, heads (DESIGN.md §1)."""

@@ -1,0 +1,62 @@
+"""Per-variable tubelet patch embedding for gridded fields (ClimaX-style).
+
+Parameter layout is the contract with the fused Triton kernel (kernels issue): ONE weight tensor
+``(num_vars, dim, pt, ph, pw)`` and one bias ``(num_vars, dim)``, indexed by variable id, not a
+dict of modules. Adding a variable at fine-tune time appends a row.
+
+    tokens[b, v, n, :] = W[var_ids[v]] · tubelet(x[b, v], n) + bias[var_ids[v]]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def pad_to_multiple(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """Zero-pad the last two dims (H, W) at the bottom/right to multiples of (ph, pw).
+
+    Zero is the mean of a normalised field, so padding adds no spurious signal.
+    """
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % ph, (-w) % pw
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+    return x
+
+
+class GridPatchEmbed(nn.Module):
+    def __init__(self, num_vars: int, dim: int, patch: tuple[int, int, int]):
+        super().__init__()
+        self.num_vars, self.dim, self.patch = num_vars, dim, patch
+        pt, ph, pw = patch
+        self.weight = nn.Parameter(torch.empty(num_vars, dim, pt, ph, pw))
+        self.bias = nn.Parameter(torch.empty(num_vars, dim))
+
+    def init_weights(self) -> None:
+        # Same fan-in scaling as a Conv3d of one input channel.
+        fan_in = math.prod(self.patch)
+        nn.init.trunc_normal_(self.weight, std=1.0 / math.sqrt(fan_in))
+        nn.init.zeros_(self.bias)
+
+    def grid_shape(self, h: int, w: int) -> tuple[int, int]:
+        _, ph, pw = self.patch
+        return -(-h // ph), -(-w // pw)
+
+    def forward(self, x: torch.Tensor, var_ids: torch.Tensor) -> torch.Tensor:
+        """x: (B, V, T, H, W) with T == pt; var_ids: (V,) → tokens (B, V, N, D)."""
+        pt, ph, pw = self.patch
+        b, v, t, _, _ = x.shape
+        if t != pt:
+            raise ValueError(f"input has {t} time frames but the patch embedding expects {pt}")
+        x = pad_to_multiple(x, ph, pw)
+        gh, gw = x.shape[-2] // ph, x.shape[-1] // pw
+        # (B, V, T, gh, ph, gw, pw) -> (B, V, gh, gw, T, ph, pw) -> (B, V, N, K)
+        x = x.reshape(b, v, t, gh, ph, gw, pw).permute(0, 1, 3, 5, 2, 4, 6)
+        x = x.reshape(b, v, gh * gw, t * ph * pw)
+        w = self.weight[var_ids].flatten(2)  # (V, D, K)
+        tokens = torch.einsum("bvnk,vdk->bvnd", x, w)  # (B, V, N, D)
+        return tokens + self.bias[var_ids][None, :, None, :]

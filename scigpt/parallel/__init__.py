@@ -1,0 +1,1 @@
+"""Parallel layer: topology, DeepSpeed engine construction (DESIGN.md §2)."""

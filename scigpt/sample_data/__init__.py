@@ -1,0 +1,1 @@
+"""Curated real sample data shipped with SciGPT (see PROVENANCE.md)."""

@@ -1,0 +1,72 @@
+"""Step metrics to console, JSONL and TensorBoard, plus throughput and MFU.
+
+MFU follows PaLM (Chowdhery et al. 2022, appendix B): achieved model FLOP/s over the peak of the
+devices, with model FLOPs = 3 x forward matmul FLOPs (``forward_flops_per_token``) per token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+# Dense bf16 peak TFLOP/s per device (vendor datasheets, without sparsity).
+PEAK_TFLOPS_BF16 = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "GH200": 989.0,
+    "A100": 312.0,
+    "MI250X": 191.5,  # per GCD (383 per package)
+    "MI300X": 1307.0,
+    "L40S": 362.0,
+    "V100": 125.0,
+}
+
+
+def detect_peak_tflops(precision: str) -> float | None:
+    """Peak TFLOP/s of the current CUDA device, or None (CPU / unknown → no MFU reported)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name().upper()
+    for key, peak in PEAK_TFLOPS_BF16.items():
+        if key in name:
+            # fp32 uses TF32 tensor cores at half the bf16 rate on these parts.
+            return peak if precision == "bf16" else peak / 2
+    return None
+
+
+class MetricsLogger:
+    """Appends JSON lines (flushed each call, so a killed run keeps what it logged)."""
+
+    def __init__(self, jsonl: Path, tb_dir: Path | None):
+        self.jsonl = jsonl
+        self._f = jsonl.open("a")
+        self._tb = None
+        if tb_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(tb_dir))
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in record.items()
+        }
+        self._f.write(json.dumps({"step": step, **clean}) + "\n")
+        self._f.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self._f.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,338 @@
+"""The training loop: data → DeepSpeed engine → metrics, checkpoint, evaluation, plots.
+
+Every rank runs this function; rank 0 alone writes the run directory and the store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scigpt.config import RunConfig
+from scigpt.config_loader import LoadedConfig
+from scigpt.rundir import RunDir, atomic_write_text, default_run_name, provenance, runs_root
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_loss: float
+    test: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _prepare_store(loaded: LoadedConfig, store_dir: Path, cfg: RunConfig, show_progress: bool):
+    """Ingest the configured source into a grid store unless an identical one is there."""
+    from scigpt.data_pipeline.ingest.netcdf import read_netcdf
+    from scigpt.data_pipeline.shards import write_grid_store
+
+    (src,) = cfg.data.sources
+    producer = {
+        "source": src.model_dump(mode="json"),
+        "stats_time_range": [
+            cfg.data.splits.train.start.isoformat(),
+            cfg.data.splits.train.end.isoformat(),
+        ],
+        "steps_per_shard": cfg.data.steps_per_shard,
+    }
+    manifest_path = store_dir / "manifest.json"
+    if manifest_path.exists():
+        import json
+
+        if json.loads(manifest_path.read_text()).get("producer") == producer:
+            return
+        raise RuntimeError(
+            f"{store_dir} holds a store made from a different data config: point data.store "
+            "elsewhere or delete that folder"
+        )
+    path = loaded.resolve_path(src.path)
+    files = sorted(path.glob("*.nc")) if path.is_dir() else sorted(path.parent.glob(path.name))
+    if not files:
+        raise FileNotFoundError(
+            f"data.sources[{src.name}].path={src.path!r} ({path}) matches no netCDF files: "
+            "point it at a folder of .nc files or a glob"
+        )
+    if show_progress:
+        print(f"ingesting {len(files)} files from {path} ...", flush=True)
+    grid = read_netcdf(files, src.variables)
+    write_grid_store(
+        grid,
+        store_dir,
+        steps_per_shard=cfg.data.steps_per_shard,
+        stats_time_range=(
+            np.datetime64(cfg.data.splits.train.start.replace(tzinfo=None), "ns"),
+            np.datetime64(cfg.data.splits.train.end.replace(tzinfo=None), "ns"),
+        ),
+        producer=producer,
+    )
+
+
+def _time_range(r) -> tuple[np.datetime64, np.datetime64]:
+    return (
+        np.datetime64(r.start.replace(tzinfo=None), "ns"),
+        np.datetime64(r.end.replace(tzinfo=None), "ns"),
+    )
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict, rank: int) -> Path:
+    """Save to a temporary tag, rename, then update ``latest``: a kill mid-save leaves the
+    previous checkpoint loadable."""
+    tag, tmp_tag = f"step_{step:08d}", f".tmp-step_{step:08d}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
+    if rank == 0:
+        final = ckpt_dir / tag
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(ckpt_dir / tmp_tag, final)
+        atomic_write_text(ckpt_dir / "latest", tag)
+    return ckpt_dir / tag
+
+
+def train(
+    loaded: LoadedConfig,
+    *,
+    run_name: str | None = None,
+    root: Path | None = None,
+) -> TrainResult:
+    """Train the configured model; returns where everything went and the test scores."""
+    from tqdm import tqdm
+
+    from scigpt.data_pipeline.loader import ForecastDataset, collate_forecast
+    from scigpt.data_pipeline.shards import GridStore
+    from scigpt.eval.metrics import lat_weights, weighted_mse
+    from scigpt.launch.distributed import init_distributed
+    from scigpt.models.build import build_model, count_params, forward_flops_per_token, materialise
+    from scigpt.models.vit import ModelSpec
+    from scigpt.parallel.engine import build_engine
+    from scigpt.parallel.topology import Topology
+    from scigpt.train.metrics import MetricsLogger, detect_peak_tflops, read_metrics
+
+    cfg = loaded.config
+    if len(cfg.data.sources) != 1:
+        raise ValueError(
+            f"data.sources has {len(cfg.data.sources)} entries; this trainer reads one source: "
+            "keep one (mixing sources by weight comes with the multi-source loader)"
+        )
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    if cfg.runtime.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    info = init_distributed()
+    rank, world = info.rank, info.world_size
+    topo = Topology.from_config(cfg.parallel, world)
+    # init_distributed chose the CUDA device (local rank, or 0 with one GPU per task).
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
+    is_main = rank == 0
+    show = is_main and cfg.logging.progress
+
+    # ---- run directory and data store (rank 0 writes, everyone waits) --------------------------
+    root = root or runs_root()
+    name = run_name or default_run_name(cfg.name)
+    run_path = root / name
+    store_dir = loaded.resolve_path(cfg.data.store) if cfg.data.store else run_path / "store"
+    if is_main:
+        run = RunDir.create(root, name, loaded.resolved_dict())
+        _prepare_store(loaded, store_dir, cfg, show)
+    _barrier(world)
+    run = RunDir(run_path)
+    store = GridStore(store_dir, verify=True)
+
+    history, lead = cfg.data.history, cfg.data.lead
+    train_ds = ForecastDataset(
+        store, time_range=_time_range(cfg.data.splits.train), history=history, lead=lead
+    )
+    test_ds = ForecastDataset(
+        store, time_range=_time_range(cfg.data.splits.test), history=history, lead=lead
+    )
+    if len(train_ds) == 0 or len(test_ds) == 0:
+        raise ValueError(
+            f"splits leave {len(train_ds)} training and {len(test_ds)} test samples with "
+            f"history={history}, lead={lead}: widen data.splits or shorten history/lead"
+        )
+
+    # ---- model + engine -------------------------------------------------------------------------
+    _seed_everything(cfg.seed)
+    spec = ModelSpec(num_vars=len(store.variables), history=history)
+    model = materialise(build_model(cfg.model, spec), device, seed=cfg.seed)
+    engine, _ = build_engine(model, cfg, topo)
+    _seed_everything(cfg.seed + rank)  # per-rank streams for dropout etc.
+
+    h, w = len(store.lat), len(store.lon)
+    n_tokens = model.num_tokens(h, w)
+    flops_per_sample = 3 * forward_flops_per_token(model, n_tokens) * n_tokens
+    peak = cfg.logging.peak_tflops or detect_peak_tflops(cfg.precision)
+    n_params = count_params(model)
+    weights = lat_weights(torch.as_tensor(store.lat)).to(device)
+
+    if is_main:
+        prov = provenance(
+            data_manifest_sha256=store.manifest_sha256,
+            hosts=[info.master_addr],
+            extra={
+                "world_size": world,
+                "topology": topo.describe(),
+                "launcher": info.launcher,
+                "n_params": n_params,
+                "store": str(store_dir),
+            },
+        )
+        run.write_json("provenance.json", prov)
+        print(
+            f"run {name}: {n_params / 1e6:.2f}M parameters, {len(train_ds)} train / "
+            f"{len(test_ds)} test samples, {n_tokens} tokens/sample, {topo.describe()}",
+            flush=True,
+        )
+
+    # Data order: a seeded permutation per epoch, each data-parallel rank a disjoint slice.
+    # (The resumable, rank-elastic sampler replaces this in the loader.)
+    sampler = torch.utils.data.DistributedSampler(
+        train_ds, num_replicas=topo.dp, rank=rank % topo.dp, shuffle=True, seed=cfg.seed
+    )
+    loader = torch.utils.data.DataLoader(
+        train_ds,
+        batch_size=cfg.schedule.micro_batch_size,
+        sampler=sampler,
+        collate_fn=collate_forecast,
+        num_workers=cfg.data.num_workers,
+        drop_last=False,
+    )
+
+    def batches():
+        for epoch in itertools.count():
+            sampler.set_epoch(epoch)
+            yield from loader
+
+    logger = (
+        MetricsLogger(run.metrics_path, run.tb if cfg.logging.tensorboard else None)
+        if is_main
+        else None
+    )
+    steps, accum = cfg.schedule.steps, cfg.schedule.grad_accum
+    stream = batches()
+    bar = tqdm(total=steps, desc="train", unit="step", disable=not show, dynamic_ncols=True)
+    window_t, window_samples, loss = time.perf_counter(), 0, float("nan")
+    engine.train()
+    for step in range(1, steps + 1):
+        loss_sum = 0.0
+        for _ in range(accum):
+            batch = _to_device(next(stream), device)
+            pred = engine(batch)
+            loss_t = weighted_mse(pred, batch["target"], weights, batch["mask"])
+            engine.backward(loss_t)
+            engine.step()
+            loss_sum += loss_t.item()
+            window_samples += batch["fields"].shape[0] * topo.dp
+        loss = loss_sum / accum
+        if world > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([loss], device=device)
+            dist.all_reduce(t)
+            loss = t.item() / world
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at step {step}: lower optim.lr")
+        bar.update(1)
+        if step % cfg.logging.every == 0 or step == steps:
+            dt = time.perf_counter() - window_t
+            tflops = window_samples * flops_per_sample / dt / 1e12 / world
+            rec = {
+                "kind": "train",
+                "loss": loss,
+                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "lr": engine.get_lr()[0],
+                "samples_per_s": window_samples / dt,
+                "tokens_per_s": window_samples * n_tokens / dt,
+                "tflops_per_device": tflops,
+                "mfu": tflops / peak if peak else None,
+                "mem_gb": torch.cuda.max_memory_allocated() / 1e9
+                if device.type == "cuda"
+                else None,
+            }
+            if logger:
+                logger.log(rec, step)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}")
+            window_t, window_samples = time.perf_counter(), 0
+    bar.close()
+
+    # ---- checkpoint, evaluation, plots ----------------------------------------------------------
+    client_state = {
+        "config": loaded.resolved_dict(),
+        "step": steps,
+        "variables": [v.to_dict() for v in store.variables],
+        "stats": {"mean": store.mean.tolist(), "std": store.std.tolist()},
+        "data_manifest_sha256": store.manifest_sha256,
+    }
+    ckpt = _save_checkpoint(engine, run.checkpoints, steps, client_state, rank)
+    from scigpt.eval.forecast import evaluate_forecast
+
+    test = evaluate_forecast(engine.module, test_ds, weights, device, batch_size=8)
+    files: dict[str, Path] = {"checkpoint": ckpt}
+    if is_main:
+        assert logger is not None
+        logger.log({"kind": "test", **test["summary"]}, steps)
+        logger.close()
+        files.update(_write_outputs(run, store, test, cfg, read_metrics(run.metrics_path)))
+    _barrier(world)
+    return TrainResult(run_dir=run.path, steps=steps, final_loss=loss, test=test, files=files)
+
+
+def _write_outputs(run: RunDir, store, test: dict, cfg: RunConfig, records: list) -> dict:
+    from scigpt.eval.forecast import write_tables
+    from scigpt.train.plots import plot_forecast_map, plot_loss
+
+    files = write_tables(run.eval_dir, test, [v.name for v in store.variables])
+    files["loss_plot"] = plot_loss(
+        records, run.plots / "loss.png", title=f"{cfg.name}: training loss"
+    )
+    names = [v.name for v in store.variables]
+    var = cfg.eval.plot_variable or names[0]
+    if var not in names:
+        raise ValueError(f"eval.plot_variable={var!r} is not one of the run's variables {names}")
+    vi = names.index(var)
+    mean, std = store.mean[vi], store.std[vi]
+    k = -1  # the last test forecast
+    files["forecast_map"] = plot_forecast_map(
+        lat=np.asarray(store.lat),
+        lon=np.asarray(store.lon),
+        current=test["current"][k, vi].numpy() * std + mean,
+        truth=test["truth"][k, vi].numpy() * std + mean,
+        pred=test["pred"][k, vi].numpy() * std + mean,
+        variable=var,
+        units=store.variables[vi].units,
+        valid_time=str(test["valid_times"][k]),
+        out=run.plots / f"forecast_{var}.png",
+    )
+    return files

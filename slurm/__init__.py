@@ -1,0 +1,1 @@
+"""Slurm sbatch templates and cluster profiles (package data)."""

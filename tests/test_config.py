@@ -1,0 +1,232 @@
+"""Strict configs: bad configs name the key, the value and the fix; overrides; interpolation."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scigpt.cli import main
+from scigpt.config_loader import ConfigError, load_config, shipped_config
+
+DEMO = shipped_config("runs/demo.yaml")
+
+
+@pytest.fixture
+def demo_raw() -> dict:
+    return yaml.safe_load(DEMO.read_text())
+
+
+def _write(tmp_path: Path, raw: dict, name: str = "run.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return p
+
+
+def _set(raw: dict, dotted: str, value) -> dict:
+    raw = copy.deepcopy(raw)
+    node = raw
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if value is _DELETE:
+        del node[parts[-1]]
+    else:
+        node[parts[-1]] = value
+    return raw
+
+
+_DELETE = object()
+
+# (key, value, fragments that must all appear in the error message)
+BAD_CONFIGS = [
+    ("parallel.tp", 3, ["parallel.tp=3 does not divide model.heads=4", "choose tp from [1, 2, 4]"]),
+    ("model.depht", 4, ["unknown key 'model.depht'", "did you mean 'depth'"]),
+    ("colour", "red", ["unknown key 'colour'", "valid keys here"]),
+    ("schedule.steps", "many", ["schedule.steps='many'", "valid integer"]),
+    ("schedule.steps", 0, ["schedule.steps=0", "greater than 0"]),
+    ("optim.lr", -1.0, ["optim.lr=-1.0", "greater than 0"]),
+    ("model.embed_dim", 98, ["model.embed_dim=98 is not divisible by model.heads=4"]),
+    ("parallel.pp", 5, ["parallel.pp=5 is larger than model.depth=3", "pp <= 3"]),
+    (
+        "schedule.warmup_steps",
+        400,
+        ["schedule.warmup_steps=400", "smaller than schedule.steps=300"],
+    ),
+    ("parallel.zero_stage", 4, ["parallel.zero_stage=4", "0, 1, 2 or 3"]),
+    ("precision", "fp8", ["precision='fp8'", "'fp32' or 'bf16'"]),
+    ("model.preset", "vit-huge", ["model.preset='vit-huge' not found", "vit-tiny"]),
+    ("data.sources", _DELETE, ["missing required key 'data.sources'"]),
+    ("data.sources", [], ["data.sources=[]", "at least 1 item"]),
+    (
+        "data.splits.train.end",
+        "2020-01-01T21:00",
+        ["splits.train.end=2020-01-01T21:00:00 is after splits.test.start=2020-01-01T19:00:00"],
+    ),
+    ("data.splits.test.end", "2019-12-31T00:00", ["is before start=", "swap them"]),
+    ("data.history", 0, ["data.history=0", "greater than 0"]),
+    ("data.sources.0.variables", ["u10", "u10"], ["variables listed twice: ['u10']"]),
+    ("data.sources.0.format", "xls", ["data.sources.0.format='xls'", "'netcdf'"]),
+    ("model.mlp_ratio", 3.2, ["does not divide the MLP width"]),  # with tp=2 below
+    ("name", "my run!", ["name='my run!'", "should match pattern"]),
+    ("logging.tensorboard", "yes", ["logging.tensorboard='yes'", "valid boolean"]),
+    ("data.store", "${SCIGPT_TEST_UNSET_VAR}", ["SCIGPT_TEST_UNSET_VAR is not set", "export"]),
+    ("optim.betas", [0.9, 1.5], ["optim.betas.1=1.5", "less than 1"]),
+    ("parallel.pp", 2, ["parallel.pp=2 needs parallel.zero_stage <= 1"]),  # with zero_stage=3
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragments"), BAD_CONFIGS, ids=[b[0] for b in BAD_CONFIGS]
+)
+def test_bad_config_is_named(tmp_path, demo_raw, monkeypatch, key, value, fragments):
+    monkeypatch.delenv("SCIGPT_TEST_UNSET_VAR", raising=False)
+    raw = _set(demo_raw, key, value)
+    if key == "model.mlp_ratio":
+        raw = _set(raw, "parallel.tp", 2)
+    if key == "parallel.pp" and value == 2:
+        raw = _set(raw, "parallel.zero_stage", 3)
+    path = _write(tmp_path, raw)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    msg = str(exc.value)
+    assert str(path) in msg
+    for frag in fragments:
+        assert frag in msg, f"{frag!r} not in:\n{msg}"
+
+
+def test_bad_configs_are_many():
+    assert len(BAD_CONFIGS) >= 15
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: demo\nmodel:\n  depth: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"YAML syntax error at line \d+"):
+        load_config(p)
+
+
+def test_yaml12_floats(tmp_path, demo_raw):
+    p = tmp_path / "f.yaml"
+    p.write_text(yaml.safe_dump(demo_raw).replace("lr: 0.002", "lr: 2e-3"))
+    assert load_config(p).config.optim.lr == pytest.approx(2e-3)
+
+
+def test_top_level_must_be_mapping(tmp_path):
+    p = tmp_path / "list.yaml"
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(p)
+
+
+def test_demo_config_is_valid_and_uses_preset():
+    cfg = load_config(DEMO).config
+    assert cfg.model.preset == "vit-tiny"
+    assert (cfg.model.embed_dim, cfg.model.depth, cfg.model.heads) == (96, 3, 4)
+
+
+def test_overrides_apply_before_preset_merge_and_parse_types():
+    loaded = load_config(
+        DEMO,
+        [
+            "model.depth=5",
+            "optim.lr=3e-4",
+            "schedule.steps=50",
+            "data.sources.0.variables=[u10,v10]",
+            "model.preset=vit-small",
+            "logging.peak_tflops=989",
+        ],
+    )
+    c = loaded.config
+    assert c.model.depth == 5  # the run's key beats the preset's 12
+    assert c.model.embed_dim == 384  # from vit-small
+    assert c.optim.lr == pytest.approx(3e-4)
+    assert c.schedule.steps == 50
+    assert c.data.sources[0].variables == ["u10", "v10"]
+    assert c.logging.peak_tflops == 989
+
+
+@pytest.mark.parametrize(
+    ("item", "fragment"),
+    [
+        ("nonsense", "must look like key.path=value"),
+        ("data.sources.7.path=x", "not an index"),
+        ("seed.x=1", "cannot set a key inside a value"),
+        ("model.depht=4", "did you mean 'depth'"),
+    ],
+)
+def test_bad_overrides(item, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(DEMO, [item])
+
+
+def test_env_interpolation(tmp_path, demo_raw):
+    raw = _set(demo_raw, "data.store", "${SCIGPT_TEST_STORE:-default_store}")
+    raw = _set(raw, "schedule.steps", "${SCIGPT_TEST_STEPS}")
+    raw = _set(raw, "name", "run-${SCIGPT_TEST_SUFFIX:-x}")
+    p = _write(tmp_path, raw)
+    env = {"SCIGPT_TEST_STEPS": "42", "SCIGPT_TEST_SUFFIX": "abc"}
+    c = load_config(p, env=env).config
+    assert c.data.store == "default_store"
+    assert c.schedule.steps == 42  # a whole-string substitution keeps its YAML type
+    assert c.name == "run-abc"
+    c2 = load_config(p, env={**env, "SCIGPT_TEST_STORE": "/scratch/store"}).config
+    assert c2.data.store == "/scratch/store"
+
+
+def test_relative_paths_resolve_against_config_folder(tmp_path, demo_raw):
+    raw = _set(demo_raw, "data.sources.0.path", "data/era5")
+    sub = tmp_path / "cfgs"
+    sub.mkdir()
+    loaded = load_config(_write(sub, raw))
+    resolved = loaded.resolved_dict()
+    assert resolved["data"]["sources"][0]["path"] == str(sub / "data" / "era5")
+    # pkg: paths stay portable in the resolved config
+    assert load_config(DEMO).resolved_dict()["data"]["sources"][0]["path"].startswith("pkg:")
+
+
+def test_shipped_configs_have_no_absolute_paths():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for f in root.rglob("*.yaml"):
+        for line in f.read_text().splitlines():
+            value = line.split(":", 1)[-1].strip()
+            assert not value.startswith(("/", "~")), f"absolute path in {f}: {line}"
+
+
+def test_cli_validate_exit_codes(tmp_path, demo_raw, capsys):
+    assert main(["validate", str(DEMO), "-q"]) == 0
+    assert main(["validate", str(DEMO), "--set", "parallel.tp=3"]) == 2
+    err = capsys.readouterr().err
+    assert "parallel.tp=3 does not divide model.heads=4" in err
+    assert "Traceback" not in err
+    assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read the file" in capsys.readouterr().err
+
+
+def test_cli_process_exit_code_and_no_traceback(tmp_path):
+    """The installed entry point: usage errors exit 2 with one message and no traceback."""
+    bad = subprocess.run(
+        [sys.executable, "-m", "scigpt", "validate", str(DEMO), "--set", "model.heads=5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert "model.embed_dim=96 is not divisible by model.heads=5" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    usage = subprocess.run(
+        [sys.executable, "-m", "scigpt", "frobnicate"], capture_output=True, text=True, timeout=60
+    )
+    assert usage.returncode == 2
+    ok = subprocess.run(
+        [sys.executable, "-m", "scigpt", "validate", str(DEMO), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert '"preset": "vit-tiny"' in ok.stdout
