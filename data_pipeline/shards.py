@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+
+from scigpt.atomic import atomic_write, fsync_dir
 
 from .ingest.netcdf import GridArray
 from .stats import RunningStats
@@ -37,38 +36,6 @@ _SHARD_PATTERN = "grid-*.h5"
 
 def _shard_name(index: int) -> str:
     return f"grid-{index:05d}.h5"
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename itself is only durable once the directory entry is on disk.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> str:
-    """Run ``write(tmp)`` on a temp file beside ``path``, fsync, rename; return its sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A dot-prefixed ".tmp" name never matches grid-*.h5 or manifest.json.
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        digest = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; shards are meant to be shared read-only
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return digest.hexdigest()
 
 
 def _write_shard(
@@ -158,7 +125,7 @@ def write_grid_store(
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         manifest_path.unlink()
-        _fsync_dir(out)
+        fsync_dir(out)
 
     lat = np.asarray(grid.lat, dtype=np.float64)
     lon = np.asarray(grid.lon, dtype=np.float64)
@@ -171,7 +138,7 @@ def write_grid_store(
         if in_range.size:
             stats.update(fields[in_range], axis=1)  # streaming: one shard in memory at a time
         name = _shard_name(index)
-        sha = _atomic_write(
+        sha = atomic_write(
             shard_dir / name,
             lambda p, f=fields, t=time_ns[start:stop]: _write_shard(p, f, t, lat, lon),
         )
@@ -216,7 +183,7 @@ def write_grid_store(
         "producer": producer,
     }
     data = (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode()
-    _atomic_write(manifest_path, lambda p: p.write_bytes(data))
+    atomic_write(manifest_path, lambda p: p.write_bytes(data))
 
     # Shards of an older, longer store in the same folder are no longer listed: remove them so
     # the folder holds exactly the store the manifest describes.

@@ -1,13 +1,14 @@
 """The ``scigpt`` command.
 
 Exit codes: 0 success; 1 a runtime failure (bad data file, diverged run); 2 a usage or config
-error (printed without a traceback, naming the key and the fix).
+error (printed without a traceback, naming the key and the fix; ``SCIGPT_DEBUG=1`` shows it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,9 @@ DEMO_CONFIG = "runs/demo.yaml"
 
 def _add_config_args(p: argparse.ArgumentParser, *, config: bool = True) -> None:
     if config:
-        p.add_argument("config", type=Path, help="run config YAML")
+        p.add_argument(
+            "config", type=Path, help="run config YAML (or a shipped one, e.g. runs/demo.yaml)"
+        )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -160,7 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scigpt: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, FileExistsError, FileNotFoundError) as e:
-        # User-facing problems (bad layout, missing data, existing run dir): message, no traceback.
+        # User-facing problems (bad layout, missing data, existing run dir): message, no
+        # traceback. SCIGPT_DEBUG=1 shows it, for when the problem is ours.
+        if os.environ.get("SCIGPT_DEBUG"):
+            raise
         print(f"scigpt {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, ValueError) else EXIT_FAIL
     except KeyboardInterrupt:

@@ -100,6 +100,15 @@ def shipped_config(rel: str) -> Path:
     return Path(str(files("scigpt.configs").joinpath(rel)))
 
 
+def find_config(path: str | Path) -> Path:
+    """A config path as given, else the shipped config of that name (``runs/demo.yaml``)."""
+    path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    shipped = shipped_config(str(path))
+    return shipped if shipped.is_file() else path
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
@@ -321,7 +330,7 @@ def load_config(
     env: Mapping[str, str] | None = None,
 ) -> LoadedConfig:
     """Load, compose, override, interpolate and validate a run config file."""
-    path = Path(path)
+    path = find_config(path)
     env = os.environ if env is None else env
     raw = _read_yaml(path)
     raw = apply_overrides(raw, overrides)

@@ -21,12 +21,13 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from scigpt.atomic import atomic_write_text
 
 SUBDIRS = ("checkpoints", "plots", "eval", "tb")
 
@@ -34,21 +35,6 @@ SUBDIRS = ("checkpoints", "plots", "eval", "tb")
 def runs_root(env: dict[str, str] | None = None) -> Path:
     env = dict(os.environ) if env is None else env
     return Path(env.get("SCIGPT_RUNS") or "./runs").expanduser().resolve()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + fsync + rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def default_run_name(config_name: str) -> str:

@@ -17,8 +17,9 @@ def bucket_elements(cfg: RunConfig, n_params: int) -> int:
     """ZeRO reduce/all-gather bucket size in elements.
 
     DeepSpeed allocates a fresh bucket of this size every micro-step (stage_1_and_2.py,
-    ``setup_buckets``). Its default, 5e8 elements, costs 2 GB of page faults per step on a CPU
-    and buys nothing for a model smaller than the bucket, so cap it at the parameter count.
+    ``setup_buckets``). Its default, 5e8 elements, is 2 GB of fp32 per step that buys nothing
+    for a model smaller than the bucket, so cap it at the parameter count
+    (benchmarks/engine_overhead.py measures both).
     """
     if cfg.parallel.bucket_elements is not None:
         return cfg.parallel.bucket_elements

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from scigpt.atomic import atomic_write_text
 from scigpt.config import RunConfig
 from scigpt.config_loader import LoadedConfig
-from scigpt.rundir import RunDir, atomic_write_text, default_run_name, provenance, runs_root
+from scigpt.rundir import RunDir, default_run_name, provenance, runs_root
 
 
 @dataclass
