@@ -19,7 +19,7 @@ from scigpt.config_loader import load_config, load_resolved, shipped_config
 from scigpt.train.metrics import read_metrics
 
 # Fixed seed, fixed thread count: the same numbers on every run of this machine type.
-DEMO_STEPS = 150
+DEMO_STEPS = 100
 MIN_GAIN = 0.03  # the bar at a reduced step count: >= 3% better than persistence
 
 

@@ -63,7 +63,7 @@ def evaluate_forecast(
         "pred": pred,
         "truth": truth,
         "current": cur,
-        "valid_times": [str(t) for t in (anchor + step)],
+        "valid_times": [str(t) for t in (anchor + step).astype("datetime64[m]")],
     }
 
 
