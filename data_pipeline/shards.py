@@ -23,7 +23,7 @@ import numpy as np
 
 from scigpt.atomic import atomic_write, fsync_dir
 
-from .ingest.netcdf import GridArray
+from .ingest.base import GridArray
 from .stats import RunningStats
 from .variables import VariableInfo
 

@@ -23,7 +23,8 @@ import torch
 import xarray as xr
 
 from scigpt.data_pipeline import shards
-from scigpt.data_pipeline.ingest.netcdf import GridArray, read_netcdf
+from scigpt.data_pipeline.ingest.base import GridArray
+from scigpt.data_pipeline.ingest.netcdf import read_netcdf
 from scigpt.data_pipeline.loader import ForecastDataset, collate_forecast, denormalise
 from scigpt.data_pipeline.shards import GridStore, write_grid_store
 from scigpt.data_pipeline.stats import RunningStats

@@ -12,6 +12,7 @@ import xarray as xr
 
 from ..units import to_canonical
 from ..variables import ERA5_VARIABLES, VariableInfo, era5_variable, era5_variable_info
+from .base import GridArray
 
 _LAT_NAMES = ("latitude", "lat")
 _LON_NAMES = ("longitude", "lon")
@@ -27,41 +28,6 @@ _LEVEL_DEFAULT_UNITS = {
     "isobaricInhPa": "hPa",
     "plev": "Pa",
 }
-
-
-@dataclass
-class GridArray:
-    """Gridded fields of one source on one lat/lon grid and one time axis."""
-
-    values: np.ndarray  # (T, V, H, W) float32, NaN where missing
-    variables: list[VariableInfo]
-    lat: np.ndarray  # (H,) degrees north, float64, as in the file (may be descending)
-    lon: np.ndarray  # (W,) degrees east, float64
-    time: np.ndarray  # (T,) datetime64[ns]
-    source: str  # e.g. "era5-netcdf:<dir name>"
-
-    def __post_init__(self) -> None:
-        expected = (len(self.time), len(self.variables), len(self.lat), len(self.lon))
-        if self.values.ndim != 4 or self.values.shape != expected:
-            raise ValueError(
-                f"GridArray values have shape {self.values.shape}, expected (T, V, H, W) = "
-                f"{expected} from time, variables, lat and lon"
-            )
-        if self.values.dtype != np.float32:
-            raise ValueError(f"GridArray values must be float32, got {self.values.dtype}")
-        names = self.names
-        if len(set(names)) != len(names):
-            raise ValueError(f"GridArray has duplicate variable names: {names}")
-
-    @property
-    def names(self) -> list[str]:
-        """Canonical variable names, in the order of the V axis."""
-        return [v.name for v in self.variables]
-
-    @property
-    def mask(self) -> np.ndarray:
-        """(T, V, H, W) bool, True where the value is valid (not NaN)."""
-        return ~np.isnan(self.values)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,165 @@
+"""Canonical in-memory forms every reader returns, and the reader registry.
+
+Two shapes cover every source (DESIGN.md §7):
+
+* :class:`GridArray` — gridded fields ``(T, V, H, W)`` on one grid and one time axis: reanalysis,
+  satellite tiles, simulations. Coordinates are 1-D (regular lat/lon) or 2-D (curvilinear, e.g.
+  MODIS sinusoidal) latitude/longitude in degrees, or, for simulations, Cartesian ``y``/``x``.
+* :class:`SeriesArray` — N records of C channels × L uniformly spaced samples: seismic traces,
+  station time series. Each record has its own start time and location.
+
+Readers raise :class:`ReaderError` for bad input (naming the path and the reason); the ingest
+driver records it as a reject and carries on with the other files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..variables import VariableInfo
+
+
+class ReaderError(ValueError):
+    """Bad input: the file, the variable (if any) and the reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _check_names(kind: str, variables: Sequence[VariableInfo]) -> None:
+    names = [v.name for v in variables]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{kind} has duplicate variable names: {names}")
+
+
+@dataclass
+class GridArray:
+    """Gridded fields of one source on one grid and one time axis."""
+
+    values: np.ndarray  # (T, V, H, W) float32, NaN where missing
+    variables: list[VariableInfo]
+    lat: np.ndarray  # (H,) or (H, W) degrees north (y for cartesian grids), float64
+    lon: np.ndarray  # (W,) or (H, W) degrees east (x for cartesian grids), float64
+    time: np.ndarray  # (T,) datetime64[ns]
+    source: str  # e.g. "era5-netcdf:<dir name>"
+    # "geographic": lat/lon in degrees; "cartesian": y/x in domain units (PDE simulations).
+    coords: Literal["geographic", "cartesian"] = "geographic"
+    attrs: dict[str, Any] = field(default_factory=dict)  # provenance, projection, QC notes
+
+    def __post_init__(self) -> None:
+        t, v = len(self.time), len(self.variables)
+        if self.lat.ndim == 2 or self.lon.ndim == 2:
+            if self.lat.shape != self.lon.shape or self.lat.ndim != 2:
+                raise ValueError(
+                    f"2-D coordinates must share one shape, got lat {self.lat.shape} and lon "
+                    f"{self.lon.shape}"
+                )
+            h, w = self.lat.shape
+        else:
+            h, w = len(self.lat), len(self.lon)
+        expected = (t, v, h, w)
+        if self.values.ndim != 4 or self.values.shape != expected:
+            raise ValueError(
+                f"GridArray values have shape {self.values.shape}, expected (T, V, H, W) = "
+                f"{expected} from time, variables, lat and lon"
+            )
+        if self.values.dtype != np.float32:
+            raise ValueError(f"GridArray values must be float32, got {self.values.dtype}")
+        _check_names("GridArray", self.variables)
+
+    @property
+    def names(self) -> list[str]:
+        """Canonical variable names, in the order of the V axis."""
+        return [v.name for v in self.variables]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(T, V, H, W) bool, True where the value is valid (not NaN)."""
+        return ~np.isnan(self.values)
+
+
+@dataclass
+class SeriesArray:
+    """N records of C channels sampled every ``step``: traces, station series, events."""
+
+    values: np.ndarray  # (N, C, L) float32, NaN where missing (gaps, missing-value codes)
+    variables: list[VariableInfo]  # (C,) one per channel, modality "waveform" or "series"
+    start: np.ndarray  # (N,) datetime64[ns] time of sample 0 of each record
+    step: np.timedelta64  # sampling interval, timedelta64[ns]
+    lat: np.ndarray  # (N,) degrees north, NaN where unknown
+    lon: np.ndarray  # (N,) degrees east, NaN where unknown
+    source: str
+    elevation: np.ndarray | None = None  # (N,) metres above sea level (station), NaN unknown
+    depth: np.ndarray | None = None  # (N,) metres below surface (borehole, event depth)
+    # Per-record metadata as equal-length columns: station id, event magnitude, split, ...
+    record_attrs: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 3:
+            raise ValueError(f"SeriesArray values must be (N, C, L), got {self.values.shape}")
+        n, c, _ = self.values.shape
+        if c != len(self.variables):
+            raise ValueError(f"SeriesArray has {c} channels but {len(self.variables)} variables")
+        if self.values.dtype != np.float32:
+            raise ValueError(f"SeriesArray values must be float32, got {self.values.dtype}")
+        for name in ("start", "lat", "lon"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"SeriesArray.{name} must have shape ({n},)")
+        for name in ("elevation", "depth"):
+            a = getattr(self, name)
+            if a is not None and a.shape != (n,):
+                raise ValueError(f"SeriesArray.{name} must have shape ({n},)")
+        for key, col in self.record_attrs.items():
+            if len(col) != n:
+                raise ValueError(f"record_attrs[{key!r}] has {len(col)} entries, expected {n}")
+        if self.step <= np.timedelta64(0, "ns"):
+            raise ValueError(f"SeriesArray.step must be positive, got {self.step}")
+        _check_names("SeriesArray", self.variables)
+
+    @property
+    def names(self) -> list[str]:
+        return [v.name for v in self.variables]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(N, C, L) bool, True where the value is valid."""
+        return ~np.isnan(self.values)
+
+    @property
+    def has_coordinates(self) -> bool:
+        return bool(np.all(np.isfinite(self.lat)) and np.all(np.isfinite(self.lon)))
+
+
+Array = GridArray | SeriesArray
+# A reader takes the files of one work unit plus its source options and returns arrays.
+Reader = Callable[..., list[Array]]
+_READERS: dict[str, Reader] = {}
+
+
+def register_reader(fmt: str) -> Callable[[Reader], Reader]:
+    """Decorator: make ``fn(paths, **options) -> list[GridArray | SeriesArray]`` the reader of
+    ``format: fmt`` in source configs."""
+
+    def deco(fn: Reader) -> Reader:
+        _READERS[fmt] = fn
+        return fn
+
+    return deco
+
+
+def get_reader(fmt: str) -> Reader:
+    if fmt not in _READERS:
+        raise ValueError(f"unknown source format {fmt!r}: choose one of {sorted(_READERS)}")
+    return _READERS[fmt]
+
+
+def reader_formats() -> list[str]:
+    return sorted(_READERS)
