@@ -14,6 +14,7 @@ driver records it as a reject and carries on with the other files.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,27 +140,38 @@ class SeriesArray:
 
 
 Array = GridArray | SeriesArray
-# A reader takes the files of one work unit plus its source options and returns arrays.
 Reader = Callable[..., list[Array]]
-_READERS: dict[str, Reader] = {}
 
-
-def register_reader(fmt: str) -> Callable[[Reader], Reader]:
-    """Decorator: make ``fn(paths, **options) -> list[GridArray | SeriesArray]`` the reader of
-    ``format: fmt`` in source configs."""
-
-    def deco(fn: Reader) -> Reader:
-        _READERS[fmt] = fn
-        return fn
-
-    return deco
+# format (as written in a source config) → "module:function" inside scigpt.data_pipeline.ingest.
+# Imported on first use: obspy, cfgrib or pyhdf take seconds to import and are optional extras.
+# Every reader is ``fn(paths: Sequence[Path], *, <keyword-only options>) -> list[Array]``; its
+# keyword parameters (with type hints and defaults) are the source's options in a config.
+READERS: dict[str, str] = {
+    "netcdf": "netcdf:read_netcdf_source",
+    "grib": "grib:read_grib",
+    "zarr": "zarr_store:read_zarr",
+    "geotiff": "geotiff:read_geotiff",
+    "modis_hdf4": "modis:read_modis_hdf4",
+    "hdf5_grid": "modis:read_hdf5_grid",
+    "mseed": "seismic:read_waveforms",
+    "sac": "seismic:read_waveforms",
+    "segy": "segy:read_segy",
+    "seisbench": "seisbench:read_seisbench",
+    "ghcn": "stations:read_ghcn",
+    "camels": "stations:read_camels",
+    "fluxnet": "stations:read_fluxnet",
+    "pde": "pde:read_pde",
+}
 
 
 def get_reader(fmt: str) -> Reader:
-    if fmt not in _READERS:
-        raise ValueError(f"unknown source format {fmt!r}: choose one of {sorted(_READERS)}")
-    return _READERS[fmt]
+    """The reader function of a source format (imported on demand)."""
+    if fmt not in READERS:
+        raise ValueError(f"unknown source format {fmt!r}: choose one of {sorted(READERS)}")
+    module, func = READERS[fmt].split(":")
+    mod = importlib.import_module(f"{__package__}.{module}")
+    return getattr(mod, func)
 
 
 def reader_formats() -> list[str]:
-    return sorted(_READERS)
+    return sorted(READERS)

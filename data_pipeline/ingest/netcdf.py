@@ -249,3 +249,10 @@ def _first_difference(a: np.ndarray, b: np.ndarray) -> str:
         if x != y:
             return f"step {i}: {x} vs {y}"
     return f"lengths differ after step {min(len(a), len(b)) - 1}"
+
+
+def read_netcdf_source(
+    paths: Sequence[str | Path], *, variables: Sequence[str] | None = None
+) -> list[GridArray]:
+    """Reader-registry entry point: all ``paths`` of one work unit read as one grid."""
+    return [read_netcdf(paths, variables)]
