@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from .shards import GridStore
+from .store import GridStore
 from .variables import modality_id
 
 

@@ -1,200 +1,237 @@
-"""A simple grid store: time-sharded HDF5 files plus a JSON manifest with checksums and stats.
+"""The patch store, write side: one HDF5 shard and one JSON record per work unit, one manifest.
 
 Layout::
 
-    out_dir/manifest.json          format, variables, lat/lon, times, stats, shards, producer
-    out_dir/shards/grid-00000.h5   fields (t, V, H, W) float32, time int64 ns, lat, lon
+    store/manifest.json                     written last: its presence means the store is whole
+    store/units/<source>/<unit>.json        per unit: status, shard sha256, sample times, stats
+    store/shards/<source>/<unit>.h5         per unit: one group per array (a0, a1, ...)
 
-The manifest is written last, so its presence means the store is complete. Every file is written
-to a temporary file in the same folder, fsynced and renamed (``os.replace`` is atomic on POSIX),
-so a crash never leaves a half-written shard or manifest under its final name. Identical input
-gives identical bytes (no HDF5 timestamps, deterministic JSON), so manifest hashes identify data.
+A work unit is one input file (or one group of files read together, or one range of simulated
+samples). Units are numbered in a fixed order, so the same inputs give the same shard names and
+bytes whatever the number of processes; statistics are merged unit by unit in that order, so a
+parallel ingest gives bit-identical statistics to a serial one. A unit counts as done once its
+record exists (record written after the shard, both atomically): a killed ingest resumes where it
+stopped, redoing at most the units that were in flight.
+
+Shard groups hold ``patches`` (grid: (N, V, G, K); series: (N, C, P, K)), ``time`` (N,) int64 ns
+(sample start), coordinates, and per-record attributes for series. Every dataset is written with
+``track_times=False`` and ``libver="earliest"``: identical input → identical bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from scigpt.atomic import atomic_write, fsync_dir
+from scigpt.atomic import atomic_write, atomic_write_text
 
-from .ingest.base import GridArray
+from .ingest.base import GridArray, SeriesArray
+from .patches import grid_token_coords, patchify_grid, patchify_series
 from .stats import RunningStats
 from .variables import VariableInfo
 
-FORMAT = "scigpt-grid-store"
+FORMAT = "scigpt-patch-store"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-SHARD_DIR = "shards"
-_SHARD_PATTERN = "grid-*.h5"
 
 
-def _shard_name(index: int) -> str:
-    return f"grid-{index:05d}.h5"
+@dataclass(frozen=True)
+class PatchSpec:
+    """How a source is cut into tokens."""
+
+    grid: tuple[int, int, int] = (1, 4, 4)  # (pt, ph, pw) tubelet for gridded sources
+    window: int = 1200  # samples per series window
+    patch: int = 50  # samples per series token
+    stride: int | None = None  # window stride; None = window (no overlap)
+    partial: str = "pad"  # trailing partial window: "pad" with NaN or "drop"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "grid": list(self.grid),
+            "window": self.window,
+            "patch": self.patch,
+            "stride": self.stride,
+            "partial": self.partial,
+        }
 
 
-def _write_shard(
-    path: Path, fields: np.ndarray, time_ns: np.ndarray, lat: np.ndarray, lon: np.ndarray
-) -> None:
-    """Write one shard file at ``path`` (a temp path; the caller renames it)."""
-    _, _, h, w = fields.shape
-    # libver="earliest" + track_times=False: no timestamps or version-dependent layout, so
-    # identical input gives identical bytes.
-    with h5py.File(path, "w", libver="earliest") as f:
-        f.create_dataset(
-            "fields",
-            data=fields,  # (t, V, H, W)
-            dtype=np.float32,
-            chunks=(1, 1, h, w),  # one 2-D field per chunk: reads of any (t, v) touch one chunk
-            compression="gzip",
-            compression_opts=4,
-            shuffle=True,
-            track_times=False,
-        )
-        f.create_dataset("time", data=time_ns, dtype=np.int64, track_times=False)
-        f.create_dataset("lat", data=lat, dtype=np.float64, track_times=False)
-        f.create_dataset("lon", data=lon, dtype=np.float64, track_times=False)
-        f.attrs["format"] = FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
+@dataclass
+class NamedStats:
+    """Running statistics keyed by canonical variable name (sources may add variables)."""
+
+    stats: dict[str, RunningStats] = field(default_factory=dict)
+
+    def update(self, name: str, values: np.ndarray) -> None:
+        self.stats.setdefault(name, RunningStats(1)).update(values.reshape(1, -1), axis=0)
+
+    def merge(self, other: NamedStats) -> None:
+        for name, st in other.stats.items():
+            self.stats.setdefault(name, RunningStats(1)).merge(st)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: st.to_dict() for name, st in self.stats.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NamedStats:
+        return cls({name: RunningStats.from_dict(v) for name, v in d.items()})
 
 
-def _iso(times: np.ndarray) -> list[str]:
-    """ISO 8601 strings, in seconds when every time is whole seconds, else nanoseconds."""
-    times = np.asarray(times, dtype="datetime64[ns]")
+def _iso(times_ns: np.ndarray) -> list[str]:
+    times = np.asarray(times_ns).astype("datetime64[ns]")
     unit = "s" if np.all(times.astype(np.int64) % 1_000_000_000 == 0) else "ns"
     return [str(s) for s in np.datetime_as_string(times, unit=unit)]
 
 
-def _json_float(x: float) -> float | None:
-    # JSON has no NaN; a variable without valid samples has mean/std null.
-    return float(x) if np.isfinite(x) else None
-
-
-def _time_indices(time: np.ndarray, time_range: tuple[Any, Any] | None) -> np.ndarray:
+def _in_range(times_ns: np.ndarray, time_range: tuple[Any, Any] | None) -> np.ndarray:
     if time_range is None:
-        return np.arange(len(time))
-    t0, t1 = (np.datetime64(t, "ns") for t in time_range)
-    idx = np.flatnonzero((time >= t0) & (time <= t1))
-    if idx.size == 0:
-        raise ValueError(
-            f"stats_time_range [{t0}, {t1}] contains none of the store's times "
-            f"[{time[0]}, {time[-1]}]. Fix: pass a range that overlaps the data."
-        )
-    return idx
+        return np.ones(len(times_ns), dtype=bool)
+    t0, t1 = (np.datetime64(t, "ns").astype(np.int64) for t in time_range)
+    return (times_ns >= t0) & (times_ns <= t1)
 
 
-def write_grid_store(
-    grid: GridArray,
-    out_dir: str | Path,
+def _dataset(g: h5py.Group, name: str, data: np.ndarray, **kw: Any) -> None:
+    g.create_dataset(name, data=data, track_times=False, **kw)
+
+
+def _write_grid(g: h5py.Group, arr: GridArray, spec: PatchSpec, stats: NamedStats, rng) -> dict:
+    pt, ph, pw = spec.grid
+    patches = patchify_grid(arr.values, spec.grid)  # (N, V, G, K)
+    n, _, ntok, k = patches.shape
+    if n == 0:
+        raise ValueError(f"{arr.source}: {len(arr.time)} frames do not fill one {pt}-frame tubelet")
+    times = arr.time[: n * pt : pt].astype("datetime64[ns]").astype(np.int64)  # (N,)
+    _dataset(g, "patches", patches, chunks=(1, 1, ntok, k), compression="gzip",
+             compression_opts=4, shuffle=True)  # fmt: skip
+    _dataset(g, "time", times)
+    _dataset(g, "lat", np.asarray(arr.lat, dtype=np.float64))
+    _dataset(g, "lon", np.asarray(arr.lon, dtype=np.float64))
+    if arr.coords == "geographic":
+        tlat, tlon = grid_token_coords(arr.lat, arr.lon, ph, pw)
+        _dataset(g, "token_lat", tlat)
+        _dataset(g, "token_lon", tlon)
+    keep = _in_range(times, rng)
+    for j, var in enumerate(arr.variables):
+        stats.update(var.name, patches[keep, j])
+    h, w = arr.values.shape[-2:]
+    all_t = arr.time.astype("datetime64[ns]").astype(np.int64)
+    frame_step = int(all_t[1] - all_t[0]) if len(all_t) > 1 else 0
+    return {"kind": "grid", "n": int(n), "height": int(h), "width": int(w), "coords": arr.coords,
+            "frame_step_ns": frame_step, "times": _iso(times)}  # fmt: skip
+
+
+def _write_series(g: h5py.Group, arr: SeriesArray, spec: PatchSpec, stats: NamedStats, rng):
+    patches, origin = patchify_series(
+        arr.values, window=spec.window, patch=spec.patch, stride=spec.stride,
+        partial=spec.partial,  # type: ignore[arg-type]
+    )  # fmt: skip
+    # Windows with no valid value at all carry nothing: drop them (counted in the record).
+    valid = ~np.all(np.isnan(patches), axis=(1, 2, 3))
+    patches, origin = patches[valid], origin[valid]
+    rec, off = origin[:, 0], origin[:, 1]
+    step = arr.step.astype("timedelta64[ns]").astype(np.int64)
+    times = arr.start.astype("datetime64[ns]").astype(np.int64)[rec] + off * step  # (M,)
+    m, c, p, k = patches.shape
+    _dataset(g, "patches", patches, chunks=(1, c, p, k) if m else None, compression="gzip",
+             compression_opts=4, shuffle=True)  # fmt: skip
+    _dataset(g, "time", times)
+    _dataset(g, "record", rec)
+    for name in ("lat", "lon", "elevation", "depth"):
+        col = getattr(arr, name)
+        if col is not None:
+            _dataset(g, name, np.asarray(col, dtype=np.float64)[rec])
+    attrs = g.create_group("attrs", track_order=True)
+    for key in sorted(arr.record_attrs):
+        col = np.asarray(arr.record_attrs[key])[rec]
+        if col.dtype.kind in "iufb":
+            _dataset(attrs, key, col)
+        else:
+            _dataset(attrs, key, col.astype(str).astype(object), dtype=h5py.string_dtype())
+    keep = _in_range(times, rng)
+    for j, var in enumerate(arr.variables):
+        stats.update(var.name, patches[keep, j])
+    return {"kind": "series", "n": int(m), "dropped_empty_windows": int((~valid).sum()),
+            "step_ns": int(step), "times": _iso(times)}  # fmt: skip
+
+
+def write_unit(
+    store: Path,
+    source: str,
+    unit: str,
+    arrays: Sequence[GridArray | SeriesArray],
+    spec: PatchSpec,
     *,
-    steps_per_shard: int = 24,
-    stats_time_range: tuple[np.datetime64, np.datetime64] | None = None,
-    producer: dict | None = None,
-) -> dict:
-    """Write ``grid`` as an HDF5-sharded store with a manifest; return the manifest dict.
+    stats_time_range: tuple[Any, Any] | None,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Patchify ``arrays`` into the unit's shard (atomically), then write its record."""
+    rel = Path("shards") / source / f"{unit}.h5"
+    stats = NamedStats()
+    infos: list[dict[str, Any]] = []
 
-    Stats are computed over ``stats_time_range`` (inclusive; default all times), typically the
-    training period only, so validation data never leaks into the normalisation. Writing into an
-    existing store replaces it: its manifest is removed first, so a crash midway leaves no
-    manifest pointing at a mix of old and new shards.
-    """
-    if steps_per_shard < 1:
-        raise ValueError(f"steps_per_shard must be >= 1, got {steps_per_shard}")
-    time = np.asarray(grid.time, dtype="datetime64[ns]")
-    time_ns = time.astype(np.int64)
-    if np.any(np.diff(time_ns) <= 0):
-        raise ValueError(
-            f"{grid.source}: times must be strictly increasing. Fix: sort and de-duplicate "
-            "the time axis before writing the store."
-        )
-    producer = dict(producer or {})
-    try:
-        json.dumps(producer)
-    except TypeError as exc:
-        raise ValueError(f"producer must be JSON-serialisable: {exc}") from exc
-    stats_idx = _time_indices(time, stats_time_range)
+    def write(tmp: Path) -> None:
+        infos.clear()
+        stats.stats.clear()
+        with h5py.File(tmp, "w", libver="earliest") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["source"] = source
+            f.attrs["unit"] = unit
+            for i, arr in enumerate(arrays):
+                g = f.create_group(f"a{i}")
+                g.attrs["variables"] = json.dumps([v.to_dict() for v in arr.variables])
+                g.attrs["array_source"] = arr.source
+                if isinstance(arr, GridArray):
+                    info = _write_grid(g, arr, spec, stats, stats_time_range)
+                else:
+                    info = _write_series(g, arr, spec, stats, stats_time_range)
+                infos.append({"group": f"a{i}", "variables": [v.name for v in arr.variables],
+                              **info})  # fmt: skip
 
-    out = Path(out_dir)
-    shard_dir = out / SHARD_DIR
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / MANIFEST
-    if manifest_path.exists():
-        manifest_path.unlink()
-        fsync_dir(out)
-
-    lat = np.asarray(grid.lat, dtype=np.float64)
-    lon = np.asarray(grid.lon, dtype=np.float64)
-    stats = RunningStats(len(grid.variables))
-    shards: list[dict[str, Any]] = []
-    for index, start in enumerate(range(0, len(time), steps_per_shard)):
-        stop = min(start + steps_per_shard, len(time))
-        fields = np.ascontiguousarray(grid.values[start:stop], dtype=np.float32)  # (t, V, H, W)
-        in_range = stats_idx[(stats_idx >= start) & (stats_idx < stop)] - start
-        if in_range.size:
-            stats.update(fields[in_range], axis=1)  # streaming: one shard in memory at a time
-        name = _shard_name(index)
-        sha = atomic_write(
-            shard_dir / name,
-            lambda p, f=fields, t=time_ns[start:stop]: _write_shard(p, f, t, lat, lon),
-        )
-        shards.append({"file": f"{SHARD_DIR}/{name}", "time_index": [start, stop], "sha256": sha})
-
-    mean, std, count = stats.mean, stats.std, stats.count
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "source": grid.source,
-        "variables": [v.to_dict() for v in grid.variables],
-        "shape": {
-            "time": len(time),
-            "variables": len(grid.variables),
-            "lat": len(lat),
-            "lon": len(lon),
-        },
-        "lat": [float(x) for x in lat],
-        "lon": [float(x) for x in lon],
-        "times": _iso(time),
-        "fields": {
-            "dtype": "float32",
-            "layout": "(time, variable, lat, lon)",
-            "chunks": [1, 1, len(lat), len(lon)],
-            "compression": "gzip-4+shuffle",
-        },
-        "stats": {
-            "time_range": _iso(time[[stats_idx[0], stats_idx[-1]]]),
-            "method": "exact streaming Welford/Chan merge in float64, NaN ignored, ddof=0",
-            "per_variable": {
-                v.name: {
-                    "count": int(count[i]),
-                    "mean": _json_float(mean[i]),
-                    "std": _json_float(std[i]),
-                }
-                for i, v in enumerate(grid.variables)
-            },
-            # Full state, so a later ingest can merge more data into these stats exactly.
-            "running": stats.to_dict(),
-        },
-        "shards": shards,
-        "producer": producer,
+    sha = atomic_write(store / rel, write)
+    variables: dict[str, dict] = {}
+    for arr in arrays:
+        for v in arr.variables:
+            variables.setdefault(v.name, v.to_dict())
+    record = {
+        "unit": unit,
+        "source": source,
+        "status": "done",
+        "shard": str(rel),
+        "sha256": sha,
+        "bytes": (store / rel).stat().st_size,
+        "arrays": infos,
+        "variables": list(variables.values()),
+        "stats": stats.to_dict(),
+        **meta,
     }
-    data = (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode()
-    atomic_write(manifest_path, lambda p: p.write_bytes(data))
-
-    # Shards of an older, longer store in the same folder are no longer listed: remove them so
-    # the folder holds exactly the store the manifest describes.
-    listed = {Path(s["file"]).name for s in shards}
-    for stale in shard_dir.glob(_SHARD_PATTERN):
-        if stale.name not in listed:
-            stale.unlink()
-    return manifest
+    write_record(store, source, unit, record)
+    return record
 
 
-def _sha256_file(path: Path) -> str:
+def write_record(store: Path, source: str, unit: str, record: dict[str, Any]) -> None:
+    atomic_write_text(
+        store / "units" / source / f"{unit}.json", json.dumps(record, indent=1) + "\n"
+    )
+
+
+def read_record(store: Path, source: str, unit: str) -> dict[str, Any] | None:
+    path = store / "units" / source / f"{unit}.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # a torn record (cannot happen with atomic writes) is redone, not trusted
+
+
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -202,138 +239,119 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-class GridStore:
-    """Read access to a store written by :func:`write_grid_store` (JSON manifest, no pickle)."""
-
-    def __init__(self, out_dir: str | Path, verify: bool = True) -> None:
-        self.root = Path(out_dir)
-        manifest_path = self.root / MANIFEST
-        if not manifest_path.is_file():
-            raise FileNotFoundError(
-                f"{manifest_path} not found: {self.root} is not a complete grid store (an "
-                "interrupted ingest leaves no manifest). Fix: re-run the ingest "
-                "(write_grid_store) into this folder."
-            )
-        raw = manifest_path.read_bytes()
-        self.manifest_sha256: str = hashlib.sha256(raw).hexdigest()
-        self.manifest: dict[str, Any] = json.loads(raw)
-        m = self.manifest
-        if m.get("format") != FORMAT or m.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{manifest_path}: format {m.get('format')!r} version {m.get('format_version')!r} "
-                f"is not {FORMAT!r} version {FORMAT_VERSION}. Fix: re-run the ingest with this "
-                "version of scigpt."
-            )
-        try:
-            self._load(m, manifest_path)
-        except KeyError as exc:
-            raise ValueError(
-                f"{manifest_path} lacks the key {exc}. Fix: re-run the ingest (write_grid_store)."
-            ) from exc
-        self._handles: dict[Path, h5py.File] = {}
-        if verify:
-            self.verify()
-
-    def _load(self, m: dict[str, Any], manifest_path: Path) -> None:
-        self.variables: list[VariableInfo] = [VariableInfo.from_dict(v) for v in m["variables"]]
-        self.lat = np.asarray(m["lat"], dtype=np.float64)  # (H,)
-        self.lon = np.asarray(m["lon"], dtype=np.float64)  # (W,)
-        self.time = np.array(m["times"], dtype="datetime64[ns]")  # (T,)
-        per_var = m["stats"]["per_variable"]
-        self.mean = np.array([_nan(per_var[v.name]["mean"]) for v in self.variables])  # (V,)
-        self.std = np.array([_nan(per_var[v.name]["std"]) for v in self.variables])  # (V,)
-
-        self._shards: list[tuple[Path, int, int, str]] = []
-        expected_start = 0
-        for shard in m["shards"]:
-            path = (self.root / shard["file"]).resolve()
-            # The manifest is data, not code: never let it point outside the store.
-            if self.root.resolve() not in path.parents:
-                raise ValueError(f"{manifest_path}: shard path {shard['file']!r} leaves the store")
-            start, stop = (int(i) for i in shard["time_index"])
-            if start != expected_start or stop <= start:
-                raise ValueError(
-                    f"{manifest_path}: shard {shard['file']} covers [{start}, {stop}), expected "
-                    f"to start at {expected_start}. Fix: re-run the ingest."
-                )
-            expected_start = stop
-            self._shards.append((path, start, stop, shard["sha256"]))
-        if expected_start != len(self.time):
-            raise ValueError(
-                f"{manifest_path}: shards cover {expected_start} of {len(self.time)} times. "
-                "Fix: re-run the ingest."
-            )
-
-    @property
-    def names(self) -> list[str]:
-        """Canonical variable names, in store order."""
-        return [v.name for v in self.variables]
-
-    def verify(self) -> None:
-        """Check every shard's sha256 against the manifest."""
-        for path, _, _, expected in self._shards:
-            if not path.is_file():
-                raise RuntimeError(
-                    f"shard {path} listed in {self.root / MANIFEST} is missing. "
-                    "Fix: re-run the ingest (write_grid_store) to rebuild the store."
-                )
-            got = _sha256_file(path)
-            if got != expected:
-                raise RuntimeError(
-                    f"shard {path} has sha256 {got[:16]}…, the manifest says {expected[:16]}…: "
-                    "the file is corrupt or was modified. Fix: re-run the ingest "
-                    "(write_grid_store) to rebuild the store."
-                )
-
-    def _handle(self, path: Path, start: int, stop: int) -> h5py.File:
-        handle = self._handles.get(path)
-        if handle is None:
-            handle = h5py.File(path, "r")
-            # Cheap consistency check for verify=False: the shard holds the times it claims.
-            expected = self.time[start:stop].astype(np.int64)
-            if not np.array_equal(handle["time"][...], expected):
-                handle.close()
-                raise RuntimeError(
-                    f"shard {path} does not hold times [{start}, {stop}) of the manifest. "
-                    "Fix: re-run the ingest (write_grid_store) to rebuild the store."
-                )
-            self._handles[path] = handle
-        return handle
-
-    def read(self, t0: int, t1: int) -> np.ndarray:
-        """(t1 - t0, V, H, W) float32 for store time indices [t0, t1), spanning shards."""
-        n = len(self.time)
-        if not 0 <= t0 <= t1 <= n:
-            raise IndexError(f"read({t0}, {t1}) is outside the store's time indices [0, {n}]")
-        out = np.empty((t1 - t0, len(self.variables), len(self.lat), len(self.lon)), np.float32)
-        for path, start, stop, _ in self._shards:
-            a, b = max(t0, start), min(t1, stop)
-            if a >= b:
-                continue
-            out[a - t0 : b - t0] = self._handle(path, start, stop)["fields"][a - start : b - start]
-        return out
-
-    def close(self) -> None:
-        """Close all cached shard handles."""
-        for handle in self._handles.values():
-            handle.close()
-        self._handles.clear()
-
-    def __getstate__(self) -> dict[str, Any]:
-        # h5py handles cannot cross a process boundary (DataLoader workers); reopen lazily there.
-        state = self.__dict__.copy()
-        state["_handles"] = {}
-        return state
-
-    def __enter__(self) -> GridStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __len__(self) -> int:
-        return len(self.time)
+def _json_float(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None  # JSON has no NaN
 
 
-def _nan(x: float | None) -> float:
-    return float("nan") if x is None else float(x)
+def build_manifest(
+    store: Path,
+    sources: dict[str, dict[str, Any]],
+    units: Sequence[tuple[str, str]],
+    *,
+    producer: dict[str, Any],
+    stats_time_range: tuple[Any, Any] | None,
+) -> dict[str, Any]:
+    """Merge the unit records (in unit order) into ``manifest.json``; returns the manifest."""
+    out_sources: dict[str, dict[str, Any]] = {
+        name: {**meta, "variables": [], "units": [], "n_samples": 0, "stats": {}}
+        for name, meta in sources.items()
+    }
+    merged = {name: NamedStats() for name in sources}
+    seen_vars: dict[str, set[str]] = {name: set() for name in sources}
+    rejects = []
+    for source, unit in units:
+        rec = read_record(store, source, unit)
+        if rec is None:
+            raise RuntimeError(f"unit {unit} of source {source} has no record: ingest incomplete")
+        if rec["status"] != "done":
+            rejects.append({k: rec.get(k) for k in ("source", "unit", "paths", "reason")})
+            continue
+        src = out_sources[source]
+        for v in rec["variables"]:
+            if v["name"] not in seen_vars[source]:
+                seen_vars[source].add(v["name"])
+                src["variables"].append(v)
+        merged[source].merge(NamedStats.from_dict(rec["stats"]))
+        n = sum(a["n"] for a in rec["arrays"])
+        src["n_samples"] += n
+        src["units"].append({k: rec[k] for k in ("unit", "shard", "sha256", "bytes", "arrays")})
+        rejects.extend(rec.get("rejects", []))
+    for name, st in merged.items():
+        out_sources[name]["stats"] = {
+            v: {
+                "count": int(s.count[0]),
+                "mean": _json_float(s.mean[0]),
+                "std": _json_float(s.std[0]),
+            }
+            for v, s in st.stats.items()
+        }
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "stats_time_range": None
+        if stats_time_range is None
+        else [str(np.datetime64(t, "s")) for t in stats_time_range],
+        "sources": out_sources,
+        "rejects": rejects,
+        "producer": producer,
+    }
+    atomic_write_text(store / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def write_grid_store(
+    grid: GridArray,
+    out_dir: str | Path,
+    *,
+    steps_per_shard: int = 24,
+    stats_time_range: tuple[Any, Any] | None = None,
+    producer: dict[str, Any] | None = None,
+    source: str = "grid",
+    patch: tuple[int, int, int] = (1, 4, 4),
+) -> dict[str, Any]:
+    """Write an in-memory grid as a one-source store, one unit per ``steps_per_shard`` frames."""
+    out = Path(out_dir)
+    (out / MANIFEST).unlink(missing_ok=True)  # the old manifest must not describe new shards
+    spec = PatchSpec(grid=patch)
+    units = []
+    for k, t0 in enumerate(range(0, len(grid.time), steps_per_shard)):
+        sl = slice(t0, t0 + steps_per_shard)
+        part = GridArray(grid.values[sl], grid.variables, grid.lat, grid.lon, grid.time[sl],
+                         grid.source, grid.coords, grid.attrs)  # fmt: skip
+        unit = f"{source}-{k:05d}"
+        write_unit(out, source, unit, [part], spec, stats_time_range=stats_time_range,
+                   meta={"paths": [], "index": k})  # fmt: skip
+        units.append((source, unit))
+    _remove_stale(out, {source: {u for _, u in units}})
+    return build_manifest(
+        out,
+        {source: {"format": "memory", "kind": "grid", "patch": spec.to_dict()}},
+        units,
+        producer=producer or {},
+        stats_time_range=stats_time_range,
+    )
+
+
+def _remove_stale(out: Path, keep: dict[str, set[str]]) -> None:
+    """Drop shards/records of units no longer planned (a rewrite with fewer units)."""
+    for source, units in keep.items():
+        for sub, suffix in (("shards", ".h5"), ("units", ".json")):
+            for p in (out / sub / source).glob(f"*{suffix}"):
+                if p.stem not in units:
+                    p.unlink()
+
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "NamedStats",
+    "PatchSpec",
+    "VariableInfo",
+    "build_manifest",
+    "read_record",
+    "sha256_file",
+    "write_grid_store",
+    "write_record",
+    "write_unit",
+]

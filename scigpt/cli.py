@@ -80,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
 
     p = sub.add_parser(
+        "prepare",
+        help="ingest the config's data sources into a checksummed patch store",
+        description="Read every source of the config (netCDF, GRIB, Zarr, GeoTIFF, MODIS HDF4, "
+        "HDF5, miniSEED/SAC, SEG-Y, SeisBench, GHCN, CAMELS, FLUXNET, PDE simulations), cut it "
+        "into token patches and write HDF5 shards, statistics and a manifest. Run it under "
+        "mpirun/srun/torchrun to split the files across processes; rerun it to resume.",
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--out", type=Path, default=None, help="store folder (default: the config's data.store)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
         "validate",
         help="check a run config and print it resolved",
         description="Load, compose, override, interpolate and validate a config. Exit code 2 "
@@ -150,7 +164,45 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run_training(load_config(shipped_config(DEMO_CONFIG), overrides), args, demo=True)
 
 
-COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "validate": _cmd_validate}
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from scigpt.config_loader import load_config
+    from scigpt.launch.env import discover
+    from scigpt.prepare import prepare_from_config
+
+    loaded = load_config(args.config, args.overrides)
+    store = args.out or (
+        loaded.resolve_path(loaded.config.data.store) if loaded.config.data.store else None
+    )
+    if store is None:
+        raise ValueError("no store folder: pass --out DIR or set data.store in the config")
+    info = discover()  # ranks only: the ingest coordinates through files, not a process group
+    manifest = prepare_from_config(
+        loaded,
+        store.resolve(),
+        rank=info.rank,
+        world_size=info.world_size,
+        progress=not args.no_progress,
+    )
+    if manifest is None:
+        return EXIT_OK  # ranks > 0: rank 0 reports
+    print(f"store: {store.resolve()}")
+    for name, src in manifest["sources"].items():
+        print(
+            f"  {name:20s} {src['kind']:6s} {src['n_samples']:8d} samples  "
+            f"{len(src['variables']):3d} variables  {len(src['units'])} units"
+        )
+    for rej in manifest["rejects"]:
+        print(f"  rejected {rej['source']}/{rej['unit']}: {rej['reason']}")
+    ok_units = sum(len(s["units"]) for s in manifest["sources"].values())
+    return EXIT_OK if ok_units else EXIT_FAIL
+
+
+COMMANDS = {
+    "demo": _cmd_demo,
+    "prepare": _cmd_prepare,
+    "train": _cmd_train,
+    "validate": _cmd_validate,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

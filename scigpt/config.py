@@ -12,7 +12,7 @@ need the world size (``dp * tp * pp == world``) live in ``scigpt.parallel.topolo
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -47,14 +47,26 @@ class TimeRange(_Strict):
 
 
 class SourceConfig(_Strict):
-    """One raw data source to ingest."""
+    """One raw data source to ingest (``scigpt prepare``; also run by ``train`` if needed)."""
 
-    name: str = Field(min_length=1)
-    format: Literal["netcdf"] = "netcdf"
-    # A folder or glob. Relative paths resolve against the config file's folder;
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # A reader of scigpt.data_pipeline.ingest (netcdf, grib, zarr, geotiff, modis_hdf4,
+    # hdf5_grid, mseed, sac, segy, seisbench, ghcn, camels, fluxnet, pde).
+    format: str = "netcdf"
+    # A file, a folder or a glob. Relative paths resolve against the config file's folder;
     # ``pkg:...`` resolves inside the installed scigpt package (the shipped sample data).
-    path: str = Field(min_length=1)
-    variables: list[str] | None = None
+    # Generated sources (pde) have none.
+    path: str | None = Field(default=None, min_length=1)
+    variables: list[str] | None = None  # passed to the reader's `variables` option
+    options: dict[str, Any] = {}  # the reader's keyword options (checked at ingest)
+    unit: Literal["file", "all"] = "file"  # one work unit per file, or all files in one
+    # Grid tokens: [pt, ph, pw] tubelets (default [1, 4, 4]); series: [samples per token] (50).
+    patch: list[PositiveInt] | None = None
+    window: PositiveInt | None = None  # series: samples per window (default 1200)
+    stride: PositiveInt | None = None  # series: window stride (default: window)
+    partial: Literal["pad", "drop"] = "pad"  # series: trailing partial window
+    require_coordinates: bool = True  # refuse series without lat/lon (the tokenizer needs them)
+    samples_per_unit: PositiveInt = 64  # generated sources: samples per work unit
 
     @field_validator("variables")
     @classmethod
@@ -67,6 +79,43 @@ class SourceConfig(_Strict):
             if not v:
                 raise ValueError("variables is empty: list at least one or omit the key for all")
         return v
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        from scigpt.data_pipeline.ingest.base import READERS
+
+        if v not in READERS:
+            raise ValueError(f"unknown format {v!r}: choose one of {sorted(READERS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self) -> SourceConfig:
+        from scigpt.data_pipeline.ingest.base import format_kind
+
+        if self.path is None and self.format != "pde":
+            raise ValueError(f"source {self.name!r} (format {self.format}) needs a path")
+        if format_kind(self.format) == "grid":
+            if self.patch is not None and len(self.patch) != 3:
+                raise ValueError(
+                    f"source {self.name!r}: patch={self.patch} must be [pt, ph, pw] for a "
+                    "gridded format"
+                )
+            if self.window is not None:
+                raise ValueError(f"source {self.name!r}: window applies to series formats only")
+        else:
+            if self.patch is not None and len(self.patch) != 1:
+                raise ValueError(
+                    f"source {self.name!r}: patch={self.patch} must be [samples per token] "
+                    "for a series format"
+                )
+            window, patch = self.window or 1200, (self.patch or [50])[0]
+            if window % patch:
+                raise ValueError(
+                    f"source {self.name!r}: window={window} is not a multiple of "
+                    f"patch={patch}: choose a window of whole tokens"
+                )
+        return self
 
 
 class SplitsConfig(_Strict):

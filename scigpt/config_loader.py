@@ -298,7 +298,12 @@ def format_validation_error(err: ValidationError) -> list[str]:
         elif e["type"] == "value_error" and not loc:
             problems.append(msg)
         elif e["type"] == "value_error":
-            problems.append(f"{key}: {msg}" if not msg.startswith(key.split(".")[0]) else msg)
+            if msg.startswith(key.split(".")[0]):
+                problems.append(msg)  # a cross-field check that already names its keys
+            elif isinstance(e.get("input"), dict):
+                problems.append(f"{key}: {msg}")
+            else:
+                problems.append(f"{key}={e.get('input')!r}: {msg}")
         else:
             problems.append(f"{key}={e.get('input')!r}: {msg}")
     return problems

@@ -70,7 +70,7 @@ BAD_CONFIGS = [
     ("data.splits.test.end", "2019-12-31T00:00", ["is before start=", "swap them"]),
     ("data.history", 0, ["data.history=0", "greater than 0"]),
     ("data.sources.0.variables", ["u10", "u10"], ["variables listed twice: ['u10']"]),
-    ("data.sources.0.format", "xls", ["data.sources.0.format='xls'", "'netcdf'"]),
+    ("data.sources.0.format", "xls", ["sources.0.format='xls'", "unknown format 'xls'", "netcdf"]),
     ("model.mlp_ratio", 3.2, ["does not divide the MLP width"]),  # with tp=2 below
     ("name", "my run!", ["name='my run!'", "should match pattern"]),
     ("logging.tensorboard", "yes", ["logging.tensorboard='yes'", "valid boolean"]),

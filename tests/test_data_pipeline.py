@@ -26,8 +26,9 @@ from scigpt.data_pipeline import shards
 from scigpt.data_pipeline.ingest.base import GridArray
 from scigpt.data_pipeline.ingest.netcdf import read_netcdf
 from scigpt.data_pipeline.loader import ForecastDataset, collate_forecast, denormalise
-from scigpt.data_pipeline.shards import GridStore, write_grid_store
+from scigpt.data_pipeline.shards import write_grid_store
 from scigpt.data_pipeline.stats import RunningStats
+from scigpt.data_pipeline.store import GridStore
 from scigpt.data_pipeline.units import to_canonical
 from scigpt.data_pipeline.variables import VariableInfo, canonical_name
 
@@ -306,7 +307,7 @@ def test_running_stats_empty_variable_and_shape_error() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# grid store
+# grid store (the patch store seen as one time series of grids)
 
 STATS_END = 15  # stats over times [0, 15] only
 
@@ -326,60 +327,66 @@ def store_dir(grid: GridArray, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 def test_store_round_trip_and_manifest(grid: GridArray, store_dir: Path) -> None:
     with GridStore(store_dir) as store:
-        assert np.array_equal(store.read(0, 24), grid.values)
+        assert np.array_equal(store.read(0, 24), grid.values, equal_nan=True)
         assert np.array_equal(store.read(3, 17), grid.values[3:17])  # spans 4 shards
         assert store.read(7, 7).shape == (0, 14, 41, 41)
         assert store.variables == grid.variables
         assert np.array_equal(store.lat, grid.lat) and np.array_equal(store.lon, grid.lon)
         assert np.array_equal(store.time, grid.time)
         ref = grid.values[: STATS_END + 1].astype(np.float64)
+        # Statistics merged across 4 units vs numpy on the concatenated data: rtol 1e-12.
         np.testing.assert_allclose(store.mean, np.nanmean(ref, axis=(0, 2, 3)), rtol=1e-12)
         np.testing.assert_allclose(store.std, np.nanstd(ref, axis=(0, 2, 3)), rtol=1e-12)
         raw = (store_dir / "manifest.json").read_bytes()
         assert store.manifest_sha256 == hashlib.sha256(raw).hexdigest()
         # Each shard file is opened once and cached.
-        handles = dict(store._handles)
         store.read(0, 24)
-        assert len(handles) == 5 and all(store._handles[p] is h for p, h in handles.items())
+        handles = dict(store._store._files)
+        store.read(0, 24)
+        assert len(handles) == 5 and all(store._store._files[p] is h for p, h in handles.items())
         with pytest.raises(IndexError):
             store.read(20, 25)
 
     m = json.loads(raw)
-    assert m["format"] == "scigpt-grid-store" and m["format_version"] == 1
-    assert [v["name"] for v in m["variables"]] == grid.names
-    assert m["times"][0] == "2020-01-01T00:00:00" and m["times"][-1] == "2020-01-01T23:00:00"
-    assert m["stats"]["time_range"] == ["2020-01-01T00:00:00", "2020-01-01T15:00:00"]
-    assert m["stats"]["per_variable"]["sp"]["count"] == 16 * 41 * 41
+    assert m["format"] == "scigpt-patch-store" and m["format_version"] == 1
+    src = m["sources"]["grid"]
+    assert [v["name"] for v in src["variables"]] == grid.names
+    assert m["stats_time_range"] == ["2020-01-01T00:00:00", "2020-01-01T15:00:00"]
+    assert src["stats"]["sp"]["count"] == 16 * 41 * 41
+    assert src["n_samples"] == 24 and m["rejects"] == []
     assert m["producer"] == {"command": "pytest", "inputs": ["era5_rhine_2020-01-01"]}
-    assert [s["time_index"] for s in m["shards"]] == [[0, 5], [5, 10], [10, 15], [15, 20], [20, 24]]
-    for s in m["shards"]:
-        path = store_dir / s["file"]
-        assert s["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    with h5py.File(store_dir / "shards" / "grid-00004.h5", "r") as f:
-        fields = f["fields"]
-        assert fields.shape == (4, 14, 41, 41) and fields.dtype == np.float32
-        assert fields.chunks == (1, 1, 41, 41)
-        assert fields.compression == "gzip" and fields.compression_opts == 4 and fields.shuffle
-        assert f["time"].dtype == np.int64
-        assert np.array_equal(f["time"][...], grid.time[20:].astype(np.int64))
-    assert sorted(p.name for p in store_dir.rglob("*") if p.is_file()) == [
-        "grid-00000.h5",
-        "grid-00001.h5",
-        "grid-00002.h5",
-        "grid-00003.h5",
-        "grid-00004.h5",
+    assert [u["arrays"][0]["times"][0][11:13] for u in src["units"]] == [
+        "00",
+        "05",
+        "10",
+        "15",
+        "20",
+    ]
+    for u in src["units"]:
+        assert u["sha256"] == hashlib.sha256((store_dir / u["shard"]).read_bytes()).hexdigest()
+    with h5py.File(store_dir / "shards" / "grid" / "grid-00004.h5", "r") as f:
+        patches = f["a0/patches"]
+        # (N, V, G, K): 4 samples, 14 variables, 11x11 tokens of 1x4x4 values (41 padded to 44)
+        assert patches.shape == (4, 14, 121, 16) and patches.dtype == np.float32
+        assert patches.chunks == (1, 1, 121, 16)
+        assert patches.compression == "gzip" and patches.compression_opts == 4 and patches.shuffle
+        assert np.isnan(patches[0, 0, 10, 1])  # a padded cell (row 0 of the tokens, col 41+)
+        assert np.array_equal(f["a0/time"][...], grid.time[20:].astype(np.int64))
+    assert sorted(str(p.relative_to(store_dir)) for p in store_dir.rglob("*") if p.is_file()) == [
         "manifest.json",
+        *[f"shards/grid/grid-0000{i}.h5" for i in range(5)],
+        *[f"units/grid/grid-0000{i}.json" for i in range(5)],
     ]
 
 
 def test_store_detects_modified_shard(store_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(store_dir, copy)
-    shard = copy / "shards" / "grid-00002.h5"
+    shard = copy / "shards" / "grid" / "grid-00002.h5"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.raises(RuntimeError, match=r"grid-00002\.h5.*re-run the ingest"):
+    with pytest.raises(RuntimeError, match=r"grid-00002\.h5.*sha256.*re-run `scigpt prepare`"):
         GridStore(copy)
     GridStore(copy, verify=False).close()  # opening without verification is allowed
 
@@ -393,23 +400,22 @@ def test_store_bytes_are_reproducible(grid: GridArray, tmp_path: Path) -> None:
     write_grid_store(small, tmp_path / "b", steps_per_shard=4)
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.*"))
-    assert files_a == files_b and len(files_a) == 3
+    assert files_a == files_b and len(files_a) == 5
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 
 
-def _crash_on_second_shard(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = shards._write_shard
+def _crash_on_second_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = shards._write_grid
     calls = []
 
-    def flaky(path: Path, *args: object) -> None:
-        calls.append(path)
+    def flaky(g, *args: object):
+        calls.append(g)
         if len(calls) == 2:
-            path.write_bytes(b"half a shard")  # the process dies mid-write
-            raise RuntimeError("simulated crash")
-        real(path, *args)
+            raise RuntimeError("simulated crash")  # the process dies mid-write
+        return real(g, *args)
 
-    monkeypatch.setattr(shards, "_write_shard", flaky)
+    monkeypatch.setattr(shards, "_write_grid", flaky)
 
 
 def test_store_crash_leaves_no_manifest_or_temp_files(
@@ -420,27 +426,28 @@ def test_store_crash_leaves_no_manifest_or_temp_files(
     )
     fresh = tmp_path / "fresh"
     with monkeypatch.context() as mp:
-        _crash_on_second_shard(mp)
+        _crash_on_second_unit(mp)
         with pytest.raises(RuntimeError, match="simulated crash"):
             write_grid_store(small, fresh, steps_per_shard=2)
-    assert [str(p.relative_to(fresh)) for p in fresh.rglob("*") if p.is_file()] == [
-        "shards/grid-00000.h5"
+    assert sorted(str(p.relative_to(fresh)) for p in fresh.rglob("*") if p.is_file()) == [
+        "shards/grid/grid-00000.h5",
+        "units/grid/grid-00000.json",
     ]
-    with pytest.raises(FileNotFoundError, match="re-run the ingest"):
+    with pytest.raises(FileNotFoundError, match="run `scigpt prepare` again"):
         GridStore(fresh)
 
     # Rewriting a complete store: a crash must not leave the old manifest over mixed shards.
     existing = tmp_path / "existing"
     write_grid_store(small, existing, steps_per_shard=2)
     with monkeypatch.context() as mp:
-        _crash_on_second_shard(mp)
+        _crash_on_second_unit(mp)
         with pytest.raises(RuntimeError, match="simulated crash"):
             write_grid_store(small, existing, steps_per_shard=2)
     assert not (existing / "manifest.json").exists()
     assert not [p for p in existing.rglob("*") if p.name.startswith(".")]
-    # A later complete write with fewer shards leaves exactly the shards it lists.
+    # A later complete write with fewer units leaves exactly the shards it lists.
     write_grid_store(small, existing, steps_per_shard=4)
-    assert sorted(p.name for p in (existing / "shards").iterdir()) == [
+    assert sorted(p.name for p in (existing / "shards" / "grid").iterdir()) == [
         "grid-00000.h5",
         "grid-00001.h5",
     ]

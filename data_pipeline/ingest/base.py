@@ -164,6 +164,16 @@ READERS: dict[str, str] = {
 }
 
 
+SERIES_FORMATS = frozenset({"mseed", "sac", "segy", "seisbench", "ghcn", "camels", "fluxnet"})
+
+
+def format_kind(fmt: str) -> str:
+    """ "grid" or "series": which array a format's reader returns (and how it is patched)."""
+    if fmt not in READERS:
+        raise ValueError(f"unknown source format {fmt!r}: choose one of {sorted(READERS)}")
+    return "series" if fmt in SERIES_FORMATS else "grid"
+
+
 def get_reader(fmt: str) -> Reader:
     """The reader function of a source format (imported on demand)."""
     if fmt not in READERS:

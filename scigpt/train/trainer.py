@@ -46,52 +46,6 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _prepare_store(loaded: LoadedConfig, store_dir: Path, cfg: RunConfig, show_progress: bool):
-    """Ingest the configured source into a grid store unless an identical one is there."""
-    from scigpt.data_pipeline.ingest.netcdf import read_netcdf
-    from scigpt.data_pipeline.shards import write_grid_store
-
-    (src,) = cfg.data.sources
-    producer = {
-        "source": src.model_dump(mode="json"),
-        "stats_time_range": [
-            cfg.data.splits.train.start.isoformat(),
-            cfg.data.splits.train.end.isoformat(),
-        ],
-        "steps_per_shard": cfg.data.steps_per_shard,
-    }
-    manifest_path = store_dir / "manifest.json"
-    if manifest_path.exists():
-        import json
-
-        if json.loads(manifest_path.read_text()).get("producer") == producer:
-            return
-        raise RuntimeError(
-            f"{store_dir} holds a store made from a different data config: point data.store "
-            "elsewhere or delete that folder"
-        )
-    path = loaded.resolve_path(src.path)
-    files = sorted(path.glob("*.nc")) if path.is_dir() else sorted(path.parent.glob(path.name))
-    if not files:
-        raise FileNotFoundError(
-            f"data.sources[{src.name}].path={src.path!r} ({path}) matches no netCDF files: "
-            "point it at a folder of .nc files or a glob"
-        )
-    if show_progress:
-        print(f"ingesting {len(files)} files from {path} ...", flush=True)
-    grid = read_netcdf(files, src.variables)
-    write_grid_store(
-        grid,
-        store_dir,
-        steps_per_shard=cfg.data.steps_per_shard,
-        stats_time_range=(
-            np.datetime64(cfg.data.splits.train.start.replace(tzinfo=None), "ns"),
-            np.datetime64(cfg.data.splits.train.end.replace(tzinfo=None), "ns"),
-        ),
-        producer=producer,
-    )
-
-
 def _time_range(r) -> tuple[np.datetime64, np.datetime64]:
     return (
         np.datetime64(r.start.replace(tzinfo=None), "ns"),
@@ -127,7 +81,7 @@ def train(
     from tqdm import tqdm
 
     from scigpt.data_pipeline.loader import ForecastDataset, collate_forecast
-    from scigpt.data_pipeline.shards import GridStore
+    from scigpt.data_pipeline.store import GridStore
     from scigpt.eval.metrics import lat_weights, weighted_mse
     from scigpt.launch.distributed import init_distributed
     from scigpt.models.build import build_model, count_params, forward_flops_per_token, materialise
@@ -166,10 +120,14 @@ def train(
     store_dir = loaded.resolve_path(cfg.data.store) if cfg.data.store else run_path / "store"
     if is_main:
         run = RunDir.create(root, name, loaded.resolved_dict())
-        _prepare_store(loaded, store_dir, cfg, show)
+        from scigpt.prepare import prepare_from_config
+
+        manifest = prepare_from_config(loaded, store_dir, progress=show)
+        if manifest and manifest["rejects"]:
+            raise RuntimeError(f"ingest rejected inputs: {manifest['rejects']}")
     _barrier(world)
     run = RunDir(run_path)
-    store = GridStore(store_dir, verify=True)
+    store = GridStore(store_dir, source=cfg.data.sources[0].name, verify=True)
 
     history, lead = cfg.data.history, cfg.data.lead
     train_ds = ForecastDataset(
