@@ -1,0 +1,264 @@
+"""`scigpt prepare`: patching, parallel = serial, resume after SIGKILL, bad input → rejects."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from scigpt.config_loader import ConfigError, load_config
+from scigpt.data_pipeline.patches import (
+    grid_token_coords,
+    patchify_grid,
+    patchify_series,
+    unpatchify_grid,
+    window_starts,
+)
+from scigpt.data_pipeline.store import PatchStore
+from scigpt.prepare import prepare_from_config, source_specs
+
+SPLITS = {
+    "train": {"start": "2020-01-01T00:00", "end": "2020-01-01T15:00"},
+    "test": {"start": "2020-01-01T16:00", "end": "2020-01-01T23:00"},
+}
+
+
+def _config(tmp: Path, sources: list[dict], name: str = "ingest") -> Path:
+    cfg = {"name": name, "data": {"sources": sources, "splits": SPLITS}}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _env() -> dict[str, str]:
+    drop = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_", "OMPI_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return env
+
+
+def _tree(store: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(store)): p.read_bytes()
+        for p in sorted(store.rglob("*"))
+        if p.is_file() and p.relative_to(store).parts[0] != "units"  # records carry timings
+    }
+
+
+# ---- patches ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("patch", [(1, 4, 4), (2, 3, 5), (3, 1, 1)])
+def test_grid_patchify_round_trip(patch):
+    x = np.random.default_rng(0).normal(size=(7, 3, 13, 10)).astype(np.float32)
+    p = patchify_grid(x, patch)
+    pt, ph, pw = patch
+    n = 7 // pt
+    assert p.shape == (n, 3, -(-13 // ph) * -(-10 // pw), pt * ph * pw)
+    back = unpatchify_grid(p, patch, 13, 10)
+    assert np.array_equal(back, x[: n * pt])
+    # token 0 of variable 1 in sample 0 is the top-left (pt, ph, pw) block, time-major
+    assert np.array_equal(p[0, 1, 0], x[:pt, 1, :ph, :pw].reshape(-1))
+
+
+def test_token_coords_regular_grid_and_dateline():
+    lat = np.linspace(55, 45, 41)
+    lon = np.linspace(0, 10, 41)
+    tlat, tlon = grid_token_coords(lat, lon, 4, 4)
+    assert tlat.shape == tlon.shape == (121,)
+    assert tlat[0] == pytest.approx(lat[:4].mean()) and tlon[0] == pytest.approx(lon[:4].mean())
+    # a patch across the dateline sits at 180°, not at 0°
+    _, tl = grid_token_coords(np.array([0.0, 1.0]), np.array([179.0, -179.0]), 2, 2)
+    assert abs(abs(tl[0]) - 180.0) < 1e-9
+
+
+def test_series_windows_pad_and_drop():
+    assert window_starts(10, 4, 4, "pad") == [0, 4, 8]
+    assert window_starts(10, 4, 4, "drop") == [0, 4]
+    assert window_starts(3, 4, 4, "drop") == []
+    x = np.arange(2 * 3 * 10, dtype=np.float32).reshape(2, 3, 10)
+    p, origin = patchify_series(x, window=4, patch=2, partial="pad")
+    assert p.shape == (6, 3, 2, 2)
+    assert origin.tolist() == [[0, 0], [0, 4], [0, 8], [1, 0], [1, 4], [1, 8]]
+    assert np.array_equal(p[1, 2].reshape(-1), x[0, 2, 4:8])
+    assert np.isnan(p[2, 0, 1]).all() and np.array_equal(p[2, 0, 0], x[0, 0, 8:10])
+
+
+# ---- ingest from configs -----------------------------------------------------------------
+
+
+@pytest.fixture
+def per_file_config(tmp_path, sample_era5_dir) -> Path:
+    src = {"name": "era5", "format": "netcdf", "path": str(sample_era5_dir), "unit": "file"}
+    return _config(tmp_path, [src])
+
+
+def test_prepare_statistics_match_numpy(per_file_config, sample_era5_dir, tmp_path):
+    loaded = load_config(per_file_config)
+    manifest = prepare_from_config(loaded, tmp_path / "store", progress=False)
+    src = manifest["sources"]["era5"]
+    assert len(src["units"]) == 8 and manifest["rejects"] == []
+    assert src["n_samples"] == 8 * 24
+    ds = xr.merge([xr.open_dataset(f) for f in sorted(sample_era5_dir.glob("*.nc"))])
+    train = ds.sel(time=slice("2020-01-01T00:00", "2020-01-01T15:00"))
+    for name, ref in [("u10", train.u10), ("sp", train.sp), ("q700", train.q.sel(level=700))]:
+        # float32 values as the reader decodes them, statistics in float64: rtol 1e-12
+        vals = ref.values.astype(np.float32).astype(np.float64)
+        st = src["stats"][name]
+        assert st["count"] == vals.size
+        assert st["mean"] == pytest.approx(vals.mean(), rel=1e-12)
+        assert st["std"] == pytest.approx(vals.std(), rel=1e-12)
+    with PatchStore(tmp_path / "store") as store:
+        names = [v.name for v in store.variables("era5")]
+        assert names[:1] == ["d2m"] and "u500" in names and len(names) == 14
+
+
+@pytest.mark.slow
+def test_mpirun_four_ranks_equals_serial(per_file_config, tmp_path, torch_extensions_dir):
+    serial = subprocess.run(
+        [sys.executable, "-m", "scigpt", "prepare", str(per_file_config),
+         "--out", str(tmp_path / "serial"), "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=_env(),
+    )  # fmt: skip
+    assert serial.returncode == 0, serial.stderr[-3000:]
+    par = subprocess.run(
+        ["mpirun", "-n", "4", "--oversubscribe", sys.executable, "-m", "scigpt", "prepare",
+         str(per_file_config), "--out", str(tmp_path / "mpi"), "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=_env(),
+    )  # fmt: skip
+    assert par.returncode == 0, par.stdout[-3000:] + par.stderr[-3000:]
+    a, b = _tree(tmp_path / "serial"), _tree(tmp_path / "mpi")
+    assert a.keys() == b.keys() and len(a) == 9  # 8 shards + manifest
+    for rel in a:
+        assert a[rel] == b[rel], f"{rel} differs between serial and mpirun -n 4"
+    # each rank wrote its own units: rank r got units r, r+4
+    recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "mpi/units/era5").iterdir())]
+    assert [r["index"] for r in recs] == list(range(8))
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tmp_path, sample_era5_dir):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for k in range(48):  # many small units, so the kill lands mid-ingest
+        for f in ("ERA5_2020-01-01_u10.nc", "ERA5_2020-01-01_sp.nc"):
+            (inputs / f"{k:03d}_{f}").symlink_to(sample_era5_dir / f)
+    cfg = _config(tmp_path, [{"name": "era5", "format": "netcdf", "path": str(inputs)}])
+    store = tmp_path / "store"
+    cmd = [
+        sys.executable,
+        "-m",
+        "scigpt",
+        "prepare",
+        str(cfg),
+        "--out",
+        str(store),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    records = store / "units" / "era5"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if records.is_dir() and len(list(records.glob("*.json"))) >= 10:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done_before = len(list(records.glob("*.json")))
+    assert 10 <= done_before < 96, "the kill did not land mid-ingest"
+    assert not (store / "manifest.json").exists()
+
+    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    clean = subprocess.run(
+        [*cmd[:-3], "--out", str(tmp_path / "clean"), "--no-progress"],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    resumed, uninterrupted = _tree(store), _tree(tmp_path / "clean")
+    assert resumed.keys() == uninterrupted.keys()
+    for rel in resumed:
+        assert resumed[rel] == uninterrupted[rel], rel
+    m = json.loads((store / "manifest.json").read_text())
+    assert m["sources"]["era5"]["n_samples"] == 96 * 24  # nothing duplicated, nothing lost
+    assert not list(store.rglob(".*.tmp"))
+
+
+def _bad_inputs(folder: Path, sample: Path) -> dict[str, str]:
+    """Good files plus one broken file per kind of bad input; returns name → expected reason."""
+    folder.mkdir()
+    shutil.copy(sample / "ERA5_2020-01-01_u10.nc", folder / "a_good_u10.nc")
+    shutil.copy(sample / "ERA5_2020-01-01_sp.nc", folder / "b_good_sp.nc")
+    data = (sample / "ERA5_2020-01-01_v10.nc").read_bytes()
+    (folder / "c_truncated.nc").write_bytes(data[: len(data) // 3])
+    (folder / "d_garbage.nc").write_bytes(b"this is not netCDF at all\n" * 10)
+    for name, change in [("e_unknown_var.nc", "rename"), ("f_bad_units.nc", "units"),
+                         ("g_all_missing.nc", "fill")]:  # fmt: skip
+        path = folder / name
+        shutil.copy(sample / "ERA5_2020-01-01_d2m.nc", path)
+        path.chmod(0o644)
+        with netCDF4.Dataset(path, "a") as ds:
+            if change == "rename":
+                ds.renameVariable("d2m", "zzz_not_a_variable")
+            elif change == "units":
+                ds["d2m"].units = "furlongs per fortnight"
+            else:
+                ds["d2m"].set_auto_maskandscale(False)
+                ds["d2m"][:] = ds["d2m"]._FillValue
+    return {
+        "c_truncated.nc": "c_truncated.nc",
+        "d_garbage.nc": "d_garbage.nc",
+        "e_unknown_var.nc": "zzz_not_a_variable",
+        "f_bad_units.nc": "furlongs per fortnight",
+        "g_all_missing.nc": "no valid value",
+    }
+
+
+def test_bad_inputs_are_rejected_with_reasons(tmp_path, sample_era5_dir):
+    expected = _bad_inputs(tmp_path / "in", sample_era5_dir)
+    cfg = _config(tmp_path, [{"name": "mixed", "format": "netcdf", "path": str(tmp_path / "in")}])
+    manifest = prepare_from_config(load_config(cfg), tmp_path / "store", progress=False)
+    rejects = {Path(r["paths"][0]).name: r["reason"] for r in manifest["rejects"]}
+    assert sorted(rejects) == sorted(expected)
+    for name, fragment in expected.items():
+        assert fragment in rejects[name], (name, rejects[name])
+    src = manifest["sources"]["mixed"]
+    assert [Path(u["shard"]).name for u in src["units"]] == ["mixed-00000.h5", "mixed-00001.h5"]
+    assert {v["name"] for v in src["variables"]} == {"u10", "sp"}
+    PatchStore(tmp_path / "store").close()  # the good part verifies
+    # A rerun keeps the rejects without re-reading them, and redoes nothing.
+    before = _tree(tmp_path / "store")
+    again = prepare_from_config(load_config(cfg), tmp_path / "store", progress=False)
+    assert again == manifest and _tree(tmp_path / "store") == before
+
+
+def test_source_option_errors_name_the_key(tmp_path, sample_era5_dir):
+    bad_opt = _config(
+        tmp_path,
+        [{"name": "e", "format": "netcdf", "path": str(sample_era5_dir), "options": {"bogus": 1}}],
+        "badopt",
+    )
+    with pytest.raises(ConfigError, match=r"data\.sources\.0\.options\.bogus: unknown option"):
+        source_specs(load_config(bad_opt))
+    nothing = _config(tmp_path, [{"name": "e", "path": str(tmp_path / "nowhere/*.nc")}], "nopath")
+    with pytest.raises(ConfigError, match=r"data\.sources\.0\.path=.*matches no input files"):
+        source_specs(load_config(nothing))
+    with pytest.raises(ConfigError, match=r"window=1000 is not a multiple of patch=64"):
+        load_config(
+            _config(
+                tmp_path,
+                [{"name": "s", "format": "mseed", "path": "x", "window": 1000, "patch": [64]}],
+                "win",
+            )
+        )
