@@ -82,7 +82,7 @@ class LoadedConfig:
         """The config as plain JSON-able data, data paths made independent of the cwd."""
         d = self.config.model_dump(mode="json")
         for src in d["data"]["sources"]:
-            if not src["path"].startswith("pkg:"):
+            if src["path"] is not None and not src["path"].startswith("pkg:"):
                 src["path"] = str(self.resolve_path(src["path"]))
         return d
 
