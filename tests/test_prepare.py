@@ -125,7 +125,15 @@ def test_prepare_statistics_match_numpy(per_file_config, sample_era5_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_mpirun_four_ranks_equals_serial(per_file_config, tmp_path, torch_extensions_dir):
+def test_mpirun_four_ranks_equals_serial(tmp_path, sample_era5_dir):
+    pde = {"family": "helmholtz", "n_samples": 20, "grid": 24}
+    per_file_config = _config(
+        tmp_path,
+        [
+            {"name": "era5", "format": "netcdf", "path": str(sample_era5_dir), "unit": "file"},
+            {"name": "helm", "format": "pde", "options": pde, "samples_per_unit": 8},
+        ],
+    )
     serial = subprocess.run(
         [sys.executable, "-m", "scigpt", "prepare", str(per_file_config),
          "--out", str(tmp_path / "serial"), "--no-progress"],
@@ -139,12 +147,11 @@ def test_mpirun_four_ranks_equals_serial(per_file_config, tmp_path, torch_extens
     )  # fmt: skip
     assert par.returncode == 0, par.stdout[-3000:] + par.stderr[-3000:]
     a, b = _tree(tmp_path / "serial"), _tree(tmp_path / "mpi")
-    assert a.keys() == b.keys() and len(a) == 9  # 8 shards + manifest
+    assert a.keys() == b.keys() and len(a) == 12  # 8 + 3 shards + manifest
     for rel in a:
         assert a[rel] == b[rel], f"{rel} differs between serial and mpirun -n 4"
-    # each rank wrote its own units: rank r got units r, r+4
-    recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "mpi/units/era5").iterdir())]
-    assert [r["index"] for r in recs] == list(range(8))
+    m = json.loads(a["manifest.json"])
+    assert m["sources"]["helm"]["n_samples"] == 20 and m["sources"]["era5"]["n_samples"] == 192
 
 
 @pytest.mark.slow
