@@ -130,7 +130,6 @@ class DataConfig(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     # Where the ingested store goes; default: <run dir>/store.
     store: str | None = None
-    steps_per_shard: PositiveInt = 24
     splits: SplitsConfig
     history: PositiveInt = 2  # input frames per sample (current + previous)
     lead: PositiveInt = 1  # forecast lead in time steps

@@ -1,0 +1,140 @@
+"""Ingest throughput per process: SciGPT's full ingest vs the bare library read, per format.
+
+For each format the same input files are
+  * read with the library alone (the competitor: xarray / cfgrib / pyhdf / obspy decoding every
+    value into memory, nothing else), and
+  * ingested by ``prepare_store`` (read + canonical units + checks + patchify + statistics +
+    compressed, checksummed HDF5 shard + records + manifest), one process.
+Both are reported as input MB/s; the ratio is SciGPT / bare read (1.0 = ingest costs nothing
+beyond decoding). Inputs are repeated ``--repeat`` times (as separate units) for stable timings.
+
+    python benchmarks/ingest.py --repeat 5 --out benchmarks/results/ingest
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+CASES = {
+    "netcdf": ("era5/rhine_2020-01-01_pl", "*.nc", "all"),
+    "grib": ("era5/grib", "*.grib", "file"),
+    "modis_hdf4": ("modis", "MOD09A1*.hdf", "file"),
+    "mseed": ("seismic/mseed", "*.mseed", "file"),
+}
+
+
+def bare_read(fmt: str, files: list[Path]) -> None:
+    """The competitor: decode every value with the format's own library, nothing more."""
+    if fmt == "netcdf":
+        import xarray as xr
+
+        for f in files:
+            with xr.open_dataset(f) as ds:
+                for v in ds.data_vars:
+                    ds[v].values  # noqa: B018 - decode (mask + scale) into memory
+    elif fmt == "grib":
+        import xarray as xr
+
+        for f in files:
+            with xr.open_dataset(f, engine="cfgrib", backend_kwargs={"indexpath": ""}) as ds:
+                for v in ds.data_vars:
+                    ds[v].values  # noqa: B018
+    elif fmt == "modis_hdf4":
+        from pyhdf.SD import SD, SDC
+
+        for f in files:
+            sd = SD(str(f), SDC.READ)
+            for name in sd.datasets():
+                sd.select(name).get()
+            sd.end()
+    elif fmt == "mseed":
+        import obspy
+
+        for f in files:
+            obspy.read(str(f))
+    else:
+        raise ValueError(fmt)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--formats", nargs="*", default=list(CASES))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/ingest"))
+    args = ap.parse_args()
+
+    from scigpt.data_pipeline.prepare import SourceSpec, prepare_store
+    from scigpt.data_pipeline.shards import PatchSpec
+
+    rows = []
+    for fmt in args.formats:
+        sub, pattern, unit = CASES[fmt]
+        originals = sorted((SHARED / sub).glob(pattern))
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            inputs = []
+            for k in range(args.repeat):
+                d = tmp / f"in{k}"
+                d.mkdir()
+                for f in originals:
+                    shutil.copy(f, d / f.name)
+                inputs.append(sorted(d.iterdir()))
+            nbytes = sum(f.stat().st_size for group in inputs for f in group)
+            bare_read(fmt, inputs[0])  # warm imports and the page cache for both contenders
+            t0 = time.perf_counter()
+            for group in inputs:
+                bare_read(fmt, group)
+            t_bare = time.perf_counter() - t0
+            options = {"stations": None} if fmt == "mseed" else {}
+            specs = [
+                SourceSpec(
+                    name=f"{fmt}{k}",
+                    format=fmt,
+                    paths=group,
+                    options={k2: v for k2, v in options.items() if v is not None},
+                    unit=unit,
+                    patch=PatchSpec(window=1200, patch=50),
+                    require_coordinates=False,
+                )
+                for k, group in enumerate(inputs)
+            ]
+            prepare_store(specs[:1], tmp / "warm", progress=False)  # reader imports, page cache
+            t0 = time.perf_counter()
+            manifest = prepare_store(specs, tmp / "store", progress=False)
+            t_ingest = time.perf_counter() - t0
+            assert manifest is not None and not manifest["rejects"], manifest["rejects"]
+            samples = sum(s["n_samples"] for s in manifest["sources"].values())
+        rows.append(
+            {
+                "format": fmt,
+                "input_mb": nbytes / 1e6,
+                "samples": samples,
+                "bare_read_mb_s": nbytes / 1e6 / t_bare,
+                "scigpt_ingest_mb_s": nbytes / 1e6 / t_ingest,
+                "ratio": t_bare / t_ingest,
+            }
+        )
+    print(f"{'format':12s} {'MB':>7s} {'bare MB/s':>10s} {'ingest MB/s':>12s} {'ratio':>6s}")
+    for r in rows:
+        print(
+            f"{r['format']:12s} {r['input_mb']:7.1f} {r['bare_read_mb_s']:10.1f} "
+            f"{r['scigpt_ingest_mb_s']:12.1f} {r['ratio']:6.2f}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.with_suffix(".csv").open("w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
