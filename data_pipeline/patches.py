@@ -15,6 +15,7 @@ in, so a token row multiplies a weight row directly.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -66,7 +67,13 @@ def token_centres(coord: np.ndarray, axis: int, patch: int) -> np.ndarray:
         coord = np.concatenate([coord, extra], axis=axis)
     shape = list(coord.shape)
     shape[axis : axis + 1] = [n_pad // patch, patch]
-    return coord.reshape(shape).mean(axis=axis + 1)
+    blocks = coord.reshape(shape)
+    if np.isfinite(blocks).all():
+        return blocks.mean(axis=axis + 1)
+    # Off-map cells (NaN coordinates) do not pull a token's centre; all-NaN tokens stay NaN.
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(blocks, axis=axis + 1)
 
 
 def grid_token_coords(

@@ -139,9 +139,16 @@ def _check_arrays(arrays: list, unit: Unit) -> None:
                 "station coordinates (reader option, e.g. stations/site) or set "
                 "require_coordinates: false for this source",
             )
-        geographic = isinstance(arr, GridArray) and arr.coords == "geographic"
-        if geographic and not (np.isfinite(arr.lat).all() and np.isfinite(arr.lon).all()):
-            raise ReaderError(where, "grid coordinates contain NaN")
+        if isinstance(arr, GridArray) and arr.coords == "geographic":
+            # Off-map pixels (MODIS tiles at the dateline) may lack coordinates, but only where
+            # they also lack values.
+            lat, lon = np.broadcast_arrays(
+                *(np.meshgrid(arr.lat, arr.lon, indexing="ij") if arr.lat.ndim == 1
+                  else (arr.lat, arr.lon))
+            )  # fmt: skip
+            nocoord = ~(np.isfinite(lat) & np.isfinite(lon))  # (H, W)
+            if nocoord.any() and not np.isnan(arr.values[..., nocoord]).all():
+                raise ReaderError(where, "valid values at pixels without coordinates")
 
 
 def run_unit(store: Path, unit: Unit, stats_time_range) -> dict[str, Any]:

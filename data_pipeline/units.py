@@ -48,9 +48,24 @@ _UNITS: tuple[tuple[Unit, tuple[str, ...]], ...] = (
     (Unit("mm", "length", 1e-3), ("millimetre", "millimeter")),
     # specific energy (geopotential)
     (Unit("m**2 s**-2", "specific_energy"), ("m**2/s**2", "J kg**-1", "J/kg")),
+    # plane angle (MODIS sun/view zenith and azimuth); SI is the radian
+    (Unit("degree", "angle", np.pi / 180), ("degrees", "deg")),
     # dimensionless
-    (Unit("1", "dimensionless"), ("", "dimensionless", "(0 - 1)", "0-1", "fraction", "~")),
-    (Unit("%", "dimensionless", 1e-2), ("percent",)),
+    (
+        Unit("1", "dimensionless"),
+        ("", "dimensionless", "(0 - 1)", "0-1", "fraction", "~", "m**2/m**2"),
+    ),
+    (Unit("%", "dimensionless", 1e-2), ("percent", "Percent")),
+    # raw digitiser output (seismic waveforms, not restituted): a dimension of its own, so counts
+    # never convert to, or pass for, a physical unit
+    (Unit("counts", "counts"), ("count", "digital counts")),
+    # station series (GHCN-D, CAMELS, FLUXNET); daily totals are kept apart from speeds
+    (Unit("s", "time"), ("second", "seconds")),
+    (Unit("mm day**-1", "depth_rate", 1e-3 / 86400.0), ("mm/day", "mm d**-1", "mm/d")),
+    (Unit("W m**-2", "energy_flux"), ("W/m2", "W/m**2")),
+    (Unit("m**3 s**-1", "volume_flow"), ("m3/s", "m**3/s")),
+    (Unit("ft**3 s**-1", "volume_flow", 0.028316846592), ("ft3/s", "ft**3/s", "cfs")),
+    (Unit("umol m**-2 s**-1", "molar_flux", 1e-6), ("µmol m**-2 s**-1", "umol/m2/s")),
 )
 
 

@@ -1,0 +1,850 @@
+"""MODIS HDF4-EOS tiles and generic HDF5 satellite grids → :class:`GridArray`.
+
+Conventions (both readers):
+
+* **Packing.** HDF4/MODIS products decode as ``value = scale_factor * (raw - add_offset)``
+  (the HDF4 ``SDsetcal`` calibration, MODIS user guides); CF/netCDF files decode as
+  ``value = raw * scale_factor + add_offset``. The two agree only when ``add_offset == 0``, so
+  the convention is explicit (``read_hdf5_grid(scale_convention=...)``), never guessed.
+* **Masking.** ``_FillValue`` (and CF ``missing_value``) → NaN; raw values outside
+  ``valid_range`` (or ``valid_min``/``valid_max``) → NaN. Both tests are on the *raw* stored
+  values, as the MODIS products and CF (for packed attributes) define them.
+* **QC layers.** Bit-field SDS (units such as ``"bit field"``/``"class-flag"``, or ``qc`` in
+  the name) are kept as raw integers, units ``"1"``, long name ``"QC raw bit field: ..."``: only
+  ``_FillValue`` → NaN (a valid range is meaningless on a bit pattern). Values are float32 in a
+  :class:`GridArray`, which is exact only below 2**24, so an integer QC word wider than 16 bits
+  is split into 16-bit planes ``<name>_bits00_15``, ``<name>_bits16_31`` (…), each exact.
+* **Units.** The ``units`` attribute goes through :mod:`..units`; dimensionless quantities
+  (reflectance, ``m^2/m^2``, percent) become ``"1"`` (fractions), angles stay ``"degree"``.
+  MODIS labels some scaled fractions with the units of the *stored* integer (FPAR: ``"Percent"``
+  with ``scale_factor`` 0.01, valid raw 0–100): when the decoded valid range tops out at ≤ 1 a
+  percent label is taken as already converted, so FPAR decodes to 0–1 and is not divided by
+  100 a second time.
+* **Geolocation.** 2-D ``lat``/``lon`` ``(H, W)`` of pixel centres, degrees, from the closed-form
+  inverse of the sinusoidal projection (:func:`sinusoidal_inverse`). Pixels that lie outside
+  the projection's domain (``|lon| > 180°``: the corners of the tiles at the dateline) get NaN
+  coordinates and NaN values; PROJ would wrap them onto the far side of the globe.
+* **Time.** One step per file: the start of the composite period (``RANGEBEGINNINGDATE`` /
+  ``RANGEBEGINNINGTIME`` of ``CoreMetadata.0``, else of ``OldCoreMetadata.0``), cross-checked
+  against the ``.AYYYYDDD.`` acquisition date of the LP DAAC file name (year + day of year, i.e.
+  the first day of the 8-/16-day composite); either alone suffices, a disagreement is an error.
+* **Empty variables.** A selected variable with no valid pixel (e.g. every MCD15A2 pixel of the
+  ocean tile h00v08 holds the land-cover code 254) is a :class:`ReaderError` that names the
+  variables: a tile without signal is rejected, not ingested as all-NaN.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+
+from ..units import known_units, parse_units, to_canonical
+from ..variables import VariableInfo
+from .base import GridArray, ReaderError
+
+# Sphere of the MODIS land grids (GCTP_SNSOID ProjParams[0]); MODIS Land grid user guide.
+MODIS_SPHERE_RADIUS = 6371007.181  # m
+
+ScaleConvention = Literal["cf", "hdf4"]
+
+# units attribute spellings of bit-field layers (compared lower-case, "-"/"_" read as space).
+_QC_UNITS = frozenset({"bit field", "bitfield", "bit fields", "class flag", "flag", "flags"})
+_QC_NAME = re.compile(r"(^|_)qc(_|$)", re.IGNORECASE)
+# MODIS spellings that name a quantity rather than a unit; both are dimensionless ("Julian day"
+# is MODIS's name for the day of year 1–366 of a pixel's observation, an ordinal, not JD).
+_MODIS_UNIT_SPELLINGS = {"reflectance": "1", "Julian day": "1", "none": "1", "NDVI": "1"}
+# LP DAAC names: <product>.A<YYYY><DDD>.h<HH>v<VV>.<collection>.<production time>.hdf
+_NAME_DATE = re.compile(r"\.A(\d{4})(\d{3})\.")
+_NAME_TILE = re.compile(r"^(?P<product>[A-Z0-9]+)\.A\d{7}\.(?P<tile>h\d{2}v\d{2})\.")
+
+
+# --------------------------------------------------------------------------- projection
+
+
+def sinusoidal_inverse(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    radius: float = MODIS_SPHERE_RADIUS,
+    lon0: float = 0.0,
+    false_easting: float = 0.0,
+    false_northing: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(lat, lon) in degrees of sinusoidal ``x``/``y`` (metres) on a sphere of ``radius``.
+
+    ``lat = y' / R``, ``lon = lon0 + x' / (R cos lat)`` with ``x' = x - false_easting``,
+    ``y' = y - false_northing`` (Snyder 1987, "Map projections — a working manual", §30).
+    Points outside the map (``|y'| > πR/2`` or ``|lon - lon0| > 180°``) get NaN for both.
+    """
+    x = np.asarray(x, dtype=np.float64) - false_easting
+    y = np.asarray(y, dtype=np.float64) - false_northing
+    x, y = np.broadcast_arrays(x, y)
+    phi = y / radius
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dlam = x / (radius * np.cos(phi))
+    # At the pole cos(phi) is 0: only x' == 0 is on the map there, and its longitude is lon0.
+    dlam = np.where(x == 0.0, 0.0, dlam)
+    outside = (np.abs(phi) > np.pi / 2) | ~(np.abs(dlam) <= np.pi)
+    lat = np.degrees(phi)
+    lon = lon0 + np.degrees(dlam)
+    lon = np.where(lon > 180.0, lon - 360.0, np.where(lon < -180.0, lon + 360.0, lon))
+    lat = np.where(outside, np.nan, lat)
+    lon = np.where(outside, np.nan, lon)
+    return lat, lon
+
+
+def _packed_dms_to_degrees(value: float) -> float:
+    """GCTP packed DMS (``DDDMMMSSS.SS``) → decimal degrees."""
+    sign = -1.0 if value < 0 else 1.0
+    v = abs(value)
+    deg = int(v // 1_000_000)
+    minutes = int((v - deg * 1_000_000) // 1_000)
+    seconds = v - deg * 1_000_000 - minutes * 1_000
+    return sign * (deg + minutes / 60.0 + seconds / 3600.0)
+
+
+@dataclass(frozen=True)
+class SinusoidalGrid:
+    """One HDF-EOS2 GCTP_SNSOID grid as StructMetadata describes it."""
+
+    name: str
+    shape: tuple[int, int]  # (H, W) = (YDim, XDim)
+    upper_left: tuple[float, float]  # (x, y) m: outer corner of the upper-left pixel
+    lower_right: tuple[float, float]  # (x, y) m: outer corner of the lower-right pixel
+    radius: float  # m
+    lon0: float  # degrees, central meridian
+    false_easting: float  # m
+    false_northing: float  # m
+    pixel_centre: bool  # HDFE_CENTER (default): values sit at pixel centres, else at UL corners
+    fields: tuple[str, ...]
+
+    @property
+    def pixel_size(self) -> tuple[float, float]:
+        """(dx, dy) in metres; dy is positive (rows run southwards)."""
+        h, w = self.shape
+        return (
+            (self.lower_right[0] - self.upper_left[0]) / w,
+            (self.upper_left[1] - self.lower_right[1]) / h,
+        )
+
+    def xy(self) -> tuple[np.ndarray, np.ndarray]:
+        """Projected x (W,) and y (H,) in metres of each pixel's registration point."""
+        h, w = self.shape
+        dx, dy = self.pixel_size
+        shift = 0.5 if self.pixel_centre else 0.0
+        x = self.upper_left[0] + (np.arange(w) + shift) * dx  # (W,)
+        y = self.upper_left[1] - (np.arange(h) + shift) * dy  # (H,)
+        return x, y
+
+    def latlon(self) -> tuple[np.ndarray, np.ndarray]:
+        """2-D (lat, lon) of shape (H, W), degrees; NaN outside the projection's domain."""
+        x, y = self.xy()
+        return sinusoidal_inverse(
+            x[None, :],
+            y[:, None],
+            radius=self.radius,
+            lon0=self.lon0,
+            false_easting=self.false_easting,
+            false_northing=self.false_northing,
+        )
+
+    @property
+    def proj4(self) -> str:
+        return (
+            f"+proj=sinu +R={self.radius} +lon_0={self.lon0} +x_0={self.false_easting} "
+            f"+y_0={self.false_northing} +units=m +no_defs"
+        )
+
+
+# --------------------------------------------------------------------------- ODL metadata
+
+
+def _joined_attr(attrs: Mapping[str, Any], base: str) -> str | None:
+    """``base.0`` + ``base.1`` + ...: HDF-EOS splits metadata over 32 000-character attributes."""
+    parts: list[str] = []
+    k = 0
+    while f"{base}.{k}" in attrs:
+        parts.append(str(attrs[f"{base}.{k}"]).rstrip("\x00"))
+        k += 1
+    return "".join(parts) if parts else None
+
+
+def _odl_scalar(block: str, key: str) -> str | None:
+    m = re.search(rf"^\s*{re.escape(key)}\s*=\s*(.+?)\s*$", block, re.MULTILINE)
+    return m.group(1).strip('"') if m else None
+
+
+def _odl_floats(text: str, where: str, path: Path) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.strip("()").split(","))
+    except ValueError:
+        raise ReaderError(path, f"{where}: cannot parse {text!r} as numbers") from None
+
+
+def _parse_grids(text: str, source: str, path: Path) -> list[SinusoidalGrid]:
+    """Every GRID_n group of an HDF-EOS2 StructMetadata text."""
+    grids: list[SinusoidalGrid] = []
+    pattern = r"^\s*GROUP\s*=\s*(GRID_\d+)\s*$(.*?)^\s*END_GROUP\s*=\s*\1\s*$"
+    for m in re.finditer(pattern, text, re.MULTILINE | re.DOTALL):
+        block = m.group(2)
+        name = _odl_scalar(block, "GridName") or m.group(1)
+        where = f"{source} grid {name!r}"
+        projection = _odl_scalar(block, "Projection")
+        if projection != "GCTP_SNSOID":
+            raise ReaderError(
+                path,
+                f"{where} has projection {projection!r}; only GCTP_SNSOID (the MODIS land "
+                "sinusoidal grid) is supported. Fix: reproject the product to sinusoidal or "
+                "add its projection to ingest/modis.py.",
+            )
+        origin = _odl_scalar(block, "GridOrigin") or "HDFE_GD_UL"
+        if origin != "HDFE_GD_UL":
+            raise ReaderError(path, f"{where} has GridOrigin {origin}; only HDFE_GD_UL is known")
+        values = {}
+        for key in ("XDim", "YDim", "UpperLeftPointMtrs", "LowerRightMtrs", "ProjParams"):
+            raw = _odl_scalar(block, key)
+            if raw is None:
+                raise ReaderError(path, f"{where} lacks {key}; the file is not an HDF-EOS2 grid")
+            values[key] = _odl_floats(raw, f"{where} {key}", path)
+        params = values["ProjParams"] + (0.0,) * 13
+        if params[0] <= 0:
+            raise ReaderError(
+                path, f"{where} ProjParams[0] (sphere radius) is {params[0]}; expected > 0"
+            )
+        registration = _odl_scalar(block, "PixelRegistration") or "HDFE_CENTER"
+        grids.append(
+            SinusoidalGrid(
+                name=name,
+                shape=(int(values["YDim"][0]), int(values["XDim"][0])),
+                upper_left=values["UpperLeftPointMtrs"][:2],  # type: ignore[arg-type]
+                lower_right=values["LowerRightMtrs"][:2],  # type: ignore[arg-type]
+                radius=params[0],
+                lon0=_packed_dms_to_degrees(params[4]),
+                false_easting=params[6],
+                false_northing=params[7],
+                pixel_centre=registration != "HDFE_CORNER",
+                fields=tuple(re.findall(r'DataFieldName\s*=\s*"([^"]+)"', block)),
+            )
+        )
+    if not grids:
+        raise ReaderError(path, f"{source} holds no GRID group; the file is not an HDF-EOS2 grid")
+    return grids
+
+
+def _odl_object_value(text: str, name: str) -> str | None:
+    """``VALUE`` of ``OBJECT = name`` in ECS core metadata (ODL)."""
+    m = re.search(
+        rf"OBJECT\s*=\s*{name}\s*$.*?VALUE\s*=\s*\"?([^\"\n]*?)\"?\s*$.*?END_OBJECT\s*=\s*{name}",
+        text,
+        re.MULTILINE | re.DOTALL,
+    )
+    return m.group(1).strip() if m else None
+
+
+def _datetime(date: str, clock: str | None, what: str, path: Path) -> np.datetime64:
+    text = (date if not clock else f"{date}T{clock}").rstrip("Z")
+    try:
+        return np.datetime64(text, "ns")
+    except ValueError:
+        raise ReaderError(path, f"{what} {text!r} is not an ISO date/time") from None
+
+
+def _time_from_name(path: Path) -> np.datetime64 | None:
+    m = _NAME_DATE.search(path.name)
+    if m is None:
+        return None
+    year, doy = int(m.group(1)), int(m.group(2))
+    start = np.datetime64(f"{year:04d}-01-01", "ns")
+    days_in_year = 366 if (year % 4 == 0 and year % 100 != 0) or year % 400 == 0 else 365
+    if not 1 <= doy <= days_in_year:
+        raise ReaderError(path, f"file name day of year {doy} is not in 1..{days_in_year}")
+    return start + np.timedelta64(doy - 1, "D")
+
+
+def _time(attrs: Mapping[str, Any], path: Path) -> tuple[np.datetime64, dict[str, Any]]:
+    """Start of the composite period, and provenance notes for ``GridArray.attrs``."""
+    from_name = _time_from_name(path)
+    for base in ("CoreMetadata", "OldCoreMetadata"):
+        core = _joined_attr(attrs, base)
+        date = _odl_object_value(core, "RANGEBEGINNINGDATE") if core else None
+        if core is None or date is None:
+            continue
+        begin = _datetime(
+            date, _odl_object_value(core, "RANGEBEGINNINGTIME"), f"{base} begin", path
+        )
+        end_date = _odl_object_value(core, "RANGEENDINGDATE")
+        end = (
+            _datetime(end_date, _odl_object_value(core, "RANGEENDINGTIME"), f"{base} end", path)
+            if end_date
+            else None
+        )
+        if from_name is not None and begin.astype("datetime64[D]") != from_name:
+            raise ReaderError(
+                path,
+                f"{base}.0 RANGEBEGINNINGDATE {date} disagrees with the file name date "
+                f"{from_name.astype('datetime64[D]')}. Fix: restore the original LP DAAC file "
+                "name (the file may have been renamed or mislabelled).",
+            )
+        notes = {"time_source": f"{base}.0", "time_end": None if end is None else str(end)}
+        return begin, notes
+    if from_name is not None:
+        return from_name, {"time_source": "file name (.AYYYYDDD.)", "time_end": None}
+    raise ReaderError(
+        path,
+        "no time: neither CoreMetadata.0/OldCoreMetadata.0 RANGEBEGINNINGDATE nor a .AYYYYDDD. "
+        "date in the file name. Fix: keep the LP DAAC file name.",
+    )
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _scalar(attrs: Mapping[str, Any], key: str) -> float | None:
+    if key not in attrs:
+        return None
+    arr = np.asarray(attrs[key]).ravel()
+    return float(arr[0]) if arr.size else None
+
+
+def _pair(attrs: Mapping[str, Any], key: str) -> tuple[float, float] | None:
+    if key not in attrs:
+        return None
+    arr = np.asarray(attrs[key], dtype=np.float64).ravel()
+    return (float(arr[0]), float(arr[1])) if arr.size == 2 else None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes | np.bytes_):
+        return value.decode("utf-8", "replace").rstrip("\x00")
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return _text(value.ravel()[0])
+    return str(value).rstrip("\x00")
+
+
+def _is_qc(name: str, attrs: Mapping[str, Any]) -> bool:
+    units = _text(attrs.get("units", "")).lower().replace("-", " ").replace("_", " ").strip()
+    return units in _QC_UNITS or bool(_QC_NAME.search(name))
+
+
+def _invalid(raw: np.ndarray, attrs: Mapping[str, Any], *, valid_range: bool) -> np.ndarray:
+    """(H, W) bool: fill/missing codes and (optionally) raw values outside the valid range."""
+    raw64 = raw.astype(np.float64)  # exact for every integer type up to 2**53
+    bad = np.isnan(raw64)
+    for key in ("_FillValue", "missing_value"):
+        if key in attrs:
+            for code in np.asarray(attrs[key], dtype=np.float64).ravel():
+                bad |= raw64 == code
+    if valid_range:
+        bounds = _pair(attrs, "valid_range")
+        lo = bounds[0] if bounds else _scalar(attrs, "valid_min")
+        hi = bounds[1] if bounds else _scalar(attrs, "valid_max")
+        if lo is not None:
+            bad |= raw64 < lo
+        if hi is not None:
+            bad |= raw64 > hi
+    return bad
+
+
+def _units(
+    attrs: Mapping[str, Any], scale: float, offset: float, convention: ScaleConvention, where: str
+) -> tuple[str, str]:
+    """(source spelling, canonical units) of a science variable."""
+    if "units" not in attrs:
+        raise ValueError(f"{where} has no units attribute. Fix: add one (e.g. '1' if unitless).")
+    spelling = _text(attrs["units"]).strip()
+    spelling = _MODIS_UNIT_SPELLINGS.get(spelling, spelling)
+    unit = parse_units(spelling)
+    if unit is None:
+        raise ValueError(
+            f"{where} has unknown units {spelling!r}; known (aliases accepted): {known_units()}. "
+            "Fix: register the spelling in scigpt.data_pipeline.units._UNITS."
+        )
+    if unit.dimension != "dimensionless":
+        return spelling, unit.symbol
+    bounds = _pair(attrs, "valid_range")
+    if unit.symbol == "%" and bounds is not None:
+        top = max(_apply_scale(np.asarray(bounds), scale, offset, convention))
+        if top <= 1.0:
+            # The label describes the stored integer (0–100 %); scale_factor has already turned
+            # it into a fraction (MOD15 FPAR). Converting again would divide by 100 twice.
+            return "1", "1"
+    return spelling, "1"
+
+
+def _apply_scale(
+    raw64: np.ndarray, scale: float, offset: float, convention: ScaleConvention
+) -> np.ndarray:
+    if convention == "hdf4":
+        # HDF4 calibration (SDgetcal): value = cal * (raw - offset); MODIS uses this, not CF.
+        return scale * (raw64 - offset)
+    return raw64 * scale + offset  # CF: unpacked = packed * scale_factor + add_offset
+
+
+def _decode_science(
+    raw: np.ndarray,
+    attrs: Mapping[str, Any],
+    *,
+    convention: ScaleConvention,
+    apply_valid_range: bool,
+    where: str,
+) -> tuple[np.ndarray, str]:
+    """Decoded float32 values (NaN where invalid) and canonical units of one science field."""
+    scale = _scalar(attrs, "scale_factor")
+    offset = _scalar(attrs, "add_offset")
+    scale = 1.0 if scale is None else scale
+    offset = 0.0 if offset is None else offset
+    spelling, canonical = _units(attrs, scale, offset, convention, where)
+    bad = _invalid(raw, attrs, valid_range=apply_valid_range)
+    # Decode and convert in float64, then round once to float32.
+    values = _apply_scale(raw.astype(np.float64), scale, offset, convention)
+    values = to_canonical(values, spelling, canonical, where=where).astype(np.float32)
+    values[bad] = np.nan
+    return values, canonical
+
+
+def _qc_planes(raw: np.ndarray, attrs: Mapping[str, Any]) -> list[tuple[str, np.ndarray]]:
+    """Raw bit-field planes (suffix, float32 values with NaN at fill) of one QC layer."""
+    bad = _invalid(raw, attrs, valid_range=False)
+    if not np.issubdtype(raw.dtype, np.integer):
+        values = raw.astype(np.float32)
+        values[bad] = np.nan
+        return [("", values)]
+    # Bits, not signed numbers: a set top bit must not read as a negative value.
+    bits = raw.view(np.dtype(f"u{raw.dtype.itemsize}")).astype(np.uint64)
+    n_planes = max(1, raw.dtype.itemsize // 2)
+    planes: list[tuple[str, np.ndarray]] = []
+    for k in range(n_planes):
+        plane = ((bits >> np.uint64(16 * k)) & np.uint64(0xFFFF)).astype(np.float32)
+        plane[bad] = np.nan
+        suffix = "" if n_planes == 1 else f"_bits{16 * k:02d}_{16 * k + 15:02d}"
+        planes.append((suffix, plane))
+    return planes
+
+
+@dataclass
+class _Decoded:
+    infos: list[VariableInfo]
+    planes: list[np.ndarray]  # each (T, H, W) float32
+    qc_names: list[str]
+
+
+def _decode_field(
+    out: _Decoded,
+    name: str,
+    raw: np.ndarray,
+    attrs: Mapping[str, Any],
+    *,
+    path: Path,
+    convention: ScaleConvention,
+    apply_valid_range: bool,
+) -> None:
+    """Append one field (raw (T, H, W)) to ``out``: decoded science values or QC planes."""
+    canonical = name.lower()
+    long_name = _text(attrs.get("long_name", name))
+    if _is_qc(name, attrs):
+        stacked = [_qc_planes(r, attrs) for r in raw]  # per time step
+        for k, (suffix, _) in enumerate(stacked[0]):
+            bits = f", bits {suffix[5:].replace('_', '-')}" if suffix else ""
+            out.infos.append(
+                VariableInfo(
+                    name=canonical + suffix,
+                    units="1",
+                    modality="grid",
+                    long_name=f"QC raw bit field{bits}: {long_name}",
+                )
+            )
+            out.planes.append(np.stack([s[k][1] for s in stacked]))
+            out.qc_names.append(canonical + suffix)
+        return
+    try:
+        decoded = [
+            _decode_science(
+                r, attrs, convention=convention, apply_valid_range=apply_valid_range, where=name
+            )
+            for r in raw
+        ]
+    except ValueError as exc:  # a units problem is a problem of this file: name it
+        raise ReaderError(path, str(exc)) from None
+    out.infos.append(
+        VariableInfo(name=canonical, units=decoded[0][1], modality="grid", long_name=long_name)
+    )
+    out.planes.append(np.stack([d[0] for d in decoded]))
+
+
+def _finish(
+    out: _Decoded,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    time: np.ndarray,
+    source: str,
+    attrs: dict[str, Any],
+    path: Path,
+) -> GridArray:
+    """Mask off-map pixels, refuse all-invalid variables, build the GridArray."""
+    values = np.stack(out.planes, axis=1)  # (T, V, H, W)
+    if lat.ndim == 2:
+        off_map = ~(np.isfinite(lat) & np.isfinite(lon))  # (H, W)
+    else:
+        off_map = ~(np.isfinite(lat)[:, None] & np.isfinite(lon)[None, :])  # (H, W)
+    values[:, :, off_map] = np.nan
+    empty = [info.name for v, info in enumerate(out.infos) if not np.isfinite(values[:, v]).any()]
+    if empty:
+        raise ReaderError(
+            path,
+            f"variables {empty} have no valid pixel (every value is fill, outside valid_range "
+            "or off the map). Fix: drop this file (e.g. an all-water tile), or select other "
+            "variables.",
+        )
+    attrs = {**attrs, "qc_variables": out.qc_names, "off_map_pixels": int(off_map.sum())}
+    return GridArray(
+        values=values,
+        variables=out.infos,
+        lat=lat,
+        lon=lon,
+        time=time,
+        source=source,
+        attrs=attrs,
+    )
+
+
+def _check_paths(paths: Sequence[str | Path], reader: str) -> list[Path]:
+    if isinstance(paths, str | Path):
+        raise ValueError(f"{reader} takes a sequence of paths, got the single path {paths!r}")
+    out = [Path(p) for p in paths]
+    if not out:
+        raise ValueError(f"{reader} got no paths. Fix: pass the files to read.")
+    return out
+
+
+def _resolve(
+    requested: Iterable[str], available: Sequence[str], path: Path, what: str
+) -> list[str]:
+    """File names of requested fields: exact, or case-insensitive (canonical lower-case names)."""
+    lower = {a.lower(): a for a in available}
+    names: list[str] = []
+    for name in requested:
+        found = name if name in available else lower.get(name.lower())
+        if found is None:
+            raise ReaderError(path, f"{what} {name!r} is not in the file; it has {list(available)}")
+        if found in names:
+            raise ValueError(f"variables names {name!r} twice (as {found!r})")
+        names.append(found)
+    return names
+
+
+# --------------------------------------------------------------------------- HDF4-EOS
+
+
+def read_modis_hdf4(
+    paths: Sequence[str | Path],
+    *,
+    variables: Sequence[str] | None = None,
+    qc: bool = True,
+    apply_valid_range: bool = True,
+) -> list[GridArray]:
+    """Read MODIS HDF4-EOS2 sinusoidal tiles: one :class:`GridArray` per file and grid (T=1).
+
+    ``variables`` are SDS names (as in the file, or lower-case); ``None`` takes every non-QC
+    SDS that belongs to a grid, in file order. ``qc`` appends the file's QC layers (raw bits).
+    ``apply_valid_range`` masks raw values outside ``valid_range``. Canonical names are the
+    lower-case SDS names; see the module docstring for packing, units, geolocation and time.
+    """
+    paths = _check_paths(paths, "read_modis_hdf4")
+    try:
+        from pyhdf.error import HDF4Error
+        from pyhdf.SD import SD, SDC
+    except ImportError as exc:
+        raise RuntimeError(
+            "read_modis_hdf4 needs pyhdf. Fix: pip install 'scigpt[formats]'."
+        ) from exc
+
+    arrays: list[GridArray] = []
+    for path in paths:
+        try:
+            sd = SD(str(path), SDC.READ)
+        except HDF4Error as exc:
+            raise ReaderError(
+                path,
+                f"cannot open as HDF4 ({exc}). Fix: check the file is a complete HDF4 file "
+                "(re-download it if truncated).",
+            ) from None
+        try:
+            arrays.extend(_read_hdf4_file(sd, path, variables, qc, apply_valid_range))
+        except HDF4Error as exc:
+            raise ReaderError(path, f"HDF4 read failed ({exc}); the file is corrupt") from None
+        finally:
+            sd.end()
+    return arrays
+
+
+def _read_hdf4_file(
+    sd: Any,
+    path: Path,
+    variables: Sequence[str] | None,
+    qc: bool,
+    apply_valid_range: bool,
+) -> list[GridArray]:
+    attrs = sd.attributes()
+    # The metadata of the file as written wins; a subsetter (HEG) keeps the parent tile's in
+    # Old*Metadata.0, so that is only a fallback, and only if its grid matches the SDS shapes.
+    source = "StructMetadata"
+    text = _joined_attr(attrs, source)
+    if text is None:
+        source = "OldStructMetadata"
+        text = _joined_attr(attrs, source)
+    if text is None:
+        raise ReaderError(
+            path, "no StructMetadata.0 (nor OldStructMetadata.0): not an HDF-EOS2 grid file"
+        )
+    grids = _parse_grids(text, f"{source}.0", path)
+    grid_of = {field: grid for grid in grids for field in grid.fields}
+    sds_info = sd.datasets()  # name -> (dims, shape, type, index)
+    in_file = sorted(sds_info, key=lambda n: sds_info[n][3])
+    on_grid = [n for n in in_file if n in grid_of]
+    sds_attrs = {}
+    for name in in_file:
+        sds = sd.select(name)
+        sds_attrs[name] = sds.attributes()
+        sds.endaccess()
+    qc_layers = [n for n in on_grid if _is_qc(n, sds_attrs[n])]
+
+    if variables is None:
+        chosen = [n for n in on_grid if n not in qc_layers]
+    else:
+        chosen = _resolve(variables, in_file, path, "SDS")
+    if qc:
+        chosen += [n for n in qc_layers if n not in chosen]
+    if not chosen:
+        raise ReaderError(path, f"no SDS selected; grid fields are {on_grid}")
+
+    time, time_notes = _time(attrs, path)
+    m = _NAME_TILE.match(path.name)
+    label = f"{m['product']}.{m['tile']}" if m else path.stem
+    by_grid: dict[str, list[str]] = {}
+    for name in chosen:
+        if name not in grid_of:
+            raise ReaderError(path, f"SDS {name!r} is in no grid of {source}.0: no geolocation")
+        by_grid.setdefault(grid_of[name].name, []).append(name)
+
+    arrays = []
+    for grid_name, names in by_grid.items():
+        grid = next(g for g in grids if g.name == grid_name)
+        out = _Decoded([], [], [])
+        for name in names:
+            shape = tuple(sds_info[name][1])
+            if shape != grid.shape:
+                raise ReaderError(
+                    path,
+                    f"{source}.0 gives grid {grid.name!r} as {grid.shape[0]}×{grid.shape[1]} "
+                    f"but SDS {name!r} is {'×'.join(map(str, shape))}: the metadata describes "
+                    "another (the parent?) tile, so this subset cannot be geolocated. Fix: "
+                    "subset with a tool that rewrites StructMetadata.0 (HEG, GDAL).",
+                )
+            sds = sd.select(name)
+            try:
+                raw = np.asarray(sds.get())[None]  # (1, H, W)
+                _decode_field(
+                    out,
+                    name,
+                    raw,
+                    sds_attrs[name],
+                    path=path,
+                    convention="hdf4",
+                    apply_valid_range=apply_valid_range,
+                )
+            finally:
+                sds.endaccess()
+        lat, lon = grid.latlon()  # (H, W) each
+        dx, dy = grid.pixel_size
+        notes = {
+            "path": str(path),
+            "product": m["product"] if m else None,
+            "tile": m["tile"] if m else None,
+            "grid": grid.name,
+            "projection": "sinusoidal",
+            "proj4": grid.proj4,
+            "upper_left_m": grid.upper_left,
+            "lower_right_m": grid.lower_right,
+            "pixel_size_m": (dx, dy),
+            "struct_metadata": f"{source}.0",
+            "scale_convention": "hdf4: value = scale_factor * (raw - add_offset)",
+            **time_notes,
+        }
+        suffix = f":{grid.name}" if len(by_grid) > 1 else ""
+        arrays.append(
+            _finish(out, lat, lon, np.array([time]), f"modis-hdf4:{label}{suffix}", notes, path)
+        )
+    return arrays
+
+
+# --------------------------------------------------------------------------- generic HDF5
+
+_TIME_UNITS_NS = {
+    "seconds": 10**9, "second": 10**9, "secs": 10**9, "sec": 10**9, "s": 10**9,
+    "minutes": 60 * 10**9, "minute": 60 * 10**9, "min": 60 * 10**9,
+    "hours": 3600 * 10**9, "hour": 3600 * 10**9, "hr": 3600 * 10**9, "h": 3600 * 10**9,
+    "days": 86400 * 10**9, "day": 86400 * 10**9, "d": 86400 * 10**9,
+}  # fmt: skip
+
+
+def _cf_times(values: np.ndarray, units: str, where: str, path: Path) -> np.ndarray:
+    """CF ``<unit> since <epoch>`` numbers → datetime64[ns] (standard calendar only)."""
+    m = re.fullmatch(r"\s*(\w+)\s+since\s+(.+?)\s*", units)
+    if m is None or m.group(1).lower() not in _TIME_UNITS_NS:
+        raise ReaderError(
+            path, f"{where} units {units!r} are not '<seconds|minutes|hours|days> since <date>'"
+        )
+    epoch = _datetime(m.group(2).replace(" ", "T", 1).rstrip("Z"), None, where, path)
+    step = _TIME_UNITS_NS[m.group(1).lower()]
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if np.all(values == np.round(values)):
+        ns = values.astype(np.int64) * step  # integer arithmetic: exact
+    else:
+        ns = np.round(values * step).astype(np.int64)
+    return epoch + ns.astype("timedelta64[ns]")
+
+
+def _hdf5_time(f: h5py.File, time: str | None, path: Path) -> np.ndarray:
+    if time is None:
+        t = _time_from_name(path)
+        if t is None:
+            raise ReaderError(
+                path, "time=None needs a .AYYYYDDD. date in the file name. Fix: pass time=..."
+            )
+        return np.array([t])
+    if time in f:
+        ds = f[time]
+        if "units" not in ds.attrs:
+            raise ReaderError(path, f"time dataset {time!r} has no units attribute")
+        return _cf_times(ds[()], _text(ds.attrs["units"]), f"time dataset {time!r}", path)
+    if time in f.attrs:
+        return np.array([_datetime(_text(f.attrs[time]), None, f"attribute {time!r}", path)])
+    raise ReaderError(
+        path,
+        f"no time dataset or root attribute {time!r}; datasets: {list(f)}. Fix: pass "
+        "time=<dataset or attribute name>, or time=None to use the .AYYYYDDD. file-name date.",
+    )
+
+
+def _hdf5_coord(f: h5py.File, name: str, what: str, path: Path) -> np.ndarray:
+    if name not in f or not isinstance(f[name], h5py.Dataset):
+        raise ReaderError(
+            path, f"no {what} dataset {name!r}; the file has {list(f)}. Fix: pass {what}=..."
+        )
+    values = np.asarray(f[name][()], dtype=np.float64)
+    if values.ndim not in (1, 2):
+        raise ReaderError(path, f"{what} dataset {name!r} has shape {values.shape}; need 1-D/2-D")
+    return values
+
+
+def read_hdf5_grid(
+    paths: Sequence[str | Path],
+    *,
+    variables: Sequence[str],
+    lat: str = "lat",
+    lon: str = "lon",
+    time: str | None = "time",
+    scale_convention: ScaleConvention = "cf",
+    apply_valid_range: bool = True,
+) -> list[GridArray]:
+    """Read gridded HDF5 satellite products (h5py): one :class:`GridArray` per file.
+
+    ``variables`` are dataset paths (``"sur_refl_b01"``, ``"/Grid/Data Fields/NDVI"``), each
+    ``(H, W)`` or ``(T, H, W)``; the canonical name is the lower-case last path component.
+    ``lat``/``lon`` name 1-D ``(H,)``/``(W,)`` or 2-D ``(H, W)`` coordinate datasets in degrees.
+    ``time`` names a dataset with CF units (``"days since 2017-01-01"``) or a root attribute
+    holding an ISO date; ``None`` takes the ``.AYYYYDDD.`` date of the file name.
+    ``scale_convention`` is ``"cf"`` (``raw * scale + offset``) or ``"hdf4"``
+    (``scale * (raw - offset)``, MODIS products converted from HDF4). Masking, QC layers and
+    units follow the module docstring, identically to :func:`read_modis_hdf4`.
+    """
+    paths = _check_paths(paths, "read_hdf5_grid")
+    if isinstance(variables, str) or not variables:
+        raise ValueError(
+            f"read_hdf5_grid needs variables=[dataset, ...], got {variables!r}. Fix: list the "
+            "datasets to read."
+        )
+    if scale_convention not in ("cf", "hdf4"):
+        raise ValueError(f"scale_convention must be 'cf' or 'hdf4', got {scale_convention!r}")
+    arrays = []
+    for path in paths:
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise ReaderError(
+                path,
+                f"cannot open as HDF5 ({exc}). Fix: check the file is a complete HDF5 file "
+                "(re-download it if truncated).",
+            ) from None
+        try:
+            with f:
+                arrays.append(
+                    _read_hdf5_file(
+                        f, path, variables, lat, lon, time, scale_convention, apply_valid_range
+                    )
+                )
+        except (OSError, KeyError, RuntimeError) as exc:  # h5py errors on damaged data/objects
+            raise ReaderError(path, f"HDF5 read failed ({exc}); the file is corrupt") from None
+    return arrays
+
+
+def _read_hdf5_file(
+    f: h5py.File,
+    path: Path,
+    variables: Sequence[str],
+    lat_name: str,
+    lon_name: str,
+    time_name: str | None,
+    convention: ScaleConvention,
+    apply_valid_range: bool,
+) -> GridArray:
+    lat = _hdf5_coord(f, lat_name, "lat", path)
+    lon = _hdf5_coord(f, lon_name, "lon", path)
+    if lat.ndim != lon.ndim or (lat.ndim == 2 and lat.shape != lon.shape):
+        raise ReaderError(path, f"lat {lat.shape} and lon {lon.shape} do not form one grid")
+    hw = lat.shape if lat.ndim == 2 else (len(lat), len(lon))
+    time = _hdf5_time(f, time_name, path)
+    out = _Decoded([], [], [])
+    seen: dict[str, str] = {}
+    for name in variables:
+        if name not in f or not isinstance(f[name], h5py.Dataset):
+            raise ReaderError(path, f"dataset {name!r} is not in the file; it has {list(f)}")
+        ds = f[name]
+        raw = np.asarray(ds[()])
+        if raw.shape == hw:
+            raw = raw[None]  # (1, H, W)
+        if raw.shape != (len(time), *hw):
+            raise ReaderError(
+                path,
+                f"dataset {name!r} has shape {ds.shape}; expected (H, W) = {hw} or (T, H, W) = "
+                f"{(len(time), *hw)} from lat/lon/time",
+            )
+        short = name.rstrip("/").rsplit("/", 1)[-1]
+        if short.lower() in seen:
+            raise ValueError(
+                f"datasets {seen[short.lower()]!r} and {name!r} map to one canonical name "
+                f"{short.lower()!r}. Fix: read them in separate sources."
+            )
+        seen[short.lower()] = name
+        _decode_field(
+            out,
+            short,
+            raw,
+            dict(ds.attrs),
+            path=path,
+            convention=convention,
+            apply_valid_range=apply_valid_range,
+        )
+    notes = {
+        "path": str(path),
+        "scale_convention": convention,
+        "lat_dataset": lat_name,
+        "lon_dataset": lon_name,
+    }
+    return _finish(out, lat, lon, time, f"hdf5-grid:{path.stem}", notes, path)
