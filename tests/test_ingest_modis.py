@@ -20,9 +20,9 @@ from rasterio.crs import CRS
 from rasterio.warp import transform
 
 from scigpt.data_pipeline.ingest.base import GridArray, ReaderError, get_reader
+from scigpt.data_pipeline.ingest.hdf5_grid import read_hdf5_grid
 from scigpt.data_pipeline.ingest.modis import (
     MODIS_SPHERE_RADIUS,
-    read_hdf5_grid,
     read_modis_hdf4,
     sinusoidal_inverse,
 )

@@ -152,7 +152,7 @@ READERS: dict[str, str] = {
     "zarr": "zarr_store:read_zarr",
     "geotiff": "geotiff:read_geotiff",
     "modis_hdf4": "modis:read_modis_hdf4",
-    "hdf5_grid": "modis:read_hdf5_grid",
+    "hdf5_grid": "hdf5_grid:read_hdf5_grid",
     "mseed": "seismic:read_waveforms",
     "sac": "seismic:read_waveforms",
     "segy": "segy:read_segy",

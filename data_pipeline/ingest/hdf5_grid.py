@@ -1,0 +1,190 @@
+"""Generic HDF5 / netCDF-4 satellite grids (h5py) → :class:`GridArray`.
+
+Decoding (fill, valid range, scale convention, units, empty-variable check) is shared with the
+MODIS HDF4 reader, so an HDF4 tile rewritten as HDF5 reads back identically (tested).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .base import GridArray, ReaderError
+from .modis import (
+    ScaleConvention,
+    _check_paths,
+    _datetime,
+    _decode_field,
+    _Decoded,
+    _finish,
+    _text,
+    _time_from_name,
+)
+
+_TIME_UNITS_NS = {
+    "seconds": 10**9, "second": 10**9, "secs": 10**9, "sec": 10**9, "s": 10**9,
+    "minutes": 60 * 10**9, "minute": 60 * 10**9, "min": 60 * 10**9,
+    "hours": 3600 * 10**9, "hour": 3600 * 10**9, "hr": 3600 * 10**9, "h": 3600 * 10**9,
+    "days": 86400 * 10**9, "day": 86400 * 10**9, "d": 86400 * 10**9,
+}  # fmt: skip
+
+
+def _cf_times(values: np.ndarray, units: str, where: str, path: Path) -> np.ndarray:
+    """CF ``<unit> since <epoch>`` numbers → datetime64[ns] (standard calendar only)."""
+    m = re.fullmatch(r"\s*(\w+)\s+since\s+(.+?)\s*", units)
+    if m is None or m.group(1).lower() not in _TIME_UNITS_NS:
+        raise ReaderError(
+            path, f"{where} units {units!r} are not '<seconds|minutes|hours|days> since <date>'"
+        )
+    epoch = _datetime(m.group(2).replace(" ", "T", 1).rstrip("Z"), None, where, path)
+    step = _TIME_UNITS_NS[m.group(1).lower()]
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if np.all(values == np.round(values)):
+        ns = values.astype(np.int64) * step  # integer arithmetic: exact
+    else:
+        ns = np.round(values * step).astype(np.int64)
+    return epoch + ns.astype("timedelta64[ns]")
+
+
+def _hdf5_time(f: h5py.File, time: str | None, path: Path) -> np.ndarray:
+    if time is None:
+        t = _time_from_name(path)
+        if t is None:
+            raise ReaderError(
+                path, "time=None needs a .AYYYYDDD. date in the file name. Fix: pass time=..."
+            )
+        return np.array([t])
+    if time in f:
+        ds = f[time]
+        if "units" not in ds.attrs:
+            raise ReaderError(path, f"time dataset {time!r} has no units attribute")
+        return _cf_times(ds[()], _text(ds.attrs["units"]), f"time dataset {time!r}", path)
+    if time in f.attrs:
+        return np.array([_datetime(_text(f.attrs[time]), None, f"attribute {time!r}", path)])
+    raise ReaderError(
+        path,
+        f"no time dataset or root attribute {time!r}; datasets: {list(f)}. Fix: pass "
+        "time=<dataset or attribute name>, or time=None to use the .AYYYYDDD. file-name date.",
+    )
+
+
+def _hdf5_coord(f: h5py.File, name: str, what: str, path: Path) -> np.ndarray:
+    if name not in f or not isinstance(f[name], h5py.Dataset):
+        raise ReaderError(
+            path, f"no {what} dataset {name!r}; the file has {list(f)}. Fix: pass {what}=..."
+        )
+    values = np.asarray(f[name][()], dtype=np.float64)
+    if values.ndim not in (1, 2):
+        raise ReaderError(path, f"{what} dataset {name!r} has shape {values.shape}; need 1-D/2-D")
+    return values
+
+
+def read_hdf5_grid(
+    paths: Sequence[str | Path],
+    *,
+    variables: Sequence[str],
+    lat: str = "lat",
+    lon: str = "lon",
+    time: str | None = "time",
+    scale_convention: ScaleConvention = "cf",
+    apply_valid_range: bool = True,
+) -> list[GridArray]:
+    """Read gridded HDF5 satellite products (h5py): one :class:`GridArray` per file.
+
+    ``variables`` are dataset paths (``"sur_refl_b01"``, ``"/Grid/Data Fields/NDVI"``), each
+    ``(H, W)`` or ``(T, H, W)``; the canonical name is the lower-case last path component.
+    ``lat``/``lon`` name 1-D ``(H,)``/``(W,)`` or 2-D ``(H, W)`` coordinate datasets in degrees.
+    ``time`` names a dataset with CF units (``"days since 2017-01-01"``) or a root attribute
+    holding an ISO date; ``None`` takes the ``.AYYYYDDD.`` date of the file name.
+    ``scale_convention`` is ``"cf"`` (``raw * scale + offset``) or ``"hdf4"``
+    (``scale * (raw - offset)``, MODIS products converted from HDF4). Masking, QC layers and
+    units follow the module docstring, identically to :func:`read_modis_hdf4`.
+    """
+    paths = _check_paths(paths, "read_hdf5_grid")
+    if isinstance(variables, str) or not variables:
+        raise ValueError(
+            f"read_hdf5_grid needs variables=[dataset, ...], got {variables!r}. Fix: list the "
+            "datasets to read."
+        )
+    if scale_convention not in ("cf", "hdf4"):
+        raise ValueError(f"scale_convention must be 'cf' or 'hdf4', got {scale_convention!r}")
+    arrays = []
+    for path in paths:
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise ReaderError(
+                path,
+                f"cannot open as HDF5 ({exc}). Fix: check the file is a complete HDF5 file "
+                "(re-download it if truncated).",
+            ) from None
+        try:
+            with f:
+                arrays.append(
+                    _read_hdf5_file(
+                        f, path, variables, lat, lon, time, scale_convention, apply_valid_range
+                    )
+                )
+        except (OSError, KeyError, RuntimeError) as exc:  # h5py errors on damaged data/objects
+            raise ReaderError(path, f"HDF5 read failed ({exc}); the file is corrupt") from None
+    return arrays
+
+
+def _read_hdf5_file(
+    f: h5py.File,
+    path: Path,
+    variables: Sequence[str],
+    lat_name: str,
+    lon_name: str,
+    time_name: str | None,
+    convention: ScaleConvention,
+    apply_valid_range: bool,
+) -> GridArray:
+    lat = _hdf5_coord(f, lat_name, "lat", path)
+    lon = _hdf5_coord(f, lon_name, "lon", path)
+    if lat.ndim != lon.ndim or (lat.ndim == 2 and lat.shape != lon.shape):
+        raise ReaderError(path, f"lat {lat.shape} and lon {lon.shape} do not form one grid")
+    hw = lat.shape if lat.ndim == 2 else (len(lat), len(lon))
+    time = _hdf5_time(f, time_name, path)
+    out = _Decoded([], [], [])
+    seen: dict[str, str] = {}
+    for name in variables:
+        if name not in f or not isinstance(f[name], h5py.Dataset):
+            raise ReaderError(path, f"dataset {name!r} is not in the file; it has {list(f)}")
+        ds = f[name]
+        raw = np.asarray(ds[()])
+        if raw.shape == hw:
+            raw = raw[None]  # (1, H, W)
+        if raw.shape != (len(time), *hw):
+            raise ReaderError(
+                path,
+                f"dataset {name!r} has shape {ds.shape}; expected (H, W) = {hw} or (T, H, W) = "
+                f"{(len(time), *hw)} from lat/lon/time",
+            )
+        short = name.rstrip("/").rsplit("/", 1)[-1]
+        if short.lower() in seen:
+            raise ValueError(
+                f"datasets {seen[short.lower()]!r} and {name!r} map to one canonical name "
+                f"{short.lower()!r}. Fix: read them in separate sources."
+            )
+        seen[short.lower()] = name
+        _decode_field(
+            out,
+            short,
+            raw,
+            dict(ds.attrs),
+            path=path,
+            convention=convention,
+            apply_valid_range=apply_valid_range,
+        )
+    notes = {
+        "path": str(path),
+        "scale_convention": convention,
+        "lat_dataset": lat_name,
+        "lon_dataset": lon_name,
+    }
+    return _finish(out, lat, lon, time, f"hdf5-grid:{path.stem}", notes, path)
