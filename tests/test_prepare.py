@@ -269,3 +269,32 @@ def test_source_option_errors_name_the_key(tmp_path, sample_era5_dir):
                 "win",
             )
         )
+
+
+def test_every_format_through_prepare(tmp_path, shared_data, monkeypatch):
+    """The shipped all-formats config on the real samples: every source lands, one known reject."""
+    from scigpt.config_loader import shipped_config
+    from scigpt.data_pipeline.ingest.seisbench import read_seisbench
+
+    monkeypatch.setenv("SCIGPT_SAMPLES", str(shared_data))
+    loaded = load_config(shipped_config("runs/ingest-samples.yaml"))
+    manifest = prepare_from_config(loaded, tmp_path / "store", progress=False)
+    counts = {name: s["n_samples"] for name, s in manifest["sources"].items()}
+    assert counts == {
+        "era5-netcdf": 24, "era5-grib": 40, "modis": 1, "mseed": 291, "segy-f3": 414,
+        "seisbench": 100, "ghcn": 29, "camels": 5, "fluxnet": 53, "poisson": 16,
+    }  # fmt: skip
+    [reject] = manifest["rejects"]
+    assert "h00v08" in reject["paths"][0] and "no valid pixel" in reject["reason"]
+    with PatchStore(tmp_path / "store") as store:  # verifies every sha256
+        src = store.sources["seisbench"]
+        assert [v.name for v in store.variables("seisbench")] == ["vel_z", "vel_n", "vel_e"]
+        shard = store.file(src["units"][0]["shard"])
+        patches = shard["a0/patches"][...]  # (N, C, P, K) = (100, 3, 24, 50)
+        assert patches.shape == (100, 3, 24, 50)
+        ref = read_seisbench([shared_data / "seismic/seisbench_ipoc_pb01/waveforms.hdf5"])[0]
+        assert np.array_equal(patches.reshape(100, 3, 1200), ref.values)
+        assert np.array_equal(shard["a0/attrs/source_magnitude"][...],
+                              ref.record_attrs["source_magnitude"])  # fmt: skip
+        grid = store.sources["era5-grib"]["units"][0]["arrays"]
+        assert len(grid) == 10 and grid[0]["height"] == 61 and grid[0]["width"] == 120
