@@ -13,14 +13,13 @@ Prints a table, writes ``engine_overhead.csv`` / ``.json`` next to ``--out``. Ru
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _report import report
 
 
 def _batch(b: int, v: int, t: int, h: int, w: int, device: torch.device) -> dict:
@@ -125,18 +124,12 @@ def main() -> None:
                 "threads": torch.get_num_threads(),
             }
         )
-    print(f"{'variant':24s} {'step ms':>9s} {'steps/s':>8s} {'x plain':>8s}")
-    for r in table:
-        print(
-            f"{r['variant']:24s} {r['median_step_ms']:9.1f} {r['steps_per_s']:8.2f} "
-            f"{r['time_vs_plain']:8.2f}"
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.with_suffix(".csv").open("w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(table[0]))
-        wr.writeheader()
-        wr.writerows(table)
-    args.out.with_suffix(".json").write_text(json.dumps(table, indent=2) + "\n")
+    report(
+        table,
+        [("variant", "variant", "24s"), ("median_step_ms", "step ms", ".1f"),
+         ("steps_per_s", "steps/s", ".2f"), ("time_vs_plain", "x plain", ".2f")],
+        args.out,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

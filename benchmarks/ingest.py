@@ -14,12 +14,12 @@ beyond decoding). Inputs are repeated ``--repeat`` times (as separate units) for
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from _report import report
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -122,18 +122,13 @@ def main() -> None:
                 "ratio": t_bare / t_ingest,
             }
         )
-    print(f"{'format':12s} {'MB':>7s} {'bare MB/s':>10s} {'ingest MB/s':>12s} {'ratio':>6s}")
-    for r in rows:
-        print(
-            f"{r['format']:12s} {r['input_mb']:7.1f} {r['bare_read_mb_s']:10.1f} "
-            f"{r['scigpt_ingest_mb_s']:12.1f} {r['ratio']:6.2f}"
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.with_suffix(".csv").open("w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    report(
+        rows,
+        [("format", "format", "12s"), ("input_mb", "MB", ".1f"),
+         ("bare_read_mb_s", "bare MB/s", ".1f"), ("scigpt_ingest_mb_s", "ingest MB/s", ".1f"),
+         ("ratio", "ratio", ".2f")],
+        args.out,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

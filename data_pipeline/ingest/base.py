@@ -139,6 +139,41 @@ class SeriesArray:
         return bool(np.all(np.isfinite(self.lat)) and np.all(np.isfinite(self.lon)))
 
 
+def select_variables(
+    available: Sequence[str],
+    requested: Sequence[str] | None,
+    unknown: Sequence[str],
+    where: str | Path,
+    *,
+    inputs: str = "files",
+) -> list[str]:
+    """The canonical names to read, in order: all known ones, or exactly those requested.
+
+    ``unknown`` are source fields the variable table does not know: refused when everything is
+    asked for (never skipped silently), mentioned when a requested name is missing.
+    """
+    if requested is None:
+        if unknown:
+            raise ReaderError(
+                where,
+                f"variables {list(unknown)} are not in the ERA5 table (variables.ERA5_VARIABLES). "
+                "Fix: add them to variables._ERA5, or pass variables=[...] to read known ones.",
+            )
+        return list(available)
+    names = list(requested)
+    if len(set(names)) != len(names):
+        raise ValueError(f"variables lists a name twice: {names}")
+    missing = [n for n in names if n not in available]
+    if missing:
+        extra = f" (unrecognised: {list(unknown)})" if unknown else ""
+        raise ReaderError(
+            where,
+            f"variables {missing} are not in the {inputs}; they have {list(available)}{extra}. "
+            "Fix: request only these names (canonical, with level, e.g. 'u850').",
+        )
+    return names
+
+
 Array = GridArray | SeriesArray
 Reader = Callable[..., list[Array]]
 

@@ -20,7 +20,7 @@ import xarray as xr
 
 from ..units import to_canonical
 from ..variables import ERA5_VARIABLES, VariableInfo, era5_variable_info
-from .base import GridArray, ReaderError
+from .base import GridArray, ReaderError, select_variables
 from .netcdf import _first_difference
 
 _MEMBER_DIM = "number"
@@ -300,26 +300,7 @@ def read_grib(
             for ref in refs:
                 available.setdefault(ref.info.name, []).append(ref)
 
-    if variables is None:
-        if unknown:
-            raise ReaderError(
-                _where(files),
-                f"parameters {unknown} are not in the ERA5 table (variables.ERA5_VARIABLES). "
-                "Fix: add them to variables._ERA5, or pass variables=[...] to read known ones.",
-            )
-        names = list(available)
-    else:
-        names = list(variables)
-        if len(set(names)) != len(names):
-            raise ValueError(f"variables lists a name twice: {names}")
-        missing = [n for n in names if n not in available]
-        if missing:
-            extra = f" (unrecognised: {unknown})" if unknown else ""
-            raise ReaderError(
-                _where(files),
-                f"variables {missing} are not in the files; they have {list(available)}{extra}. "
-                "Fix: request only these names (canonical, with level, e.g. 't850').",
-            )
+    names = select_variables(list(available), variables, unknown, _where(files))
 
     pieces = [_combine(n, [_load(r) for r in available[n]]) for n in names]  # V × (M, T, H, W)
     first = pieces[0]

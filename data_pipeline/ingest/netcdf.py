@@ -12,7 +12,7 @@ import xarray as xr
 
 from ..units import to_canonical
 from ..variables import ERA5_VARIABLES, VariableInfo, era5_variable, era5_variable_info
-from .base import GridArray
+from .base import GridArray, select_variables
 
 _LAT_NAMES = ("latitude", "lat")
 _LON_NAMES = ("longitude", "lon")
@@ -168,26 +168,7 @@ def read_netcdf(paths: Sequence[str | Path], variables: Sequence[str] | None = N
                     )
                 available[field.info.name] = (field, ds)
 
-        if variables is None:
-            if unknown:
-                # "All" must not silently mean "all we happen to recognise".
-                raise ValueError(
-                    f"variables {unknown} are not in the ERA5 table (variables.ERA5_VARIABLES). "
-                    "Fix: add them to variables._ERA5, or pass variables=[...] to read only "
-                    "known ones."
-                )
-            names = list(available)
-        else:
-            names = list(variables)
-            missing = [n for n in names if n not in available]
-            if missing:
-                extra = f" (unrecognised, skipped: {unknown})" if unknown else ""
-                raise ValueError(
-                    f"variables {missing} are not in the files; they have {list(available)}"
-                    f"{extra}. Fix: request only these names (canonical, with level, e.g. 'u850')."
-                )
-            if len(set(names)) != len(names):
-                raise ValueError(f"variables lists a name twice: {names}")
+        names = select_variables(list(available), variables, unknown, paths[0])
 
         out = np.empty((len(time), len(names), len(lat), len(lon)), dtype=np.float32)
         infos: list[VariableInfo] = []

@@ -23,7 +23,7 @@ import xarray as xr
 
 from ..units import to_canonical
 from ..variables import ERA5_VARIABLES
-from .base import GridArray, ReaderError
+from .base import GridArray, ReaderError, select_variables
 from .netcdf import (
     _LAT_NAMES,
     _LEVEL_NAMES,
@@ -266,25 +266,9 @@ def read_zarr(
                     )
                 available[field.info.name] = (field, i)
 
-        if variables is None:
-            if unknown:
-                raise ReaderError(
-                    ", ".join(map(str, stores)),
-                    f"variables {unknown} are not ERA5 fields this reader knows (WB2_ALIASES, "
-                    "variables.ERA5_VARIABLES). Fix: pass variables=[...] to read known ones.",
-                )
-            names = list(available)
-        else:
-            names = list(variables)
-            if len(set(names)) != len(names):
-                raise ValueError(f"variables lists a name twice: {names}")
-            missing = [n for n in names if n not in available]
-            if missing:
-                raise ReaderError(
-                    ", ".join(map(str, stores)),
-                    f"variables {missing} are not in the stores; they have {list(available)}. "
-                    "Fix: request only these names (canonical, with level, e.g. 't850').",
-                )
+        names = select_variables(
+            list(available), variables, unknown, ", ".join(map(str, stores)), inputs="stores"
+        )
 
         # Units are checked for every requested field before any data is read: a bad units
         # attribute is then the only ValueError, and later read errors mean corrupt chunks.
