@@ -18,7 +18,9 @@ import pandas as pd
 import pytest
 
 from scigpt.data_pipeline.ingest.base import ReaderError, SeriesArray, get_reader
-from scigpt.data_pipeline.ingest.stations import read_camels, read_fluxnet, read_ghcn
+from scigpt.data_pipeline.ingest.camels import read_camels
+from scigpt.data_pipeline.ingest.fluxnet import read_fluxnet
+from scigpt.data_pipeline.ingest.ghcn import read_ghcn
 
 FT3 = 0.028316846592  # m³ per ft³ (exact: 0.3048³)
 

@@ -192,9 +192,9 @@ READERS: dict[str, str] = {
     "sac": "seismic:read_waveforms",
     "segy": "segy:read_segy",
     "seisbench": "seisbench:read_seisbench",
-    "ghcn": "stations:read_ghcn",
-    "camels": "stations:read_camels",
-    "fluxnet": "stations:read_fluxnet",
+    "ghcn": "ghcn:read_ghcn",
+    "camels": "camels:read_camels",
+    "fluxnet": "fluxnet:read_fluxnet",
     "pde": "pde:read_pde",
 }
 
