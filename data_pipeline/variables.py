@@ -33,8 +33,9 @@ class VariableInfo:
     name: str  # canonical, with level: "u850", "u10", "sp", "q500"
     units: str  # canonical units string (see units.py)
     modality: str  # "grid" for gridded fields (later: "waveform", "series")
-    level: float | None = None  # pressure level in hPa
+    level: float | None = None  # pressure level in hPa, or model level number
     long_name: str = ""
+    level_type: str | None = None  # None (single level), "pressure" or "model"
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -65,6 +66,7 @@ class VariableInfo:
             modality=str(d["modality"]),
             level=None if level is None else float(level),
             long_name=str(d.get("long_name", "")),
+            level_type=d.get("level_type"),
         )
 
 
@@ -122,7 +124,7 @@ def era5_variable(short_name: str) -> SourceVariable:
         ) from None
 
 
-def canonical_name(short_name: str, level: float | None) -> str:
+def canonical_name(short_name: str, level: float | None, level_type: str = "pressure") -> str:
     """Canonical name of an ERA5 variable, with the pressure level appended: ``u`` @ 850 → ``u850``.
 
     ``level`` is in hPa; ``None`` means a single-level field (``u10``, ``sp``).
@@ -130,17 +132,23 @@ def canonical_name(short_name: str, level: float | None) -> str:
     stem = era5_variable(short_name).stem
     if level is None:
         return stem
+    if level_type == "model":
+        return f"{stem}_ml{float(level):g}"  # "t_ml137": never confused with t137 hPa
     # "g" drops the ".0" of whole hPa levels and keeps fractional ones distinct ("t0.5").
     return f"{stem}{float(level):g}"
 
 
-def era5_variable_info(short_name: str, level: float | None) -> VariableInfo:
-    """Full :class:`VariableInfo` for a gridded ERA5 field (optionally at a pressure level)."""
+def era5_variable_info(
+    short_name: str, level: float | None, level_type: str = "pressure"
+) -> VariableInfo:
+    """Full :class:`VariableInfo` for a gridded ERA5 field (optionally at a pressure or model
+    level)."""
     entry = era5_variable(short_name)
     return VariableInfo(
-        name=canonical_name(short_name, level),
+        name=canonical_name(short_name, level, level_type),
         units=entry.units,
         modality="grid",
         level=None if level is None else float(level),
         long_name=entry.long_name,
+        level_type=None if level is None else level_type,
     )

@@ -81,7 +81,7 @@ def test_read_netcdf_matches_xarray(grid: GridArray, sample_era5_dir: Path) -> N
     assert grid.mask.all()  # the ERA5 sample has no missing values
 
     u850 = grid.variables[grid.names.index("u850")]
-    assert u850 == VariableInfo("u850", "m s**-1", "grid", 850.0, "U component of wind")
+    assert u850 == VariableInfo("u850", "m s**-1", "grid", 850.0, "U component of wind", "pressure")
     assert grid.variables[grid.names.index("sp")].level is None
     with xr.open_dataset(paths[0]) as ds:
         assert np.array_equal(grid.lat, ds["latitude"].values.astype(np.float64))
@@ -565,3 +565,24 @@ def test_forecast_dataset_rejects_gaps_and_short_ranges(grid: GridArray, tmp_pat
         assert len(ok) == 10 - 2 - 1 + 1
         with pytest.raises(ValueError, match="no sample has its anchor"):
             ForecastDataset(store, time_range=(grid.time[0], grid.time[1]))
+
+
+@pytest.mark.parametrize("dim", ["hybrid", "level"])
+def test_read_netcdf_model_levels(sample_era5_dir: Path, tmp_path: Path, dim: str) -> None:
+    """Derived: the sample's u on 3 pressure levels relabelled as model levels 60/100/137."""
+    with xr.open_dataset(sample_era5_dir / "ERA5_2020-01-01_pl_u.nc") as ds:
+        ml = ds.load()
+    ml = ml.rename({"level": dim}) if dim != "level" else ml
+    ml = ml.assign_coords({dim: ("hybrid" if dim == "hybrid" else "level", [60, 100, 137])})
+    ml = ml.rename({ml[dim].dims[0]: dim}) if ml[dim].dims[0] != dim else ml
+    ml[dim].attrs = {"long_name": "model_level_number", "units": "1"}
+    path = tmp_path / f"ml_{dim}.nc"
+    ml.to_netcdf(path)
+    grid = read_netcdf([path])
+    assert grid.names == ["u_ml60", "u_ml100", "u_ml137"]
+    assert [v.level_type for v in grid.variables] == ["model"] * 3
+    assert [v.level for v in grid.variables] == [60.0, 100.0, 137.0]
+    ref = xr.open_dataset(path)["u"].values.astype(np.float32)  # (T, L, H, W)
+    assert np.array_equal(grid.values, ref)
+    plev = read_netcdf([sample_era5_dir / "ERA5_2020-01-01_pl_u.nc"])
+    assert plev.names == ["u500", "u700", "u850"] and plev.variables[0].level_type == "pressure"

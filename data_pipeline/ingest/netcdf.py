@@ -19,7 +19,9 @@ _LON_NAMES = ("longitude", "lon")
 # "valid_time" is what the new (2024+) CDS netCDF writer calls the time axis.
 _TIME_NAMES = ("time", "valid_time")
 # Pressure-level axis names: CDS netCDF (old, new), cfgrib, CMIP.
-_LEVEL_NAMES = ("level", "pressure_level", "isobaricInhPa", "plev")
+_LEVEL_NAMES = ("level", "pressure_level", "isobaricInhPa", "plev", "hybrid", "model_level")
+# Model-level axes (ERA5 on its 137 hybrid levels): canonical names get "_ml<n>" ("t_ml137").
+_MODEL_LEVEL_NAMES = ("hybrid", "model_level")
 # Units assumed when the level coordinate has no units attribute: CMIP's plev is in Pa, the
 # ECMWF-derived names are in hPa.
 _LEVEL_DEFAULT_UNITS = {
@@ -63,11 +65,23 @@ def _open(path: Path) -> xr.Dataset:
         ) from exc
 
 
-def _levels_hpa(ds: xr.Dataset, name: str, path: Path) -> np.ndarray:
+def _is_model_level(ds: xr.Dataset, name: str) -> bool:
+    """Model (hybrid) levels: by coordinate name, or a unitless ``level`` that says so."""
+    if name in _MODEL_LEVEL_NAMES:
+        return True
+    attrs = ds[name].attrs
+    text = f"{attrs.get('long_name', '')} {attrs.get('standard_name', '')}".lower()
+    return "model" in text or "hybrid" in text
+
+
+def _levels(ds: xr.Dataset, name: str, path: Path) -> tuple[np.ndarray, str]:
+    """Level values and type: pressure levels in hPa, or model level numbers."""
     coord = ds[name]
-    units = coord.attrs.get("units", _LEVEL_DEFAULT_UNITS[name])
     values = np.asarray(coord.values, dtype=np.float64)
-    return to_canonical(values, units, "hPa", where=f"{path}:{name}")
+    if _is_model_level(ds, name):
+        return values, "model"
+    units = coord.attrs.get("units", _LEVEL_DEFAULT_UNITS.get(name, "hPa"))
+    return to_canonical(values, units, "hPa", where=f"{path}:{name}"), "pressure"
 
 
 def _scan(ds: xr.Dataset, path: Path) -> tuple[list[_Field], list[str]]:
@@ -101,9 +115,9 @@ def _scan(ds: xr.Dataset, path: Path) -> tuple[list[_Field], list[str]]:
                 f"(canonical: {era5_variable(str(var_name)).units!r})."
             )
         if level_dims:
-            levels = _levels_hpa(ds, level_dims[0], path)
+            levels, level_type = _levels(ds, level_dims[0], path)
             for k, level in enumerate(levels):
-                info = era5_variable_info(str(var_name), float(level))
+                info = era5_variable_info(str(var_name), float(level), level_type)
                 fields.append(_Field(info, path, str(var_name), k, str(units)))
         else:
             info = era5_variable_info(str(var_name), None)
