@@ -1,8 +1,7 @@
 """Forecast samples from a :class:`GridStore`, and the batch format of DESIGN.md §7 for grids.
 
-This first loader reads the whole time range it needs once, in ``__init__``: the demo stores are
-a few MB. The sharded, streaming, rank-aware loader (and the DALI one) comes later and yields the
-same items and batches. Ranks, when they arrive, are plain integers; nothing here imports
+Items are read from the patch store on demand; the DALI path (``dali.py``) yields the same
+batches. Ranks are plain integers (``sampler.py``); nothing here imports
 ``torch.distributed``.
 """
 
@@ -18,13 +17,28 @@ from .store import GridStore
 from .variables import modality_id
 
 
+def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``((x − mean) / std) · mask`` in float32 with NaN → 0, and the mask (True = valid).
+
+    The exact float32 operation order the DALI pipeline repeats with its own ops, so both paths
+    give identical batches. ``mean``/``std`` broadcast against ``x`` (variables on their axis).
+    """
+    mask = ~np.isnan(x)
+    filled = np.where(mask, x, np.float32(0)).astype(np.float32, copy=False)
+    out = (filled - mean) / std * mask.astype(np.float32)
+    return out.astype(np.float32, copy=False), mask
+
+
 class ForecastDataset(torch.utils.data.Dataset):
     """Samples ``(frames t-history+1 .. t) → frame t+lead`` anchored at input time ``t``.
 
-    The anchor and the target lie inside ``time_range`` (inclusive); the history frames before
-    the anchor may precede it. Frames are consecutive store indices with a uniform time step.
-    Values are normalised with the store's mean/std; NaNs become 0 after normalisation and
-    ``mask`` records where they were.
+    The anchor and the target lie inside ``time_range`` (inclusive), and the anchor is at least
+    ``gap`` after its start (so blocks that follow one another are ``gap`` apart); the history
+    frames before the anchor may precede the range, since they are observed when the forecast is
+    made. A sample's frames are consecutive time steps; samples across a gap in the data are left
+    out. Items are read from the
+    store on demand (a DataLoader worker opens each shard once) and normalised with the store's
+    statistics; NaNs become 0 and ``mask`` records where they were.
     """
 
     def __init__(
@@ -36,9 +50,11 @@ class ForecastDataset(torch.utils.data.Dataset):
         lead: int = 1,
         normalise: bool = True,
         variables: Sequence[str] | None = None,
+        gap: np.timedelta64 | None = None,
     ) -> None:
         if history < 1 or lead < 1:
             raise ValueError(f"history ({history}) and lead ({lead}) must both be >= 1")
+        self.store = store
         self.history = int(history)
         self.lead = int(lead)
         self.normalise = bool(normalise)
@@ -49,56 +65,57 @@ class ForecastDataset(torch.utils.data.Dataset):
         if missing:
             raise ValueError(f"variables {missing} are not in the store; it has {names}")
         var_idx = np.array([names.index(n) for n in wanted], dtype=np.int64)  # (V,)
+        self._var_idx = var_idx
         self.variables = [store.variables[i] for i in var_idx]
 
         t0, t1 = (np.datetime64(t, "ns") for t in time_range)
-        idx = np.flatnonzero((store.time >= t0) & (store.time <= t1))
-        # The anchor (last input frame) and the target lie inside time_range; earlier history
-        # frames may precede it, since they are known when the forecast is made. So a test block
-        # that starts where training ends shares no *target* with training.
-        first_anchor = max(int(idx[0]), self.history - 1) if idx.size else 0
-        last_anchor = int(idx[-1]) - self.lead if idx.size else -1
-        if last_anchor < first_anchor:
+        first_ok = t0 + (gap if gap is not None else np.timedelta64(0, "ns"))
+        times = store.time.astype("datetime64[ns]").astype(np.int64)  # (N,)
+        if len(times) < 2:
+            raise ValueError(f"the store holds {len(times)} time(s): forecasting needs two or more")
+        # The time step is the store's most common one; a sample whose frames are not
+        # consecutive steps (a gap in the data, a skipped corrupt shard) is left out, not bridged.
+        diffs = np.diff(times)
+        vals, counts = np.unique(diffs, return_counts=True)
+        step = int(vals[np.argmax(counts)])
+        span = np.arange(-(self.history - 1), self.lead + 1)  # frame offsets around the anchor
+        cand = np.flatnonzero((times >= first_ok.astype(np.int64)) & (times <= t1.astype(np.int64)))
+        cand = cand[(cand - (self.history - 1) >= 0) & (cand + self.lead < len(times))]
+        if cand.size:
+            frame_t = times[cand[:, None] + span]  # (A, history + lead)
+            ok = np.all(np.diff(frame_t, axis=1) == step, axis=1)
+            ok &= frame_t[:, -1] <= t1.astype(np.int64)  # the target inside the range
+            cand = cand[ok]
+        if cand.size == 0:
             raise ValueError(
-                f"time_range [{t0}, {t1}] holds {idx.size} store times: no sample has its anchor "
-                f"and its target (lead {self.lead}) inside it with {self.history - 1} earlier "
-                "frames in the store. Fix: widen time_range or shorten history/lead."
+                f"time_range [{t0}, {t1}]: no sample has its anchor and its target (lead "
+                f"{self.lead}) inside it with {self.history - 1} earlier frames, all "
+                f"{np.timedelta64(step, 'ns')} apart. Fix: widen time_range, shorten history/"
+                "lead, or fill the gaps in the data."
             )
-        i0 = first_anchor - (self.history - 1)
-        i1 = last_anchor + self.lead + 1
-        steps = np.diff(store.time[i0:i1].astype(np.int64))
-        if np.any(steps != steps[0]):
-            bad = int(np.flatnonzero(steps != steps[0])[0])
-            raise ValueError(
-                f"time step is not uniform inside time_range: {store.time[i0 + bad]} → "
-                f"{store.time[i0 + bad + 1]} differs from the first step "
-                f"({np.timedelta64(int(steps[0]), 'ns')}). Fix: choose a range without gaps."
-            )
-        self.time_step_ns = int(steps[0])
-        self._i0 = i0
-        self._times = store.time[i0:i1].astype(np.int64)  # (N,) ns
-        self._len = last_anchor - first_anchor + 1
+        self.time_step_ns = step
+        self._anchors = cand.astype(np.int64)
+        self._len = int(cand.size)
 
-        data = store.read(i0, i1)[:, var_idx]  # (N, V, H, W) float32
-        mask = ~np.isnan(data)
+        mean, std = store.mean[var_idx], store.std[var_idx]
         if self.normalise:
-            mean, std = store.mean[var_idx], store.std[var_idx]
             bad_vars = [v.name for v, s in zip(self.variables, std, strict=True) if not s > 0]
             if bad_vars:
                 raise ValueError(
                     f"variables {bad_vars} have std 0 or NaN in the store stats, so they cannot "
                     "be normalised. Fix: drop them (variables=...) or re-ingest with a wider "
-                    "stats_time_range."
+                    "stats time range."
                 )
-            # Normalise in float64 and round once; the store keeps mean/std in float64.
-            data = (data - mean[:, None, None]) / std[:, None, None]
-        self._data = np.where(mask, data, 0.0).astype(np.float32)  # (N, V, H, W)
-        self._mask = mask  # (N, V, H, W)
+        else:
+            mean, std = np.zeros_like(mean), np.ones_like(std)
+        # float32, shaped to broadcast over (V, H, W): the same constants the DALI path uses.
+        self.mean32 = mean.astype(np.float32)[:, None, None]
+        self.std32 = std.astype(np.float32)[:, None, None]
 
         # Shared by every item of this dataset (and so by a batch); see collate_forecast.
         self._var_ids = torch.from_numpy(var_idx)  # (V,) long
-        self._lat = torch.from_numpy(store.lat.astype(np.float32))  # (H,)
-        self._lon = torch.from_numpy(store.lon.astype(np.float32))  # (W,)
+        self._lat = torch.from_numpy(np.asarray(store.lat, dtype=np.float32))  # (H,)
+        self._lon = torch.from_numpy(np.asarray(store.lon, dtype=np.float32))  # (W,)
         self._modality_id = modality_id("grid")
 
     def __len__(self) -> int:
@@ -106,19 +123,25 @@ class ForecastDataset(torch.utils.data.Dataset):
 
     def anchor_index(self, i: int) -> int:
         """Store time index of sample ``i``'s anchor (its last input frame)."""
-        return self._i0 + self.history - 1 + i
+        return int(self._anchors[i])
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def raw_item(self, i: int) -> tuple[np.ndarray, np.ndarray, np.int64]:
+        """Un-normalised frames ``(T, V, H, W)``, target ``(V, H, W)`` (NaN = missing), time."""
         if not 0 <= i < self._len:
             raise IndexError(f"sample {i} out of range for {self._len} samples")
-        a = self.history - 1 + i  # anchor, local index
-        fields = self._data[a - self.history + 1 : a + 1]  # (T, V, H, W)
-        target = a + self.lead
+        a = self.anchor_index(i)
+        frames = self.store.read(a - self.history + 1, a + self.lead + 1)[:, self._var_idx]
+        return frames[: self.history], frames[-1], np.int64(self.store.time[a].astype(np.int64))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        fields_raw, target_raw, time = self.raw_item(i)
+        fields, _ = normalise(fields_raw, self.mean32, self.std32)  # (T, V, H, W)
+        target, mask = normalise(target_raw, self.mean32, self.std32)  # (V, H, W)
         return {
             "fields": torch.from_numpy(np.ascontiguousarray(fields.transpose(1, 0, 2, 3))),
-            "target": torch.from_numpy(self._data[target].copy()),  # (V, H, W)
-            "mask": torch.from_numpy(self._mask[target].copy()),  # (V, H, W)
-            "time": torch.tensor(self._times[a], dtype=torch.int64),
+            "target": torch.from_numpy(target),
+            "mask": torch.from_numpy(mask),
+            "time": torch.tensor(time, dtype=torch.int64),
             "var_ids": self._var_ids,
             "modality_id": self._modality_id,
             "lat": self._lat,
@@ -200,3 +223,19 @@ def denormalise(
         mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device)
         return x * std_t + mean_t
     return (x * std + mean).astype(x.dtype)
+
+
+def build_loader(dataset, batch_sampler, cfg, *, pin_memory: bool = False):
+    """The PyTorch path: a DataLoader over ``dataset`` driven by ``batch_sampler``, with workers
+    (each opens its shards once: stores reopen lazily after pickling), pinned memory and
+    prefetching as configured (``cfg``: the run config's ``data.loader``)."""
+    workers = cfg.num_workers
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=dataset.collate,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=cfg.prefetch_factor if workers else None,
+        persistent_workers=bool(workers),
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,17 @@ from .patches import unpatchify_grid
 from .shards import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
 from .variables import VariableInfo
 
+_log = logging.getLogger(__name__)
+
 
 class PatchStore:
     """A finished store: its manifest, verified shards, and array access."""
 
-    def __init__(self, path: str | Path, *, verify: bool = True):
+    def __init__(self, path: str | Path, *, verify: bool = True, on_corrupt: str = "fail"):
+        if on_corrupt not in ("fail", "skip"):
+            raise ValueError(f"on_corrupt={on_corrupt!r}: choose 'fail' or 'skip'")
+        self.on_corrupt = on_corrupt
+        self.skipped: list[dict[str, Any]] = []  # units dropped by on_corrupt="skip"
         self.path = Path(path)
         mpath = self.path / MANIFEST
         if not mpath.is_file():
@@ -52,20 +59,29 @@ class PatchStore:
         return self.manifest["rejects"]
 
     def verify(self) -> None:
-        """Check every shard's sha256 against the manifest; a mismatch names the shard."""
+        """Check every shard's sha256 against the manifest. A missing or changed shard fails
+        (naming it and the fix), or with ``on_corrupt="skip"`` is dropped and logged."""
         for name, src in self.sources.items():
+            kept = []
             for unit in src["units"]:
                 path = self.path / unit["shard"]
+                problem = None
                 if not path.is_file():
-                    raise RuntimeError(
-                        f"shard {path} of source {name} is missing: re-run `scigpt prepare`"
-                    )
-                if sha256_file(path) != unit["sha256"]:
-                    raise RuntimeError(
-                        f"shard {path} of source {name} fails its sha256 check (corrupted or "
-                        "changed after ingest): delete it and its record "
-                        f"units/{name}/{unit['unit']}.json, then re-run `scigpt prepare`"
-                    )
+                    problem = "is missing"
+                elif sha256_file(path) != unit["sha256"]:
+                    problem = "fails its sha256 check (corrupted or changed after ingest)"
+                if problem is None:
+                    kept.append(unit)
+                    continue
+                fix = (
+                    f"delete it and its record units/{name}/{unit['unit']}.json, then re-run "
+                    "`scigpt prepare`"
+                )
+                if self.on_corrupt == "fail":
+                    raise RuntimeError(f"shard {path} of source {name} {problem}: {fix}")
+                _log.warning("skipping shard %s of source %s: it %s; %s", path, name, problem, fix)
+                self.skipped.append({"source": name, "unit": unit["unit"], "problem": problem})
+            src["units"] = kept
 
     def file(self, rel: str) -> h5py.File:
         """Open a shard once and keep the handle (loaders read many rows from each)."""
@@ -112,8 +128,15 @@ class GridStore:
     returns frames ``[t0, t1)`` as ``(t, V, H, W)`` float32, NaN where missing.
     """
 
-    def __init__(self, path: str | Path, *, source: str | None = None, verify: bool = True):
-        self._store = PatchStore(path, verify=verify)
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        source: str | None = None,
+        verify: bool = True,
+        on_corrupt: str = "fail",
+    ):
+        self._store = PatchStore(path, verify=verify, on_corrupt=on_corrupt)
         grids = [n for n, s in self._store.sources.items() if s.get("kind") == "grid"]
         if source is None:
             if len(grids) != 1:

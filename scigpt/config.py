@@ -11,7 +11,8 @@ need the world size (``dp * tp * pp == world``) live in ``scigpt.parallel.topolo
 
 from __future__ import annotations
 
-from datetime import datetime
+import itertools
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -67,6 +68,7 @@ class SourceConfig(_Strict):
     partial: Literal["pad", "drop"] = "pad"  # series: trailing partial window
     require_coordinates: bool = True  # refuse series without lat/lon (the tokenizer needs them)
     samples_per_unit: PositiveInt = 64  # generated sources: samples per work unit
+    weight: Annotated[float, Field(ge=0)] = 1.0  # share of micro-batches drawn from this source
 
     @field_validator("variables")
     @classmethod
@@ -124,6 +126,36 @@ class SplitsConfig(_Strict):
     train: TimeRange
     val: TimeRange | None = None
     test: TimeRange
+    # Samples of a block after another start at least this long after the block's start, so
+    # neighbouring samples of different splits are this far apart (ISO 8601 "PT6H" or seconds).
+    gap: timedelta = timedelta(0)
+
+    @model_validator(mode="after")
+    def _ordered_blocks(self) -> SplitsConfig:
+        blocks = [("train", self.train), ("val", self.val), ("test", self.test)]
+        blocks = [(n, b) for n, b in blocks if b is not None]
+        for (na, a), (nb, b) in itertools.pairwise(blocks):
+            if a.end > b.start:
+                raise ValueError(
+                    f"splits.{na}.end={a.end.isoformat()} is after splits.{nb}.start="
+                    f"{b.start.isoformat()}: blocks must follow each other in time "
+                    f"({na} before {nb}), or samples leak between them"
+                )
+        if self.gap < timedelta(0):
+            raise ValueError(f"splits.gap={self.gap} is negative: use 0 or a positive duration")
+        return self
+
+
+class LoaderConfig(_Strict):
+    backend: Literal["torch", "dali"] = "torch"
+    num_workers: NonNegInt = 0
+    pin_memory: bool = True  # used when CUDA is available
+    prefetch_factor: PositiveInt = 4  # batches per worker in flight
+    shuffle: bool = True
+    # Samples that do not fill the last global batch of an epoch: "pad" with repeats from the
+    # epoch's start (every sample seen each epoch) or "drop" the tail.
+    policy: Literal["pad", "drop"] = "pad"
+    on_corrupt: Literal["fail", "skip"] = "fail"  # a shard failing its sha256 check
 
 
 class DataConfig(_Strict):
@@ -131,19 +163,12 @@ class DataConfig(_Strict):
     # Where the ingested store goes; default: <run dir>/store.
     store: str | None = None
     splits: SplitsConfig
+    loader: LoaderConfig = LoaderConfig()
     history: PositiveInt = 2  # input frames per sample (current + previous)
     lead: PositiveInt = 1  # forecast lead in time steps
-    num_workers: NonNegInt = 0
 
     @model_validator(mode="after")
-    def _no_leak(self) -> DataConfig:
-        tr, te = self.splits.train, self.splits.test
-        if tr.end > te.start:
-            raise ValueError(
-                f"splits.train.end={tr.end.isoformat()} is after "
-                f"splits.test.start={te.start.isoformat()}: the test block must start at or "
-                "after the end of training, or test samples leak into training"
-            )
+    def _unique_sources(self) -> DataConfig:
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"sources have duplicate names {names}: give each a unique name")

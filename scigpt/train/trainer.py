@@ -5,7 +5,6 @@ Every rank runs this function; rank 0 alone writes the run directory and the sto
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import random
@@ -53,8 +52,13 @@ def _time_range(r) -> tuple[np.datetime64, np.datetime64]:
     )
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+def _to_device(
+    batch: dict[str, Any], device: torch.device, non_blocking: bool = False
+) -> dict[str, Any]:
+    return {
+        k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
+        for k, v in batch.items()
+    }
 
 
 def _save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict, rank: int) -> Path:
@@ -80,7 +84,8 @@ def train(
     """Train the configured model; returns where everything went and the test scores."""
     from tqdm import tqdm
 
-    from scigpt.data_pipeline.loader import ForecastDataset, collate_forecast
+    from scigpt.data_pipeline.loader import ForecastDataset, build_loader, collate_forecast
+    from scigpt.data_pipeline.mixing import MixedDataset, MixingBatchSampler
     from scigpt.data_pipeline.store import GridStore
     from scigpt.eval.metrics import lat_weights, weighted_mse
     from scigpt.launch.distributed import init_distributed
@@ -93,8 +98,9 @@ def train(
     cfg = loaded.config
     if len(cfg.data.sources) != 1:
         raise ValueError(
-            f"data.sources has {len(cfg.data.sources)} entries; this trainer reads one source: "
-            "keep one (mixing sources by weight comes with the multi-source loader)"
+            f"data.sources has {len(cfg.data.sources)} entries; the forecasting trainer reads one "
+            "grid source: keep one (training on a weighted mix needs the multimodal model, which "
+            "shares one variable registry across sources)"
         )
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
@@ -127,14 +133,18 @@ def train(
             raise RuntimeError(f"ingest rejected inputs: {manifest['rejects']}")
     _barrier(world)
     run = RunDir(run_path)
-    store = GridStore(store_dir, source=cfg.data.sources[0].name, verify=True)
+    lc = cfg.data.loader
+    store = GridStore(
+        store_dir, source=cfg.data.sources[0].name, verify=True, on_corrupt=lc.on_corrupt
+    )
 
     history, lead = cfg.data.history, cfg.data.lead
+    gap = np.timedelta64(int(cfg.data.splits.gap.total_seconds() * 1e9), "ns")
     train_ds = ForecastDataset(
         store, time_range=_time_range(cfg.data.splits.train), history=history, lead=lead
     )
     test_ds = ForecastDataset(
-        store, time_range=_time_range(cfg.data.splits.test), history=history, lead=lead
+        store, time_range=_time_range(cfg.data.splits.test), history=history, lead=lead, gap=gap
     )
     if len(train_ds) == 0 or len(test_ds) == 0:
         raise ValueError(
@@ -175,24 +185,22 @@ def train(
             flush=True,
         )
 
-    # Data order: a seeded permutation per epoch, each data-parallel rank a disjoint slice.
-    # (The resumable, rank-elastic sampler replaces this in the loader.)
-    sampler = torch.utils.data.DistributedSampler(
-        train_ds, num_replicas=topo.dp, rank=rank % topo.dp, shuffle=True, seed=cfg.seed
-    )
-    loader = torch.utils.data.DataLoader(
-        train_ds,
+    # Data order: the resumable, rank-elastic mixing sampler (one source per micro-batch);
+    # data-parallel ranks draw disjoint samples, tensor/pipeline peers the same ones.
+    batch_sampler = MixingBatchSampler(
+        [len(train_ds)],
+        [cfg.data.sources[0].weight or 1.0],
         batch_size=cfg.schedule.micro_batch_size,
-        sampler=sampler,
-        collate_fn=collate_forecast,
-        num_workers=cfg.data.num_workers,
-        drop_last=False,
+        rank=rank // (topo.tp * topo.pp),
+        world_size=topo.dp,
+        seed=cfg.seed,
+        shuffle=lc.shuffle,
+        policy=lc.policy,
     )
-
-    def batches():
-        for epoch in itertools.count():
-            sampler.set_epoch(epoch)
-            yield from loader
+    mixed = MixedDataset([train_ds], [collate_forecast])
+    stream = iter(
+        build_loader(mixed, batch_sampler, lc, pin_memory=lc.pin_memory and device.type == "cuda")
+    )
 
     logger = (
         MetricsLogger(run.metrics_path, run.tb if cfg.logging.tensorboard else None)
@@ -200,14 +208,13 @@ def train(
         else None
     )
     steps, accum = cfg.schedule.steps, cfg.schedule.grad_accum
-    stream = batches()
     bar = tqdm(total=steps, desc="train", unit="step", disable=not show, dynamic_ncols=True)
     window_t, window_samples, loss = time.perf_counter(), 0, float("nan")
     engine.train()
     for step in range(1, steps + 1):
         loss_sum = 0.0
         for _ in range(accum):
-            batch = _to_device(next(stream), device)
+            batch = _to_device(next(stream), device, non_blocking=lc.pin_memory)
             pred = engine(batch)
             loss_t = weighted_mse(pred, batch["target"], weights, batch["mask"])
             engine.backward(loss_t)
@@ -253,6 +260,8 @@ def train(
         "variables": [v.to_dict() for v in store.variables],
         "stats": {"mean": store.mean.tolist(), "std": store.std.tolist()},
         "data_manifest_sha256": store.manifest_sha256,
+        # The stream position after the last consumed micro-batch: a resume continues exactly.
+        "loader": batch_sampler.state_dict(steps * accum),
     }
     ckpt = _save_checkpoint(engine, run.checkpoints, steps, client_state, rank)
     from scigpt.eval.forecast import evaluate_forecast
