@@ -51,9 +51,22 @@ class PatchSpec:
     patch: int = 50  # samples per series token
     stride: int | None = None  # window stride; None = window (no overlap)
     partial: str = "pad"  # trailing partial window: "pad" with NaN or "drop"
+    # HDF5 filter of the patches: "lzf" (fast to read back, h5py's built-in filter), "gzip"
+    # (level 4; portable to any HDF5 tool, ~4x slower to decompress) or "none".
+    compression: str = "lzf"
+
+    def h5_filters(self) -> dict[str, Any]:
+        if self.compression == "none":
+            return {}
+        if self.compression == "gzip":
+            return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+        if self.compression == "lzf":
+            return {"compression": "lzf", "shuffle": True}
+        raise ValueError(f"compression={self.compression!r}: choose lzf, gzip or none")
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "compression": self.compression,
             "grid": list(self.grid),
             "window": self.window,
             "patch": self.patch,
@@ -107,8 +120,8 @@ def _write_grid(g: h5py.Group, arr: GridArray, spec: PatchSpec, stats: NamedStat
     if n == 0:
         raise ValueError(f"{arr.source}: {len(arr.time)} frames do not fill one {pt}-frame tubelet")
     times = arr.time[: n * pt : pt].astype("datetime64[ns]").astype(np.int64)  # (N,)
-    _dataset(g, "patches", patches, chunks=(1, 1, ntok, k), compression="gzip",
-             compression_opts=4, shuffle=True)  # fmt: skip
+    # One chunk per sample: a loader reads a sample with one decompression.
+    _dataset(g, "patches", patches, chunks=(1, patches.shape[1], ntok, k), **spec.h5_filters())
     _dataset(g, "time", times)
     _dataset(g, "lat", np.asarray(arr.lat, dtype=np.float64))
     _dataset(g, "lon", np.asarray(arr.lon, dtype=np.float64))
@@ -138,8 +151,7 @@ def _write_series(g: h5py.Group, arr: SeriesArray, spec: PatchSpec, stats: Named
     step = arr.step.astype("timedelta64[ns]").astype(np.int64)
     times = arr.start.astype("datetime64[ns]").astype(np.int64)[rec] + off * step  # (M,)
     m, c, p, k = patches.shape
-    _dataset(g, "patches", patches, chunks=(1, c, p, k) if m else None, compression="gzip",
-             compression_opts=4, shuffle=True)  # fmt: skip
+    _dataset(g, "patches", patches, chunks=(1, c, p, k) if m else None, **spec.h5_filters())
     _dataset(g, "time", times)
     _dataset(g, "record", rec)
     for name in ("lat", "lon", "elevation", "depth"):

@@ -69,6 +69,8 @@ class SourceConfig(_Strict):
     require_coordinates: bool = True  # refuse series without lat/lon (the tokenizer needs them)
     samples_per_unit: PositiveInt = 64  # generated sources: samples per work unit
     weight: Annotated[float, Field(ge=0)] = 1.0  # share of micro-batches drawn from this source
+    # Shard filter: lzf reads back fastest; gzip is readable by any HDF5 tool; none is largest.
+    compression: Literal["lzf", "gzip", "none"] = "lzf"
 
     @field_validator("variables")
     @classmethod

@@ -61,13 +61,17 @@ def source_specs(loaded: LoadedConfig) -> list:
                     [f"{where}.path={src.path!r} ({root}) matches no input files"],
                 )
         if format_kind(src.format) == "grid":
-            patch = PatchSpec(grid=tuple(src.patch or (1, 4, 4)))  # type: ignore[arg-type]
+            patch = PatchSpec(
+                grid=tuple(src.patch or (1, 4, 4)),  # type: ignore[arg-type]
+                compression=src.compression,
+            )
         else:
             patch = PatchSpec(
                 window=src.window or 1200,
                 patch=(src.patch or [50])[0],
                 stride=src.stride,
                 partial=src.partial,
+                compression=src.compression,
             )
         specs.append(
             SourceSpec(
