@@ -5,6 +5,7 @@ Every rank runs this function; rank 0 alone writes the run directory and the sto
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -197,10 +198,28 @@ def train(
         shuffle=lc.shuffle,
         policy=lc.policy,
     )
-    mixed = MixedDataset([train_ds], [collate_forecast])
-    stream = iter(
-        build_loader(mixed, batch_sampler, lc, pin_memory=lc.pin_memory and device.type == "cuda")
-    )
+    if lc.backend == "dali":
+        from scigpt.data_pipeline.dali import DaliForecastLoader
+
+        # DALI takes a finite plan: the run's micro-batches, drawn from the same sampler.
+        plan = list(
+            itertools.islice(iter(batch_sampler), cfg.schedule.steps * cfg.schedule.grad_accum)
+        )
+        stream = iter(
+            DaliForecastLoader(
+                train_ds,
+                plan,
+                num_threads=max(1, lc.num_workers),
+                device="gpu" if device.type == "cuda" else "cpu",
+                parallel=lc.num_workers > 0,
+                num_workers=max(1, lc.num_workers),
+                prefetch_queue_depth=lc.prefetch_factor,
+            )
+        )
+    else:
+        mixed = MixedDataset([train_ds], [collate_forecast])
+        pin = lc.pin_memory and device.type == "cuda"
+        stream = iter(build_loader(mixed, batch_sampler, lc, pin_memory=pin))
 
     logger = (
         MetricsLogger(run.metrics_path, run.tb if cfg.logging.tensorboard else None)
