@@ -31,3 +31,15 @@ def torch_extensions_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Where DeepSpeed caches its CPU comm op (~30 s to build once); CI sets its own."""
     own = os.environ.get("TORCH_EXTENSIONS_DIR")
     return own or str(tmp_path_factory.mktemp("torch_extensions"))
+
+
+def corrupt_copy(store_dir: Path, dest: Path, shard: str) -> Path:
+    """Copy a store and flip one byte in the middle of ``shard`` (relative path); returns dest."""
+    import shutil
+
+    shutil.copytree(store_dir, dest)
+    path = dest / shard
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return dest

@@ -31,6 +31,7 @@ from scigpt.data_pipeline.stats import RunningStats
 from scigpt.data_pipeline.store import GridStore
 from scigpt.data_pipeline.units import to_canonical
 from scigpt.data_pipeline.variables import VariableInfo, canonical_name
+from tests.conftest import corrupt_copy
 
 KEPT_LEVELS = [500, 700, 850]
 PL_SHORT = ["q", "u", "v"]
@@ -380,12 +381,7 @@ def test_store_round_trip_and_manifest(grid: GridArray, store_dir: Path) -> None
 
 
 def test_store_detects_modified_shard(store_dir: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "copy"
-    shutil.copytree(store_dir, copy)
-    shard = copy / "shards" / "grid" / "grid-00002.h5"
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    copy = corrupt_copy(store_dir, tmp_path / "copy", "shards/grid/grid-00002.h5")
     with pytest.raises(RuntimeError, match=r"grid-00002\.h5.*sha256.*re-run `scigpt prepare`"):
         GridStore(copy)
     GridStore(copy, verify=False).close()  # opening without verification is allowed

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +15,7 @@ from scigpt.data_pipeline.loader import ForecastDataset, build_loader, collate_f
 from scigpt.data_pipeline.mixing import MixedDataset, MixingBatchSampler
 from scigpt.data_pipeline.shards import write_grid_store
 from scigpt.data_pipeline.store import GridStore
+from tests.conftest import corrupt_copy
 
 H = np.timedelta64(1, "h").astype("timedelta64[ns]")
 
@@ -140,12 +140,7 @@ def test_workers_give_the_same_batches(store_dir):
 
 
 def test_corrupted_shard_policy(store_dir, tmp_path, caplog):
-    copy = tmp_path / "store"
-    shutil.copytree(store_dir, copy)
-    shard = copy / "shards" / "grid" / "grid-00001.h5"
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    copy = corrupt_copy(store_dir, tmp_path / "store", "shards/grid/grid-00001.h5")
     with pytest.raises(RuntimeError, match=r"grid-00001\.h5 of source grid fails its sha256"):
         GridStore(copy)
     with caplog.at_level("WARNING"), GridStore(copy, on_corrupt="skip") as store:

@@ -40,8 +40,25 @@ def _check_names(kind: str, variables: Sequence[VariableInfo]) -> None:
         raise ValueError(f"{kind} has duplicate variable names: {names}")
 
 
+class _Channels:
+    """What both array kinds share: named variables on axis 1 and NaN as missing."""
+
+    values: np.ndarray
+    variables: list[VariableInfo]
+
+    @property
+    def names(self) -> list[str]:
+        """Canonical variable names, in the order of the variable axis."""
+        return [v.name for v in self.variables]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Bool array like ``values``, True where the value is valid (not NaN)."""
+        return ~np.isnan(self.values)
+
+
 @dataclass
-class GridArray:
+class GridArray(_Channels):
     """Gridded fields of one source on one grid and one time axis."""
 
     values: np.ndarray  # (T, V, H, W) float32, NaN where missing
@@ -75,19 +92,9 @@ class GridArray:
             raise ValueError(f"GridArray values must be float32, got {self.values.dtype}")
         _check_names("GridArray", self.variables)
 
-    @property
-    def names(self) -> list[str]:
-        """Canonical variable names, in the order of the V axis."""
-        return [v.name for v in self.variables]
-
-    @property
-    def mask(self) -> np.ndarray:
-        """(T, V, H, W) bool, True where the value is valid (not NaN)."""
-        return ~np.isnan(self.values)
-
 
 @dataclass
-class SeriesArray:
+class SeriesArray(_Channels):
     """N records of C channels sampled every ``step``: traces, station series, events."""
 
     values: np.ndarray  # (N, C, L) float32, NaN where missing (gaps, missing-value codes)
@@ -124,15 +131,6 @@ class SeriesArray:
         if self.step <= np.timedelta64(0, "ns"):
             raise ValueError(f"SeriesArray.step must be positive, got {self.step}")
         _check_names("SeriesArray", self.variables)
-
-    @property
-    def names(self) -> list[str]:
-        return [v.name for v in self.variables]
-
-    @property
-    def mask(self) -> np.ndarray:
-        """(N, C, L) bool, True where the value is valid."""
-        return ~np.isnan(self.values)
 
     @property
     def has_coordinates(self) -> bool:
