@@ -239,3 +239,88 @@ def build_loader(dataset, batch_sampler, cfg, *, pin_memory: bool = False):
         prefetch_factor=cfg.prefetch_factor if workers else None,
         persistent_workers=bool(workers),
     )
+
+
+class SeriesWindowDataset(torch.utils.data.Dataset):
+    """Windows of a series source (waveforms, station series) from a :class:`PatchStore`.
+
+    An item is one stored window: ``fields`` (C, L) normalised with the source's statistics
+    (NaN → 0, ``mask`` records where), the window's start ``time``, the record's ``lat``/``lon``
+    (and ``depth`` when known), and numeric per-record attributes as ``targets`` (e.g. a
+    SeisBench event's magnitude) for pooled regression heads. Windows whose start lies outside
+    ``time_range`` (inclusive; ``None`` = all) are left out.
+    """
+
+    def __init__(
+        self,
+        store,
+        source: str,
+        *,
+        time_range: tuple[np.datetime64, np.datetime64] | None = None,
+        targets: Sequence[str] = (),
+    ) -> None:
+        src = store.sources[source]
+        if src.get("kind") != "series":
+            raise ValueError(f"source {source!r} is {src.get('kind')!r}, not a series source")
+        self.store, self.source, self.targets = store, source, list(targets)
+        self.variables = store.variables(source)
+        names = [v.name for v in self.variables]
+        mean, std = store.stats(source)
+        self.mean32 = mean.astype(np.float32)[:, None]
+        self.std32 = std.astype(np.float32)[:, None]
+        self.step_ns = 0
+        self._rows: list[tuple[str, str, int, list[int]]] = []  # shard, group, row, channel map
+        for unit in src["units"]:
+            for a in unit["arrays"]:
+                times = np.array(a["times"], dtype="datetime64[ns]")
+                keep = np.ones(len(times), bool)
+                if time_range is not None:
+                    t0, t1 = (np.datetime64(t, "ns") for t in time_range)
+                    keep = (times >= t0) & (times <= t1)
+                chans = [names.index(n) for n in a["variables"]]
+                self.step_ns = self.step_ns or int(a["step_ns"])
+                self._rows += [
+                    (unit["shard"], a["group"], int(r), chans) for r in np.flatnonzero(keep)
+                ]
+        self._var_ids = torch.arange(len(names))
+        self._modality_id = modality_id(self.variables[0].modality)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        shard, group, row, chans = self._rows[i]
+        g = self.store.file(shard)[group]
+        patches = g["patches"][row]  # (c, P, K)
+        raw = np.full(
+            (len(self.variables), patches.shape[1] * patches.shape[2]), np.nan, np.float32
+        )
+        raw[chans] = patches.reshape(len(chans), -1)
+        fields, mask = normalise(raw, self.mean32, self.std32)  # (C, L)
+        attrs = g.get("attrs", {})
+        tgt = [float(attrs[k][row]) if k in attrs else np.nan for k in self.targets]
+        depth = float(g["depth"][row]) if "depth" in g else 0.0
+        return {
+            "fields": torch.from_numpy(fields),
+            "mask": torch.from_numpy(mask),
+            "time": torch.tensor(int(g["time"][row]), dtype=torch.int64),
+            "lat": torch.tensor(float(g["lat"][row]), dtype=torch.float32),
+            "lon": torch.tensor(float(g["lon"][row]), dtype=torch.float32),
+            "depth": torch.tensor(depth, dtype=torch.float32),
+            "targets": torch.tensor(tgt, dtype=torch.float32),
+            "var_ids": self._var_ids,
+            "modality_id": self._modality_id,
+            "step_ns": self.step_ns,
+        }
+
+
+def collate_series(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack series items: ``fields``/``mask`` (B, C, L), per-sample ``times``, ``lat``, ``lon``,
+    ``depth`` (B,), ``targets`` (B, K); ``var_ids``, ``modality_id``, ``step_ns`` shared."""
+    if not items:
+        raise ValueError("collate_series got no items")
+    shared = {key: _shared(items, key) for key in ("var_ids", "modality_id", "step_ns")}
+    out = {k: torch.stack([it[k] for it in items]) for k in ("fields", "mask", "lat", "lon",
+                                                             "depth", "targets")}  # fmt: skip
+    out["times"] = torch.stack([it["time"] for it in items])
+    return {**out, **shared, "modality_id": int(shared["modality_id"])}

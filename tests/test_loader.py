@@ -151,3 +151,29 @@ def test_corrupted_shard_policy(store_dir, tmp_path, caplog):
                  for i in range(len(ds))]  # fmt: skip
         # no sample spans the hole: anchors 1..4 and 13..22
         assert hours == [1, 2, 3, 4, *range(13, 23)]
+
+
+def test_series_windows_from_the_store(tmp_path, shared_data):
+    """SeisBench events through prepare → SeriesWindowDataset, against h5py-read values."""
+    import h5py
+
+    from scigpt.data_pipeline.loader import SeriesWindowDataset, collate_series
+    from scigpt.data_pipeline.prepare import SourceSpec, prepare_store
+    from scigpt.data_pipeline.shards import PatchSpec
+    from scigpt.data_pipeline.store import PatchStore
+
+    path = shared_data / "seismic/seisbench_ipoc_pb01/waveforms.hdf5"
+    spec = SourceSpec("sb", "seisbench", [path], patch=PatchSpec(window=1200, patch=50))
+    prepare_store([spec], tmp_path, progress=False)
+    with PatchStore(tmp_path) as store:
+        ds = SeriesWindowDataset(store, "sb", targets=["source_magnitude"])
+        assert len(ds) == 100
+        batch = collate_series([ds[i] for i in range(4)])
+        assert batch["fields"].shape == (4, 3, 1200) and batch["targets"].shape == (4, 1)
+        mean, std = store.stats("sb")
+        with h5py.File(path) as f:
+            raw = f["data/bucket0"][0].astype(np.float32)  # row 0 of the csv is bucket0$0
+        want = (raw - mean.astype(np.float32)[:, None]) / std.astype(np.float32)[:, None]
+        np.testing.assert_allclose(batch["fields"][0].numpy(), want, rtol=1e-6, atol=1e-6)
+        assert batch["modality_id"] == 1 and batch["step_ns"] == 50_000_000
+        assert torch.isfinite(batch["targets"]).all() and torch.isfinite(batch["lat"]).all()
