@@ -188,6 +188,7 @@ class ModelConfig(_Strict):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     residual: bool = True  # predict the change from the last input frame
     attention: str = "sdpa"  # name in scigpt.models.attention's registry
+    series_patch: PositiveInt = 50  # samples per token of waveform/series windows
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -196,6 +197,26 @@ class ModelConfig(_Strict):
                 f"model.embed_dim={self.embed_dim} is not divisible by model.heads={self.heads}: "
                 f"choose heads from {_divisors(self.embed_dim)}"
             )
+        return self
+
+
+class ObjectivesConfig(_Strict):
+    """Weights of the training objectives (0 disables one); see scigpt.models.objectives."""
+
+    forecast: Annotated[float, Field(ge=0)] = 1.0
+    masked: Annotated[float, Field(ge=0)] = 0.0  # MAE-style masked-patch reconstruction
+    mask_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    pooled: Annotated[float, Field(ge=0)] = 0.0  # per-sample targets from pooled tokens
+    pooled_kind: Literal["regression", "classification"] = "regression"
+    pooled_targets: list[str] = []  # per-record attributes, e.g. [source_magnitude]
+    variable_weights: dict[str, Annotated[float, Field(ge=0)]] = {}  # canonical name → weight
+
+    @model_validator(mode="after")
+    def _something(self) -> ObjectivesConfig:
+        if not (self.forecast or self.masked or self.pooled):
+            raise ValueError("objectives: every weight is 0: enable forecast, masked or pooled")
+        if self.pooled and not self.pooled_targets:
+            raise ValueError("objectives.pooled > 0 needs objectives.pooled_targets")
         return self
 
 
@@ -267,6 +288,7 @@ class RunConfig(_Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     data: DataConfig
     model: ModelConfig = ModelConfig()
+    objectives: ObjectivesConfig = ObjectivesConfig()
     parallel: ParallelConfig = ParallelConfig()
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()

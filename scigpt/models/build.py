@@ -23,6 +23,7 @@ def build_model(cfg: ModelConfig, spec: ModelSpec, *, device: str | torch.device
             dropout=cfg.dropout,
             residual=cfg.residual,
             attention=cfg.attention,
+            series_patch=cfg.series_patch,
         )
 
 

@@ -60,3 +60,30 @@ class GridPatchEmbed(nn.Module):
         w = self.weight[var_ids].flatten(2)  # (V, D, K)
         tokens = torch.einsum("bvnk,vdk->bvnd", x, w)  # (B, V, N, D)
         return tokens + self.bias[var_ids][None, :, None, :]
+
+
+class SeriesPatchEmbed(nn.Module):
+    """Per-channel 1-D patch embedding for waveforms and station series, weights indexed by
+    variable id like :class:`GridPatchEmbed`:
+
+        tokens[b, c, n, :] = W[var_ids[c]] · x[b, c, n·p : (n+1)·p] + bias[var_ids[c]]
+    """
+
+    def __init__(self, num_vars: int, dim: int, patch: int):
+        super().__init__()
+        self.num_vars, self.dim, self.patch = num_vars, dim, patch
+        self.weight = nn.Parameter(torch.empty(num_vars, dim, patch))
+        self.bias = nn.Parameter(torch.empty(num_vars, dim))
+
+    def init_weights(self) -> None:
+        nn.init.trunc_normal_(self.weight, std=1.0 / math.sqrt(self.patch))
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor, var_ids: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, L) with L a multiple of the patch → tokens (B, C, N, D)."""
+        b, c, length = x.shape
+        if length % self.patch:
+            raise ValueError(f"series length {length} is not a multiple of patch {self.patch}")
+        x = x.reshape(b, c, length // self.patch, self.patch)  # (B, C, N, p)
+        tokens = torch.einsum("bcnp,cdp->bcnd", x, self.weight[var_ids])
+        return tokens + self.bias[var_ids][None, :, None, :]

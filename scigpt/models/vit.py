@@ -1,23 +1,21 @@
-"""The SciGPT backbone: grid tokenizer → pre-LN ViT blocks → per-variable forecast head.
+"""The SciGPT backbone: multimodal tokenizer → pre-LN ViT blocks → heads.
 
 Single-device code (DESIGN.md §1): no torch.distributed, no deepspeed, no Triton. The model is a
-flat sequence ``tokenizer`` → ``blocks[i]`` → ``head`` so the parallel layer can cut it into
+flat sequence ``tokenizer`` → ``blocks[i]`` → heads, so the parallel layer can cut it into
 pipeline stages and swap ``nn.Linear`` layers for tensor-parallel ones from outside.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from scigpt.models.attention import get_attention
-from scigpt.models.patch_embed import GridPatchEmbed, pad_to_multiple
-
-_NS_PER_HOUR = 3_600_000_000_000
-_NS_PER_DAY = 24 * _NS_PER_HOUR
+from scigpt.models.heads import ForecastHead, PooledHead, ReconstructionHead
+from scigpt.models.patch_embed import pad_to_multiple
+from scigpt.models.tokenizer import GRID, MultimodalTokenizer
 
 
 @dataclass(frozen=True)
@@ -25,103 +23,8 @@ class ModelSpec:
     """What the model needs to know about its data, beyond ``ModelConfig``."""
 
     num_vars: int  # size of the variable registry (rows of the per-variable weights)
-    history: int  # input frames per sample
-
-
-def sphere_features(lat_deg: torch.Tensor, lon_deg: torch.Tensor, n_freq: int) -> torch.Tensor:
-    """Position on the unit sphere and its harmonics: continuous across the dateline and poles.
-
-    lat_deg, lon_deg: (N,) → (N, 3 + 6 * n_freq)
-    """
-    lat, lon = torch.deg2rad(lat_deg), torch.deg2rad(lon_deg)
-    xyz = torch.stack(
-        [torch.cos(lat) * torch.cos(lon), torch.cos(lat) * torch.sin(lon), torch.sin(lat)], -1
-    )  # (N, 3)
-    k = torch.arange(1, n_freq + 1, dtype=xyz.dtype, device=xyz.device) * math.pi
-    ang = xyz[:, :, None] * k  # (N, 3, F)
-    return torch.cat([xyz, torch.sin(ang).flatten(1), torch.cos(ang).flatten(1)], -1)
-
-
-def time_features(times_ns: torch.Tensor) -> torch.Tensor:
-    """Time of day and day of year as sin/cos pairs. times_ns: (B,) int64 → (B, 4)."""
-    tod = (times_ns % _NS_PER_DAY).double() / _NS_PER_DAY
-    doy = (times_ns // _NS_PER_DAY).double() / 365.2425
-    ang = 2 * math.pi * torch.stack([tod, doy], -1)
-    return torch.cat([torch.sin(ang), torch.cos(ang)], -1).float()
-
-
-def patch_centres(coord: torch.Tensor, patch: int) -> torch.Tensor:
-    """Centre coordinate of each patch along one axis, extrapolating over padded cells."""
-    n = coord.shape[0]
-    n_pad = -(-n // patch) * patch
-    step = (coord[-1] - coord[0]) / max(n - 1, 1)
-    full = coord[0] + step * torch.arange(n_pad, dtype=coord.dtype, device=coord.device)
-    full[:n] = coord
-    return full.reshape(-1, patch).mean(-1)
-
-
-class VariableAggregation(nn.Module):
-    """Fold V variable tokens at one location into one token by cross-attention with a learned
-    query (ClimaX, Nguyen et al. 2023), so sequence length does not grow with the variable count.
-    """
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.query = nn.Parameter(torch.empty(1, 1, dim))
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-
-    def init_weights(self) -> None:
-        nn.init.trunc_normal_(self.query, std=0.02)
-        self.attn._reset_parameters()  # in_proj (xavier) and both biases, not out_proj.weight
-        nn.init.trunc_normal_(self.attn.out_proj.weight, std=0.02)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        b, v, n, d = tokens.shape  # (B, V, N, D)
-        kv = tokens.permute(0, 2, 1, 3).reshape(b * n, v, d)  # (B*N, V, D)
-        q = self.query.expand(b * n, 1, d)
-        out, _ = self.attn(q, kv, kv, need_weights=False)  # (B*N, 1, D)
-        return out.reshape(b, n, d)
-
-
-class GridTokenizer(nn.Module):
-    """(B, V, T, H, W) fields → (B, N, D) tokens with variable, position and time encodings."""
-
-    def __init__(self, num_vars: int, dim: int, heads: int, patch: int, history: int):
-        super().__init__()
-        self.patch = patch
-        self.embed = GridPatchEmbed(num_vars, dim, (history, patch, patch))
-        self.var_embed = nn.Parameter(torch.empty(num_vars, dim))
-        self.aggregate = VariableAggregation(dim, heads)
-        self.n_freq = 4
-        self.pos = nn.Linear(3 + 6 * self.n_freq, dim)
-        self.time = nn.Linear(4, dim)
-
-    def init_weights(self) -> None:
-        self.embed.init_weights()
-        nn.init.trunc_normal_(self.var_embed, std=0.02)
-        self.aggregate.init_weights()
-        for lin in (self.pos, self.time):
-            nn.init.trunc_normal_(lin.weight, std=0.02)
-            nn.init.zeros_(lin.bias)
-
-    def forward(
-        self,
-        fields: torch.Tensor,
-        var_ids: torch.Tensor,
-        lat: torch.Tensor,
-        lon: torch.Tensor,
-        times: torch.Tensor,
-    ) -> torch.Tensor:
-        tokens = self.embed(fields, var_ids)  # (B, V, N, D)
-        tokens = tokens + self.var_embed[var_ids][None, :, None, :]
-        x = self.aggregate(tokens)  # (B, N, D)
-        clat = patch_centres(lat, self.patch)  # (gh,)
-        clon = patch_centres(lon, self.patch)  # (gw,)
-        grid_lat = clat[:, None].expand(-1, clon.shape[0]).reshape(-1)
-        grid_lon = clon[None, :].expand(clat.shape[0], -1).reshape(-1)
-        pos = self.pos(sphere_features(grid_lat, grid_lon, self.n_freq).to(x.dtype))  # (N, D)
-        tim = self.time(time_features(times).to(x.dtype))  # (B, D)
-        return x + pos[None] + tim[:, None, :]
+    history: int  # input frames per grid sample
+    num_targets: int = 0  # outputs of the pooled head (0: no pooled head)
 
 
 class Attention(nn.Module):
@@ -171,34 +74,6 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class ForecastHead(nn.Module):
-    """Per-variable linear decoder from tokens to (ph, pw) pixels, weights indexed by var id.
-
-    Zero-initialised, so with ``residual`` the untrained model is exactly persistence.
-    """
-
-    def __init__(self, num_vars: int, dim: int, patch: int):
-        super().__init__()
-        self.patch = patch
-        self.norm = nn.LayerNorm(dim)
-        self.weight = nn.Parameter(torch.empty(num_vars, patch * patch, dim))
-        self.bias = nn.Parameter(torch.empty(num_vars, patch * patch))
-
-    def init_weights(self) -> None:
-        nn.init.zeros_(self.weight)
-        nn.init.zeros_(self.bias)
-
-    def forward(self, x: torch.Tensor, var_ids: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        p = self.patch
-        gh, gw = -(-h // p), -(-w // p)
-        x = self.norm(x)  # (B, N, D)
-        out = torch.einsum("bnd,vkd->bvnk", x, self.weight[var_ids])  # (B, V, N, p*p)
-        out = out + self.bias[var_ids][None, :, None, :]
-        b, v = out.shape[:2]
-        out = out.reshape(b, v, gh, gw, p, p).permute(0, 1, 2, 4, 3, 5)
-        return out.reshape(b, v, gh * p, gw * p)[..., :h, :w]  # (B, V, H, W)
-
-
 class SciGPTModel(nn.Module):
     def __init__(
         self,
@@ -212,19 +87,30 @@ class SciGPTModel(nn.Module):
         dropout: float,
         residual: bool,
         attention: str,
+        series_patch: int = 50,
     ):
         super().__init__()
         self.spec, self.residual = spec, residual
-        self.tokenizer = GridTokenizer(spec.num_vars, embed_dim, heads, patch_size, spec.history)
+        self.tokenizer = MultimodalTokenizer(
+            spec.num_vars, embed_dim, heads, patch=patch_size, history=spec.history,
+            series_patch=series_patch,
+        )  # fmt: skip
+        self.mask_token = nn.Parameter(torch.empty(embed_dim))
         self.blocks = nn.ModuleList(
             Block(embed_dim, heads, mlp_ratio, dropout, attention) for _ in range(depth)
         )
+        self.norm = nn.LayerNorm(embed_dim)
         self.head = ForecastHead(spec.num_vars, embed_dim, patch_size)
+        self.reconstruct = ReconstructionHead(
+            spec.num_vars, embed_dim, spec.history * patch_size**2, series_patch
+        )
+        self.pooled = PooledHead(embed_dim, spec.num_targets) if spec.num_targets else None
 
     @torch.no_grad()
     def init_weights(self) -> None:
         """Initialise every parameter (after ``to_empty`` from the meta device)."""
         self.tokenizer.init_weights()
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
         for blk in self.blocks:
             for mod in blk.modules():
                 if isinstance(mod, nn.Linear):
@@ -233,24 +119,79 @@ class SciGPTModel(nn.Module):
                 elif isinstance(mod, nn.LayerNorm):
                     nn.init.ones_(mod.weight)
                     nn.init.zeros_(mod.bias)
-        nn.init.ones_(self.head.norm.weight)
-        nn.init.zeros_(self.head.norm.bias)
+        nn.init.ones_(self.norm.weight)
+        nn.init.zeros_(self.norm.bias)
         self.head.init_weights()
+        self.reconstruct.init_weights()
+        if self.pooled is not None:
+            self.pooled.init_weights()
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """batch per DESIGN.md §7 → prediction (B, V, H, W) in normalised units."""
-        fields = batch["fields"]  # (B, V, T, H, W)
-        var_ids = batch["var_ids"]
-        h, w = fields.shape[-2:]
-        x = self.tokenizer(fields, var_ids, batch["lat"], batch["lon"], batch["times"])
+    def encode(
+        self, batch: dict[str, torch.Tensor], token_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Tokens after the backbone, (B, N, D). ``token_mask`` (B, N) bool: True tokens are
+        replaced by the learned mask token before the blocks (masked-patch objectives)."""
+        x = self.tokenizer(batch)
+        if token_mask is not None:
+            x = torch.where(token_mask[..., None], self.mask_token.to(x.dtype), x)
         for blk in self.blocks:
             x = blk(x)
-        delta = self.head(x, var_ids, h, w)
+        return self.norm(x)
+
+    def forecast(self, batch: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Grid forecast (B, V, H, W) from encoded tokens, residual on the last input frame."""
+        fields = batch["fields"]  # (B, V, T, H, W)
+        h, w = fields.shape[-2:]
+        delta = self.head(x, batch["var_ids"], h, w)
         return fields[:, :, -1] + delta if self.residual else delta
+
+    def forward(self, batch: dict[str, torch.Tensor], objectives=None):
+        """Grid batch (DESIGN.md §7) → forecast (B, V, H, W) in normalised units; or, given
+        ``objectives`` (scigpt.models.objectives.Objectives), the weighted training loss and its
+        parts — so engines that wrap ``forward`` (DeepSpeed) see the whole computation."""
+        if objectives is not None:
+            from scigpt.models.objectives import total_loss
+
+            return total_loss(self, batch, objectives)
+        if int(batch.get("modality_id", GRID)) != GRID:
+            raise ValueError("forward() forecasts grids; use encode() + heads for series batches")
+        return self.forecast(batch, self.encode(batch))
 
     def num_tokens(self, h: int, w: int) -> int:
         gh, gw = self.tokenizer.embed.grid_shape(h, w)
         return gh * gw
 
+    @torch.no_grad()
+    def add_variables(self, n: int) -> list[int]:
+        """Append ``n`` variables to the registry; returns their ids. Their gates start at 0,
+        so outputs are unchanged until training opens them (aggregation.py)."""
+        old = self.spec.num_vars
+        for mod, name in _PER_VARIABLE:
+            owner = self.get_submodule(mod)
+            p = getattr(owner, name)
+            extra = torch.empty((n, *p.shape[1:]), dtype=p.dtype, device=p.device)
+            nn.init.trunc_normal_(extra, std=0.02) if p.dim() > 1 else nn.init.zeros_(extra)
+            setattr(owner, name, nn.Parameter(torch.cat([p, extra])))
+        for mod in ("tokenizer.embed", "tokenizer.series_embed"):
+            self.get_submodule(mod).num_vars = old + n
+        self.spec = ModelSpec(old + n, self.spec.history, self.spec.num_targets)
+        return list(range(old, old + n))
+
+
+# Every per-variable parameter: (module path, attribute). Rows are variable ids.
+_PER_VARIABLE = [
+    ("tokenizer.embed", "weight"),
+    ("tokenizer.embed", "bias"),
+    ("tokenizer.series_embed", "weight"),
+    ("tokenizer.series_embed", "bias"),
+    ("tokenizer", "var_embed"),
+    ("tokenizer.aggregate", "gate"),
+    ("head", "weight"),
+    ("head", "bias"),
+    ("reconstruct", "grid"),
+    ("reconstruct", "grid_bias"),
+    ("reconstruct", "series"),
+    ("reconstruct", "series_bias"),
+]
 
 __all__ = ["ModelSpec", "SciGPTModel", "pad_to_multiple"]

@@ -88,9 +88,10 @@ def train(
     from scigpt.data_pipeline.loader import ForecastDataset, build_loader, collate_forecast
     from scigpt.data_pipeline.mixing import MixedDataset, MixingBatchSampler
     from scigpt.data_pipeline.store import GridStore
-    from scigpt.eval.metrics import lat_weights, weighted_mse
+    from scigpt.eval.metrics import lat_weights
     from scigpt.launch.distributed import init_distributed
     from scigpt.models.build import build_model, count_params, forward_flops_per_token, materialise
+    from scigpt.models.objectives import Objectives
     from scigpt.models.vit import ModelSpec
     from scigpt.parallel.engine import build_engine
     from scigpt.parallel.topology import Topology
@@ -166,6 +167,21 @@ def train(
     peak = cfg.logging.peak_tflops or detect_peak_tflops(cfg.precision)
     n_params = count_params(model)
     weights = lat_weights(torch.as_tensor(store.lat)).to(device)
+    oc = cfg.objectives
+    unknown = sorted(set(oc.variable_weights) - set(store.names))
+    if unknown:
+        raise ValueError(
+            f"objectives.variable_weights names {unknown}, not variables of the run "
+            f"({store.names}): use canonical names such as {store.names[0]!r}"
+        )
+    objectives = Objectives(
+        forecast=oc.forecast,
+        masked=oc.masked,
+        mask_ratio=oc.mask_ratio,
+        pooled=oc.pooled,
+        pooled_kind=oc.pooled_kind,
+        variable_weights={store.names.index(k): w for k, w in oc.variable_weights.items()},
+    )
 
     if is_main:
         prov = provenance(
@@ -234,8 +250,7 @@ def train(
         loss_sum = 0.0
         for _ in range(accum):
             batch = _to_device(next(stream), device, non_blocking=lc.pin_memory)
-            pred = engine(batch)
-            loss_t = weighted_mse(pred, batch["target"], weights, batch["mask"])
+            loss_t, _parts = engine(batch, objectives=objectives)
             engine.backward(loss_t)
             engine.step()
             loss_sum += loss_t.item()

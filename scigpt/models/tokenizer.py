@@ -1,0 +1,93 @@
+"""Multimodal tokenizer: any batch (DESIGN.md §7) → (B, N, D) tokens.
+
+Per modality a per-variable patch embedding (grids: (t, h, w) tubelets; waveforms and series: 1-D
+patches), then a variable embedding, variable aggregation into one token per location/time,
+and embeddings of the modality, of the position on the sphere (plus depth or elevation), and
+of time (time of day, day of year, lead time). Variable ids index one registry shared by every
+modality, so all per-variable parameters are rows of single tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scigpt.models.aggregation import VariableAggregation
+from scigpt.models.encodings import (
+    POS_FEATURES,
+    TIME_FEATURES,
+    patch_centres,
+    sphere_features,
+    time_features,
+)
+from scigpt.models.patch_embed import GridPatchEmbed, SeriesPatchEmbed
+
+GRID, WAVEFORM, SERIES = 0, 1, 2  # modality ids (data_pipeline.variables.MODALITIES)
+N_MODALITIES = 3
+
+
+class MultimodalTokenizer(nn.Module):
+    def __init__(
+        self,
+        num_vars: int,
+        dim: int,
+        heads: int,
+        *,
+        patch: int,
+        history: int,
+        series_patch: int,
+    ):
+        super().__init__()
+        self.patch, self.series_patch = patch, series_patch
+        self.embed = GridPatchEmbed(num_vars, dim, (history, patch, patch))
+        self.series_embed = SeriesPatchEmbed(num_vars, dim, series_patch)
+        self.var_embed = nn.Parameter(torch.empty(num_vars, dim))
+        self.aggregate = VariableAggregation(num_vars, dim, heads)
+        self.modality = nn.Parameter(torch.empty(N_MODALITIES, dim))
+        self.pos = nn.Linear(POS_FEATURES, dim)
+        self.time = nn.Linear(TIME_FEATURES, dim)
+
+    def init_weights(self) -> None:
+        self.embed.init_weights()
+        self.series_embed.init_weights()
+        nn.init.trunc_normal_(self.var_embed, std=0.02)
+        nn.init.trunc_normal_(self.modality, std=0.02)
+        self.aggregate.init_weights()
+        for lin in (self.pos, self.time):
+            nn.init.trunc_normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+
+    def num_tokens(self, batch: dict) -> int:
+        f = batch["fields"]
+        if batch.get("modality_id", GRID) == GRID:
+            gh, gw = self.embed.grid_shape(*f.shape[-2:])
+            return gh * gw
+        return f.shape[-1] // self.series_patch
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        fields, var_ids = batch["fields"], batch["var_ids"]
+        modality = int(batch.get("modality_id", GRID))
+        if modality == GRID:
+            tokens = self.embed(fields, var_ids)  # (B, V, N, D)
+        else:
+            tokens = self.series_embed(fields, var_ids)  # (B, C, N, D)
+        tokens = tokens + self.var_embed[var_ids][None, :, None, :]
+        x = self.aggregate(tokens, var_ids)  # (B, N, D)
+        n = x.shape[1]
+        lead = batch.get("lead_ns", 0)
+        if modality == GRID:
+            clat = patch_centres(batch["lat"], self.patch)  # (gh,)
+            clon = patch_centres(batch["lon"], self.patch)  # (gw,)
+            lat = clat[:, None].expand(-1, clon.shape[0]).reshape(-1)
+            lon = clon[None, :].expand(clat.shape[0], -1).reshape(-1)
+            pos = self.pos(sphere_features(lat, lon).to(x.dtype))[None]  # (1, N, D)
+            tim = self.time(time_features(batch["times"], lead).to(x.dtype))[:, None]  # (B,1,D)
+        else:
+            pos = self.pos(
+                sphere_features(batch["lat"], batch["lon"], batch.get("depth")).to(x.dtype)
+            )[:, None]  # (B, 1, D): one station per sample
+            # each token's own start time: window start + n · patch · step
+            offs = torch.arange(n, device=x.device) * self.series_patch * int(batch["step_ns"])
+            tok_t = batch["times"][:, None] + offs  # (B, N)
+            tim = self.time(time_features(tok_t, lead).to(x.dtype))  # (B, N, D)
+        return x + pos + tim + self.modality[modality]
