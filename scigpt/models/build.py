@@ -49,11 +49,9 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def forward_flops_per_token(model: SciGPTModel, seq_len: int) -> float:
-    """Matmul FLOPs of one forward pass per token, for MFU (PaLM appendix B):
-    2 FLOPs per parameter of the blocks plus 2·2·L·D per token for QK^T and PV per layer.
-    Training (fwd + bwd) is 3x this.
-    """
-    block_params = sum(p.numel() for blk in model.blocks for p in blk.parameters() if p.dim() > 1)
-    dim = model.blocks[0].attn.proj.in_features if len(model.blocks) else 0
-    attn = 4 * len(model.blocks) * seq_len * dim
-    return 2.0 * block_params + attn
+    """Matmul FLOPs of one forward pass per token, for MFU (PaLM appendix B): the tokenizer,
+    variable aggregation, blocks, attention and forecast head (scigpt.models.sizing).
+    Training (fwd + bwd) is 3x this."""
+    from scigpt.models.sizing import forward_flops_per_token as flops
+
+    return flops(model, seq_len)
