@@ -42,6 +42,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="run directory name under $SCIGPT_RUNS (default: <config name>-<UTC time>)",
     )
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue --run-name from its latest checkpoint (start it if it has none)",
+    )
+    p.add_argument(
         "--runs-dir",
         type=Path,
         default=None,
@@ -126,7 +131,10 @@ def _run_training(loaded, args: argparse.Namespace, *, demo: bool) -> int:
     from scigpt.train.trainer import train
 
     result = train(
-        loaded, run_name=args.run_name, root=args.runs_dir.resolve() if args.runs_dir else None
+        loaded,
+        run_name=args.run_name,
+        root=args.runs_dir.resolve() if args.runs_dir else None,
+        resume=args.resume,
     )
     s = result.test.get("summary", {})
     if not s:

@@ -225,6 +225,9 @@ class ParallelConfig(_Strict):
     tp: PositiveInt = 1
     pp: PositiveInt = 1
     zero_stage: Literal[0, 1, 2, 3] = 1
+    # Recompute activations in backward: none, selective (attention core and MLP activation;
+    # Korthikanti et al. 2022) or full (whole blocks).
+    activation_checkpointing: Literal["none", "selective", "full"] = "none"
     # ZeRO communication bucket in elements; None: min(5e8, parameter count).
     bucket_elements: PositiveInt | None = None
 
@@ -258,8 +261,18 @@ class ScheduleConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
-    every: NonNegInt = 0  # 0: only at the end
-    keep_last: PositiveInt = 2
+    every: NonNegInt = 0  # steps between checkpoints; 0: only at the end
+    keep_last: PositiveInt = 2  # retention: the newest N ...
+    keep_every: NonNegInt = 0  # ... plus every K-th step (0: none), plus the best
+
+
+class GuardsConfig(_Strict):
+    """Numerical guards: a step whose loss or gradients are not finite is skipped (counted and
+    logged); ``rollback_after`` such steps in a row reload the last checkpoint and carry on with
+    the next data (0: never roll back; the run fails instead)."""
+
+    skip_nonfinite: bool = True
+    rollback_after: NonNegInt = 3
 
 
 class LoggingConfig(_Strict):
@@ -273,6 +286,8 @@ class LoggingConfig(_Strict):
 
 class EvalConfig(_Strict):
     plot_variable: str | None = None  # variable for the forecast-vs-truth map; default the first
+    every: NonNegInt = 0  # validate on data.splits.val every N steps (0: never)
+    early_stop_patience: NonNegInt = 0  # stop after N validations without improvement (0: off)
 
 
 class RuntimeConfig(_Strict):
@@ -293,6 +308,7 @@ class RunConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    guards: GuardsConfig = GuardsConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -316,6 +332,10 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"parallel.pp={p.pp} is larger than model.depth={m.depth}: every pipeline stage "
                 f"needs at least one block; use pp <= {m.depth}"
+            )
+        if self.eval.every and self.data.splits.val is None:
+            raise ValueError(
+                f"eval.every={self.eval.every} needs a validation block: add data.splits.val"
             )
         if p.pp > 1 and p.zero_stage > 1:
             raise ValueError(

@@ -88,6 +88,23 @@ class RunDir:
     def tb(self) -> Path:
         return self.path / "tb"
 
+    def check_same_config(self, resolved: dict[str, Any]) -> None:
+        """A resumed run must use the config it started with (the length of training, logging
+        and retention may change); anything else is an error naming the keys."""
+        old = _flatten(self.read_config())
+        new = _flatten(resolved)
+        may_change = ("schedule.steps", "logging.", "checkpoint.keep_", "eval.early_stop")
+        diff = sorted(
+            k for k in old.keys() | new.keys()
+            if old.get(k) != new.get(k) and not k.startswith(may_change)
+        )  # fmt: skip
+        if diff:
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:8])
+            raise ValueError(
+                f"cannot resume {self.path}: the config differs from the run's ({shown}); "
+                "resume with the run's own config.yaml or start a new --run-name"
+            )
+
     def read_config(self) -> dict[str, Any]:
         return yaml.safe_load(self.config_path.read_text())
 
@@ -95,6 +112,15 @@ class RunDir:
         out = self.path / rel
         atomic_write_text(out, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
         return out
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
 
 
 def _git(*args: str, cwd: Path) -> str | None:

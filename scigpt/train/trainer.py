@@ -6,10 +6,10 @@ Every rank runs this function; rank 0 alone writes the run directory and the sto
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,18 +62,20 @@ def _to_device(
     }
 
 
-def _save_checkpoint(engine, ckpt_dir: Path, step: int, client_state: dict, rank: int) -> Path:
-    """Save to a temporary tag, rename, then update ``latest``: a kill mid-save leaves the
-    previous checkpoint loadable."""
-    tag, tmp_tag = f"step_{step:08d}", f".tmp-step_{step:08d}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
-    if rank == 0:
-        final = ckpt_dir / tag
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(ckpt_dir / tmp_tag, final)
-        atomic_write_text(ckpt_dir / "latest", tag)
-    return ckpt_dir / tag
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records after ``step`` (written by the killed run past its last checkpoint), so the
+    resumed run's metrics continue one clean curve."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _test_nan_steps() -> set[int]:
+    """Fault injection for the numerical-guard tests: SCIGPT_TEST_NAN_STEPS="5,6" turns those
+    steps' inputs into NaN. Unset in normal runs."""
+    raw = os.environ.get("SCIGPT_TEST_NAN_STEPS", "")
+    return {int(x) for x in raw.split(",") if x.strip()}
 
 
 def train(
@@ -81,13 +83,19 @@ def train(
     *,
     run_name: str | None = None,
     root: Path | None = None,
+    resume: bool = False,
 ) -> TrainResult:
-    """Train the configured model; returns where everything went and the test scores."""
+    """Train the configured model; returns where everything went and the test scores.
+
+    ``resume``: continue the run directory ``run_name`` from its latest checkpoint (exactly:
+    model, optimizer, scheduler, data stream and RNG states), or start it if it has none.
+    """
     from tqdm import tqdm
 
     from scigpt.data_pipeline.loader import ForecastDataset, build_loader, collate_forecast
     from scigpt.data_pipeline.mixing import MixedDataset, MixingBatchSampler
     from scigpt.data_pipeline.store import GridStore
+    from scigpt.eval.forecast import evaluate_forecast
     from scigpt.eval.metrics import lat_weights
     from scigpt.launch.distributed import init_distributed
     from scigpt.models.build import build_model, count_params, forward_flops_per_token, materialise
@@ -95,6 +103,7 @@ def train(
     from scigpt.models.vit import ModelSpec
     from scigpt.parallel.engine import build_engine
     from scigpt.parallel.topology import Topology
+    from scigpt.train.checkpoint import CheckpointManager, tag_of
     from scigpt.train.metrics import MetricsLogger, detect_peak_tflops, read_metrics
 
     cfg = loaded.config
@@ -126,8 +135,15 @@ def train(
     name = run_name or default_run_name(cfg.name)
     run_path = root / name
     store_dir = loaded.resolve_path(cfg.data.store) if cfg.data.store else run_path / "store"
+    resolved = loaded.resolved_dict()
+    resuming = resume and (run_path / "config.yaml").is_file()
+    if resume and run_name is None:
+        raise ValueError("--resume needs --run-name: the run directory to continue")
     if is_main:
-        run = RunDir.create(root, name, loaded.resolved_dict())
+        if resuming:
+            RunDir(run_path).check_same_config(resolved)
+        else:
+            RunDir.create(root, name, resolved)
         from scigpt.prepare import prepare_from_config
 
         manifest = prepare_from_config(loaded, store_dir, progress=show)
@@ -158,8 +174,29 @@ def train(
     _seed_everything(cfg.seed)
     spec = ModelSpec(num_vars=len(store.variables), history=history)
     model = materialise(build_model(cfg.model, spec), device, seed=cfg.seed)
+    if cfg.parallel.activation_checkpointing != "none":
+        from scigpt.parallel.checkpointing import apply_activation_checkpointing
+
+        apply_activation_checkpointing(model, cfg.parallel.activation_checkpointing)
     engine, _ = build_engine(model, cfg, topo)
     _seed_everything(cfg.seed + rank)  # per-rank streams for dropout etc.
+    ckpts = CheckpointManager(
+        run.checkpoints,
+        rank=rank,
+        world_size=world,
+        keep_last=cfg.checkpoint.keep_last,
+        keep_every=cfg.checkpoint.keep_every,
+    )
+    start_step, loader_state, best_val, skipped_total = 0, None, math.inf, 0
+    if resuming:
+        ckpts.clean_interrupted()
+        if ckpts.latest() is not None:
+            client = ckpts.load(engine)
+            start_step, loader_state = client["step"], client["loader"]
+            best_val, skipped_total = client.get("best_val", math.inf), client.get("skipped", 0)
+            if is_main:
+                _truncate_metrics(run.metrics_path, start_step)
+                print(f"resumed {name} from step {start_step}", flush=True)
 
     h, w = len(store.lat), len(store.lon)
     n_tokens = model.num_tokens(h, w)
@@ -195,6 +232,19 @@ def train(
                 "store": str(store_dir),
             },
         )
+        if resuming and (run.path / "provenance.json").is_file():
+            # Keep the run's original provenance; record each restart (Slurm requeues too).
+            first = json.loads((run.path / "provenance.json").read_text())
+            first.setdefault("restarts", []).append(
+                {
+                    "utc": prov["created_utc"],
+                    "step": start_step,
+                    "git": prov["git"],
+                    "world_size": world,
+                    "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
+                }
+            )
+            prov = first
         run.write_json("provenance.json", prov)
         print(
             f"run {name}: {n_params / 1e6:.2f}M parameters, {len(train_ds)} train / "
@@ -213,6 +263,7 @@ def train(
         seed=cfg.seed,
         shuffle=lc.shuffle,
         policy=lc.policy,
+        state=loader_state,
     )
     if lc.backend == "dali":
         from scigpt.data_pipeline.dali import DaliForecastLoader
@@ -243,13 +294,39 @@ def train(
         else None
     )
     steps, accum = cfg.schedule.steps, cfg.schedule.grad_accum
-    bar = tqdm(total=steps, desc="train", unit="step", disable=not show, dynamic_ncols=True)
+    val_ds = None
+    if cfg.eval.every:
+        val_ds = ForecastDataset(
+            store, time_range=_time_range(cfg.data.splits.val), history=history, lead=lead,
+            gap=gap,
+        )  # fmt: skip
+
+    def client_state(step: int) -> dict[str, Any]:
+        return {
+            "config": resolved,
+            "step": step,
+            "world_size": world,
+            "variables": [v.to_dict() for v in store.variables],
+            "stats": {"mean": store.mean.tolist(), "std": store.std.tolist()},
+            "data_manifest_sha256": store.manifest_sha256,
+            # The stream position after the last consumed micro-batch: resume continues exactly.
+            "loader": batch_sampler.state_dict(step * accum),
+            "best_val": best_val,
+            "skipped": skipped_total,
+        }
+
+    nan_steps = _test_nan_steps()
+    bar = tqdm(total=steps, initial=start_step, desc="train", unit="step", disable=not show,
+               dynamic_ncols=True)  # fmt: skip
     window_t, window_samples, loss = time.perf_counter(), 0, float("nan")
+    consecutive, stale_evals, saved_at = 0, 0, -1
     engine.train()
-    for step in range(1, steps + 1):
-        loss_sum = 0.0
+    for step in range(start_step + 1, steps + 1):
+        loss_sum, finite = 0.0, True
         for _ in range(accum):
             batch = _to_device(next(stream), device, non_blocking=lc.pin_memory)
+            if step in nan_steps:  # fault injection for the guard tests
+                batch["fields"] = batch["fields"] * float("nan")
             loss_t, _parts = engine(batch, objectives=objectives)
             engine.backward(loss_t)
             engine.step()
@@ -262,10 +339,31 @@ def train(
             t = torch.tensor([loss], device=device)
             dist.all_reduce(t)
             loss = t.item() / world
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at step {step}: lower optim.lr")
+        # DeepSpeed's ZeRO optimizers skip an update whose gradients are not finite; a
+        # non-finite loss always yields such gradients.
+        finite = math.isfinite(loss) and engine.was_step_applied()
+        if not finite:
+            if not cfg.guards.skip_nonfinite:
+                raise FloatingPointError(f"loss is {loss} at step {step}: lower optim.lr")
+            skipped_total += 1
+            consecutive += 1
+            if logger:
+                logger.log({"kind": "skip", "loss": loss, "consecutive": consecutive}, step)
+            if cfg.guards.rollback_after and consecutive >= cfg.guards.rollback_after:
+                if ckpts.latest() is None:
+                    raise FloatingPointError(
+                        f"{consecutive} non-finite steps in a row at step {step} and no "
+                        "checkpoint to roll back to: lower optim.lr or set checkpoint.every"
+                    )
+                # Weights, optimizer and scheduler from the checkpoint; data and RNG go on.
+                ckpts.load(engine, restore_rng_state=False)
+                if logger:
+                    logger.log({"kind": "rollback", "to": ckpts.latest()}, step)
+                consecutive = 0
+        else:
+            consecutive = 0
         bar.update(1)
-        if step % cfg.logging.every == 0 or step == steps:
+        if finite and (step % cfg.logging.every == 0 or step == steps):
             dt = time.perf_counter() - window_t
             tflops = window_samples * flops_per_sample / dt / 1e12 / world
             rec = {
@@ -280,26 +378,38 @@ def train(
                 "mem_gb": torch.cuda.max_memory_allocated() / 1e9
                 if device.type == "cuda"
                 else None,
+                "skipped_steps": skipped_total,
             }
             if logger:
                 logger.log(rec, step)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}")
             window_t, window_samples = time.perf_counter(), 0
+        improved = False
+        if val_ds is not None and step % cfg.eval.every == 0:
+            val = evaluate_forecast(engine.module, val_ds, weights, device, batch_size=8)
+            improved = val["summary"]["rmse_model"] < best_val
+            if improved:
+                best_val, stale_evals = val["summary"]["rmse_model"], 0
+            else:
+                stale_evals += 1
+            if logger:
+                logger.log({"kind": "val", **val["summary"], "best": improved}, step)
+        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or improved:
+            ckpts.save(engine, step, client_state(step), best=improved)
+            saved_at = step
+        patience = cfg.eval.early_stop_patience
+        if patience and stale_evals >= patience:
+            if logger:
+                logger.log({"kind": "early_stop", "best_val": best_val}, step)
+            steps = step
+            break
     bar.close()
 
     # ---- checkpoint, evaluation, plots ----------------------------------------------------------
-    client_state = {
-        "config": loaded.resolved_dict(),
-        "step": steps,
-        "variables": [v.to_dict() for v in store.variables],
-        "stats": {"mean": store.mean.tolist(), "std": store.std.tolist()},
-        "data_manifest_sha256": store.manifest_sha256,
-        # The stream position after the last consumed micro-batch: a resume continues exactly.
-        "loader": batch_sampler.state_dict(steps * accum),
-    }
-    ckpt = _save_checkpoint(engine, run.checkpoints, steps, client_state, rank)
-    from scigpt.eval.forecast import evaluate_forecast
-
+    ckpt = (
+        ckpts.save(engine, steps, client_state(steps)) if saved_at != steps
+        else run.checkpoints / tag_of(steps)
+    )  # fmt: skip
     test = evaluate_forecast(engine.module, test_ds, weights, device, batch_size=8)
     files: dict[str, Path] = {"checkpoint": ckpt}
     if is_main:
