@@ -33,11 +33,14 @@ def evaluate_forecast(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_forecast
     )
     preds, truths, currents, masks, times = [], [], [], [], []
+    dtype = next(model.parameters()).dtype  # bf16 models take bf16 inputs
     for batch in loader:
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        current = batch["fields"][:, :, -1].cpu()
+        batch["fields"] = batch["fields"].to(dtype)
         preds.append(model(batch).float().cpu())
         truths.append(batch["target"].cpu())
-        currents.append(batch["fields"][:, :, -1].cpu())
+        currents.append(current)
         masks.append(batch["mask"].cpu())
         times.append(batch["times"].cpu())
     model.train(was_training)

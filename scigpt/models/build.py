@@ -44,6 +44,25 @@ def materialise(model: SciGPTModel, device: str | torch.device, seed: int) -> Sc
     return model
 
 
+def build_model_zero3(
+    cfg: ModelConfig, spec: ModelSpec, ds_config: dict, *, device: str | torch.device, seed: int
+) -> SciGPTModel:
+    """ZeRO-3: construct inside ``deepspeed.zero.Init`` so each parameter is partitioned over
+    the data-parallel ranks as soon as it exists — no rank ever holds the whole model. Each init
+    step gathers only its own parameters; rank 0's values (drawn from ``seed`` in the order of a
+    plain build, so both builds start identical) are broadcast to the others."""
+    import deepspeed
+
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, remote_device=None):
+        model = build_model(cfg, spec, device=device)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for params, init in model.init_steps():
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+                init()
+    return model
+
+
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -49,7 +49,8 @@ def forecast_loss(pred: torch.Tensor, batch: dict, obj: Objectives) -> torch.Ten
     w = (area.to(pred.device)[None, None, :, None] * vw[None, :, None, None]).expand_as(pred)
     if mask is not None:
         w = w * mask
-    return (w * (pred - target) ** 2).sum() / w.sum().clamp_min(1e-12)
+    # errors in fp32 whatever the model's dtype (bf16 training)
+    return (w * (pred.float() - target.float()) ** 2).sum() / w.sum().clamp_min(1e-12)
 
 
 def patch_targets(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,13 +90,13 @@ def masked_loss(
     target, valid = patch_targets(model, batch)
     w = valid * token_mask[:, None, :, None]
     w = w * _var_weights(batch["var_ids"], obj.variable_weights)[None, :, None, None]
-    return (w * (pred - target) ** 2).sum() / w.sum().clamp_min(1e-12)
+    return (w * (pred.float() - target.float()) ** 2).sum() / w.sum().clamp_min(1e-12)
 
 
 def pooled_loss(model, batch: dict, obj: Objectives, x: torch.Tensor | None = None):
     if model.pooled is None:
         raise ValueError("objectives.pooled > 0 needs a pooled head: set the number of targets")
-    out = model.pooled(model.encode(batch) if x is None else x)  # (B, K)
+    out = model.pooled(model.encode(batch) if x is None else x).float()  # (B, K)
     y = batch["targets"].to(out.dtype)
     if obj.pooled_kind == "classification":
         return F.cross_entropy(out, y[:, 0].long())

@@ -7,7 +7,9 @@ pipeline stages and swap ``nn.Linear`` layers for tensor-parallel ones from outs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -106,12 +108,12 @@ class SciGPTModel(nn.Module):
         )
         self.pooled = PooledHead(embed_dim, spec.num_targets) if spec.num_targets else None
 
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """Initialise every parameter (after ``to_empty`` from the meta device)."""
-        self.tokenizer.init_weights()
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
-        for blk in self.blocks:
+    def init_steps(self) -> list[tuple[list[nn.Parameter], Callable[[], None]]]:
+        """The initialisation, in order, as (parameters touched, init function) steps — so a
+        ZeRO-3 build can gather one step's parameters at a time (build.build_model_zero3) and
+        still draw exactly the random numbers of a plain build."""
+
+        def block_init(blk: nn.Module) -> None:
             for mod in blk.modules():
                 if isinstance(mod, nn.Linear):
                     nn.init.trunc_normal_(mod.weight, std=0.02)
@@ -119,12 +121,30 @@ class SciGPTModel(nn.Module):
                 elif isinstance(mod, nn.LayerNorm):
                     nn.init.ones_(mod.weight)
                     nn.init.zeros_(mod.bias)
-        nn.init.ones_(self.norm.weight)
-        nn.init.zeros_(self.norm.bias)
-        self.head.init_weights()
-        self.reconstruct.init_weights()
+
+        def norm_init() -> None:
+            nn.init.ones_(self.norm.weight)
+            nn.init.zeros_(self.norm.bias)
+
+        steps = [
+            (list(self.tokenizer.parameters()), self.tokenizer.init_weights),
+            ([self.mask_token], lambda: nn.init.trunc_normal_(self.mask_token, std=0.02)),
+        ]
+        steps += [(list(b.parameters()), partial(block_init, b)) for b in self.blocks]
+        steps += [
+            (list(self.norm.parameters()), norm_init),
+            (list(self.head.parameters()), self.head.init_weights),
+            (list(self.reconstruct.parameters()), self.reconstruct.init_weights),
+        ]
         if self.pooled is not None:
-            self.pooled.init_weights()
+            steps.append((list(self.pooled.parameters()), self.pooled.init_weights))
+        return steps
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every parameter (after ``to_empty`` from the meta device)."""
+        for _, fn in self.init_steps():
+            fn()
 
     def encode(
         self, batch: dict[str, torch.Tensor], token_mask: torch.Tensor | None = None

@@ -60,7 +60,9 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optim
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            # ZeRO-3 partitioned parameters keep their true shape in ds_shape.
+            ndim = len(getattr(p, "ds_shape", p.shape))
+            (decay if ndim >= 2 else no_decay).append(p)
     o = cfg.optim
     groups = [
         {"params": decay, "weight_decay": o.weight_decay},

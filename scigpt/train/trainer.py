@@ -98,7 +98,7 @@ def train(
     from scigpt.eval.forecast import evaluate_forecast
     from scigpt.eval.metrics import lat_weights
     from scigpt.launch.distributed import init_distributed
-    from scigpt.models.build import build_model, count_params, forward_flops_per_token, materialise
+    from scigpt.models.build import build_model, forward_flops_per_token, materialise
     from scigpt.models.objectives import Objectives
     from scigpt.models.vit import ModelSpec
     from scigpt.parallel.engine import build_engine
@@ -173,7 +173,16 @@ def train(
     # ---- model + engine -------------------------------------------------------------------------
     _seed_everything(cfg.seed)
     spec = ModelSpec(num_vars=len(store.variables), history=history)
-    model = materialise(build_model(cfg.model, spec), device, seed=cfg.seed)
+    if topo.zero_stage == 3:
+        from scigpt.models.build import build_model_zero3
+        from scigpt.parallel.engine import deepspeed_config
+
+        est = sum(p.numel() for p in build_model(cfg.model, spec).parameters())  # on meta
+        model = build_model_zero3(
+            cfg.model, spec, deepspeed_config(cfg, topo, est), device=device, seed=cfg.seed
+        )
+    else:
+        model = materialise(build_model(cfg.model, spec), device, seed=cfg.seed)
     if cfg.parallel.activation_checkpointing != "none":
         from scigpt.parallel.checkpointing import apply_activation_checkpointing
 
@@ -202,7 +211,11 @@ def train(
     n_tokens = model.num_tokens(h, w)
     flops_per_sample = 3 * forward_flops_per_token(model, n_tokens) * n_tokens
     peak = cfg.logging.peak_tflops or detect_peak_tflops(cfg.precision)
-    n_params = count_params(model)
+    # ZeRO-3 partitions parameters: ds_numel is the full size, ds_tensor this rank's share.
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    n_local = sum(
+        p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters()
+    )
     weights = lat_weights(torch.as_tensor(store.lat)).to(device)
     oc = cfg.objectives
     unknown = sorted(set(oc.variable_weights) - set(store.names))
@@ -229,6 +242,7 @@ def train(
                 "topology": topo.describe(),
                 "launcher": info.launcher,
                 "n_params": n_params,
+                "params_local_fraction": n_local / n_params,
                 "store": str(store_dir),
             },
         )
@@ -325,6 +339,8 @@ def train(
         loss_sum, finite = 0.0, True
         for _ in range(accum):
             batch = _to_device(next(stream), device, non_blocking=lc.pin_memory)
+            if cfg.precision == "bf16":
+                batch["fields"] = batch["fields"].to(torch.bfloat16)  # the model's dtype
             if step in nan_steps:  # fault injection for the guard tests
                 batch["fields"] = batch["fields"] * float("nan")
             loss_t, _parts = engine(batch, objectives=objectives)
