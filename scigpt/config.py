@@ -287,6 +287,8 @@ class LoggingConfig(_Strict):
 class EvalConfig(_Strict):
     plot_variable: str | None = None  # variable for the forecast-vs-truth map; default the first
     every: NonNegInt = 0  # validate on data.splits.val every N steps (0: never)
+    # validation metric for the best checkpoint and early stopping (lower is better)
+    metric: Literal["rmse_model", "model_mse"] = "rmse_model"
     early_stop_patience: NonNegInt = 0  # stop after N validations without improvement (0: off)
 
 

@@ -92,7 +92,7 @@ def test_retention_validation_and_best(uninterrupted):
     recs = read_metrics(uninterrupted / "metrics.jsonl")
     vals = [r for r in recs if r["kind"] == "val"]
     assert [r["step"] for r in vals] == [10, 20, 30]
-    best_step = min(vals, key=lambda r: r["rmse_model"])["step"]
+    best_step = min(vals, key=lambda r: r["rmse_model"])["step"]  # eval.metric default
     assert (ck / "best").read_text() == f"step_{best_step:08d}"
     assert (ck / "latest").read_text() == "step_00000030"
     # keep_last=1 + keep_every=20 + the best

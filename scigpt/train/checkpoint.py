@@ -99,9 +99,7 @@ class CheckpointManager:
         return removed
 
     # ---- save / load ------------------------------------------------------------------------
-    def save(
-        self, engine, step: int, client_state: dict[str, Any], *, best: bool = False
-    ) -> Path:
+    def save(self, engine, step: int, client_state: dict[str, Any], *, best: bool = False) -> Path:
         tag = tag_of(step)
         tmp = TMP_PREFIX + tag
         engine.save_checkpoint(

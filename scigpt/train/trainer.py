@@ -403,9 +403,10 @@ def train(
         improved = False
         if val_ds is not None and step % cfg.eval.every == 0:
             val = evaluate_forecast(engine.module, val_ds, weights, device, batch_size=8)
-            improved = val["summary"]["rmse_model"] < best_val
+            score = val["summary"][cfg.eval.metric]
+            improved = score < best_val
             if improved:
-                best_val, stale_evals = val["summary"]["rmse_model"], 0
+                best_val, stale_evals = score, 0
             else:
                 stale_evals += 1
             if logger:
