@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from pathlib import Path
 
 import torch
 from _report import report
+from _timing import time_steps
 
 
 def _batch(b: int, v: int, t: int, h: int, w: int, device: torch.device) -> dict:
@@ -33,18 +33,6 @@ def _batch(b: int, v: int, t: int, h: int, w: int, device: torch.device) -> dict
         "lon": torch.linspace(0, 10, w, device=device),
         "times": torch.zeros(b, dtype=torch.int64, device=device),
     }
-
-
-def _time_steps(step, n: int, warmup: int, device: torch.device) -> list[float]:
-    times = []
-    for i in range(warmup + n):
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
 
 
 def main() -> None:
@@ -93,7 +81,7 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    rows.append(("plain", _time_steps(plain_step, args.steps, args.warmup, device)))
+    rows.append(("plain", time_steps(plain_step, args.steps, args.warmup, device)))
     n_params = count_params(model)
 
     topo = Topology.from_config(cfg.parallel, info.world_size)
@@ -107,7 +95,7 @@ def main() -> None:
             engine.backward(loss)
             engine.step()
 
-        rows.append((name, _time_steps(ds_step, args.steps, args.warmup, device)))
+        rows.append((name, time_steps(ds_step, args.steps, args.warmup, device)))
 
     base = statistics.median(rows[0][1])
     table = []

@@ -21,14 +21,13 @@ CPU for a quick check of the code (no MFU).
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import time
-import traceback
 from pathlib import Path
 
 import torch
 from _report import report
+from _timing import halving_on_oom, time_steps
 
 PRESETS = ["vit-tiny", "vit-100m", "vit-300m", "vit-1b", "vit-3b", "vit-10b", "vit-30b"]
 GRIDS = {"64x64": (64, 64), "era5": (721, 1440)}
@@ -134,25 +133,6 @@ CHECK_COLUMNS = [
 # ---- training step on one device ----------------------------------------------------------------
 
 
-def _time_steps(step, n: int, warmup: int, device: torch.device) -> list[float]:
-    times = []
-    for i in range(warmup + n):
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
-
-
-def _free(device: torch.device) -> None:
-    torch._dynamo.reset()  # compiled graphs of the last model
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def _one_variant(name: str, compiled: bool, batch: int, args, device: torch.device) -> dict:
     from scigpt.models.build import build_model, materialise
     from scigpt.models.sizing import flops_per_token, grid_tokens
@@ -193,7 +173,7 @@ def _one_variant(name: str, compiled: bool, batch: int, args, device: torch.devi
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     first = time.perf_counter() - t0
-    times = _time_steps(step, args.steps, args.warmup, device)
+    times = time_steps(step, args.steps, args.warmup, device)
     n = grid_tokens(cfg.model, h, w)
     med = statistics.median(times)
     flops = batch * n * flops_per_token(cfg.model, spec, n, num_vars=args.gpu_vars)
@@ -240,11 +220,6 @@ def _batch_that_fits(name: str, args, device: torch.device) -> tuple[int, str]:
     return batch, ""
 
 
-def _out_of_memory(e: BaseException) -> bool:
-    # Inductor and Triton autotuning can wrap the allocator's error in their own exceptions.
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-
-
 def step_rows(presets: list[str], args, device: torch.device) -> tuple[list[dict], list[str]]:
     """Timed rows, and the variants that failed (printed with their traceback, then skipped,
     so one failure does not cost the other presets' device time)."""
@@ -261,20 +236,11 @@ def step_rows(presets: list[str], args, device: torch.device) -> tuple[list[dict
         eager_tokens_per_s = None
         for compiled in variants:
             label = f"{name} {'torch.compile' if compiled else 'eager'}"
-            batch, row = first_batch, None
-            while row is None and batch >= 1:
-                try:
-                    row = _one_variant(name, compiled, batch, args, device)
-                except Exception as e:
-                    if not _out_of_memory(e):
-                        traceback.print_exc()
-                        print(f"{label}: FAILED ({type(e).__name__}): skipped", flush=True)
-                        failed.append(label)
-                        break
-                    print(f"{label}: out of memory at batch {batch}", flush=True)
-                    batch //= 2
-                finally:
-                    _free(device)
+            row = halving_on_oom(
+                label, first_batch,
+                lambda b, n=name, c=compiled: _one_variant(n, c, b, args, device),
+                device, failed,
+            )  # fmt: skip
             if row is None:
                 continue
             tokens_per_s = row["tokens_per_step"] / (row["median_step_ms"] / 1e3)
@@ -287,7 +253,7 @@ def step_rows(presets: list[str], args, device: torch.device) -> tuple[list[dict
             row["mfu"] = row["tflops"] / peak if peak else float("nan")
             row["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
             print(
-                f"{label}: batch {batch}, {row['median_step_ms']:.1f} ms/step, "
+                f"{label}: batch {row['batch']}, {row['median_step_ms']:.1f} ms/step, "
                 f"{row['tflops']:.1f} TFLOP/s, MFU {row['mfu']:.3f}",
                 flush=True,
             )

@@ -34,14 +34,13 @@ import argparse
 import os
 import statistics
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from _report import report
-from engine_overhead import _time_steps
-from model_flops import _batch_that_fits, _free, _grid_batch, _out_of_memory
+from _timing import halving_on_oom, time_steps
+from model_flops import _batch_that_fits, _grid_batch
 
 
 @dataclass(frozen=True)
@@ -190,7 +189,7 @@ def one_config(preset: str, variant: str, batch: int, args, device: torch.device
         step()  # compilation (when compiled), DeepSpeed's first-step set-up, allocator warm-up
         _sync(device)
         first = time.perf_counter() - t0
-        times = _time_steps(step, args.steps, args.warmup, device)
+        times = time_steps(step, args.steps, args.warmup, device)
         peak = torch.cuda.max_memory_allocated(device) - base if cuda else float("nan")
     finally:
         if engine is not None and hasattr(engine, "destroy"):
@@ -255,25 +254,19 @@ def run_all(configs: list[tuple[str, str]], args, device: torch.device):
             notes.append(why)
             print(why, flush=True)
             continue
-        row = None
-        while row is None and batch >= 1:
-            try:
-                row = one_config(preset, variant, batch, args, device)
-            except Exception as e:
-                if not _out_of_memory(e):
-                    traceback.print_exc()
-                    print(f"{label}: FAILED ({type(e).__name__}): skipped", flush=True)
-                    failed.append(label)
-                    break
-                print(f"{label}: out of memory at batch {batch}", flush=True)
-                batch //= 2
-            finally:
-                _free(device)
+        row = halving_on_oom(
+            label,
+            batch,
+            lambda b, p=preset, v=variant: one_config(p, v, b, args, device),
+            device,
+            failed,
+        )
         if device.type == "cuda" and torch.cuda.memory_allocated(device) > 1e9:
             left = torch.cuda.memory_allocated(device) / 1e9
             print(f"{label}: {left:.1f} GB still allocated after clean-up", flush=True)
         if row is None:
             continue
+        batch = row["batch"]  # after any out-of-memory halving
         if variant == "plain":
             plain_batch[preset] = batch
         row["mfu"] = row["tflops"] / peak_tflops if peak_tflops else float("nan")
