@@ -51,6 +51,7 @@ class ForecastDataset(torch.utils.data.Dataset):
         normalise: bool = True,
         variables: Sequence[str] | None = None,
         gap: np.timedelta64 | None = None,
+        var_ids: Sequence[int] | None = None,
     ) -> None:
         if history < 1 or lead < 1:
             raise ValueError(f"history ({history}) and lead ({lead}) must both be >= 1")
@@ -113,7 +114,11 @@ class ForecastDataset(torch.utils.data.Dataset):
         self.std32 = std.astype(np.float32)[:, None, None]
 
         # Shared by every item of this dataset (and so by a batch); see collate_forecast.
-        self._var_ids = torch.from_numpy(var_idx)  # (V,) long
+        # Ids in the model's variable registry: the store's order unless a registry shared by
+        # several sources maps them (``var_ids``, one per selected variable).
+        if var_ids is not None and len(var_ids) != len(var_idx):
+            raise ValueError(f"{len(var_ids)} var_ids for {len(var_idx)} variables")
+        self._var_ids = torch.as_tensor(var_idx if var_ids is None else list(var_ids))
         self._lat = torch.from_numpy(np.asarray(store.lat, dtype=np.float32))  # (H,)
         self._lon = torch.from_numpy(np.asarray(store.lon, dtype=np.float32))  # (W,)
         self._modality_id = modality_id("grid")

@@ -199,3 +199,47 @@ def test_dp2_bf16_close_to_fp32(single, tmp_path, torch_extensions_dir):
     # bf16 has 8 mantissa bits: the curves agree to a few percent, not to 1e-5
     for k in a:
         assert b[k] == pytest.approx(a[k], rel=0.05), (k, a[k], b[k])
+
+
+@pytest.mark.slow
+def test_two_sources_mixed_with_accumulation(tmp_path, torch_extensions_dir):
+    """Two grid sources sharing one variable registry, weights 2:1, gradients accumulated over
+    micro-batches of different sources."""
+    import yaml
+
+    src = "pkg:sample_data/era5_rhine_2020-01-01"
+    cfg = {
+        "name": "two",
+        "data": {
+            "sources": [
+                {"name": "winds", "path": src, "unit": "all", "weight": 2.0,
+                 "variables": ["u10", "v10", "u850", "v850"]},
+                {"name": "moist", "path": src, "unit": "all", "weight": 1.0,
+                 "variables": ["q850", "tcw", "u10"]},
+            ],
+            "splits": {
+                "train": {"start": "2020-01-01T00:00", "end": "2020-01-01T19:00"},
+                "test": {"start": "2020-01-01T19:00", "end": "2020-01-01T23:00"},
+            },
+        },
+        "model": {"preset": "vit-tiny"},
+        "schedule": {"steps": 12, "warmup_steps": 2, "micro_batch_size": 4, "grad_accum": 2},
+        "logging": {"every": 12, "progress": False},
+        "runtime": {"threads": 1},
+    }  # fmt: skip
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run(
+        [sys.executable, "-m", "scigpt", "train", str(path), "--runs-dir", str(tmp_path),
+         "--run-name", "two"],
+        capture_output=True, text=True, timeout=600, env=_env(torch_extensions_dir),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    train = [r for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if r["kind"] == "train"]
+    counts = train[-1]["micro_batches_per_source"]
+    assert sum(counts) == 24 and counts[0] > counts[1] > 0  # 12 steps x 2 micro-batches
+    ckpt = tmp_path / "two" / "checkpoints" / "step_00000012" / "mp_rank_00_model_states.pt"
+    states = torch.load(ckpt, map_location="cpu", weights_only=False)  # trusted run directory
+    names = [v["name"] for v in states["variables"]]
+    assert names == ["u10", "v10", "u850", "v850", "q850", "tcw"]  # u10 shared
+    assert states["source_stats"]["moist"]["variables"] == ["q850", "tcw", "u10"]

@@ -107,12 +107,16 @@ def train(
     from scigpt.train.metrics import MetricsLogger, detect_peak_tflops, read_metrics
 
     cfg = loaded.config
-    if len(cfg.data.sources) != 1:
+    from scigpt.data_pipeline.ingest.base import format_kind
+
+    series = [src.name for src in cfg.data.sources if format_kind(src.format) != "grid"]
+    if series:
         raise ValueError(
-            f"data.sources has {len(cfg.data.sources)} entries; the forecasting trainer reads one "
-            "grid source: keep one (training on a weighted mix needs the multimodal model, which "
-            "shares one variable registry across sources)"
+            f"data.sources {series} are series; the forecasting trainer reads grid sources "
+            "(series windows train through the masked/pooled objectives of the model API)"
         )
+    if len(cfg.data.sources) > 1 and cfg.data.loader.backend == "dali":
+        raise ValueError("data.loader.backend=dali reads one source: use torch to mix sources")
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     if cfg.runtime.deterministic:
@@ -152,15 +156,31 @@ def train(
     _barrier(world)
     run = RunDir(run_path)
     lc = cfg.data.loader
-    store = GridStore(
-        store_dir, source=cfg.data.sources[0].name, verify=True, on_corrupt=lc.on_corrupt
-    )
+    stores = {
+        src.name: GridStore(store_dir, source=src.name, verify=True, on_corrupt=lc.on_corrupt)
+        for src in cfg.data.sources
+    }
+    store = stores[cfg.data.sources[0].name]  # evaluation, plots and exports use the first
+    # One variable registry across sources, in config order (the first source's ids are its
+    # store indices); each source's batches carry their variables' registry ids.
+    registry: list = []
+    for st in stores.values():
+        registry += [v for v in st.variables if v.name not in {r.name for r in registry}]
+    reg_names = [v.name for v in registry]
 
     history, lead = cfg.data.history, cfg.data.lead
     gap = np.timedelta64(int(cfg.data.splits.gap.total_seconds() * 1e9), "ns")
-    train_ds = ForecastDataset(
-        store, time_range=_time_range(cfg.data.splits.train), history=history, lead=lead
-    )
+    train_dss = [
+        ForecastDataset(
+            st,
+            time_range=_time_range(cfg.data.splits.train),
+            history=history,
+            lead=lead,
+            var_ids=[reg_names.index(n) for n in st.names],
+        )
+        for st in stores.values()
+    ]
+    train_ds = train_dss[0]
     test_ds = ForecastDataset(
         store, time_range=_time_range(cfg.data.splits.test), history=history, lead=lead, gap=gap
     )
@@ -172,7 +192,7 @@ def train(
 
     # ---- model + engine -------------------------------------------------------------------------
     _seed_everything(cfg.seed)
-    spec = ModelSpec(num_vars=len(store.variables), history=history)
+    spec = ModelSpec(num_vars=len(registry), history=history)
     if topo.zero_stage == 3:
         from scigpt.models.build import build_model_zero3
         from scigpt.parallel.engine import deepspeed_config
@@ -218,11 +238,11 @@ def train(
     )
     weights = lat_weights(torch.as_tensor(store.lat)).to(device)
     oc = cfg.objectives
-    unknown = sorted(set(oc.variable_weights) - set(store.names))
+    unknown = sorted(set(oc.variable_weights) - set(reg_names))
     if unknown:
         raise ValueError(
             f"objectives.variable_weights names {unknown}, not variables of the run "
-            f"({store.names}): use canonical names such as {store.names[0]!r}"
+            f"({reg_names}): use canonical names such as {reg_names[0]!r}"
         )
     objectives = Objectives(
         forecast=oc.forecast,
@@ -230,7 +250,7 @@ def train(
         mask_ratio=oc.mask_ratio,
         pooled=oc.pooled,
         pooled_kind=oc.pooled_kind,
-        variable_weights={store.names.index(k): w for k, w in oc.variable_weights.items()},
+        variable_weights={reg_names.index(k): w for k, w in oc.variable_weights.items()},
     )
 
     if is_main:
@@ -261,7 +281,8 @@ def train(
             prov = first
         run.write_json("provenance.json", prov)
         print(
-            f"run {name}: {n_params / 1e6:.2f}M parameters, {len(train_ds)} train / "
+            f"run {name}: {n_params / 1e6:.2f}M parameters, "
+            f"{'+'.join(str(len(d)) for d in train_dss)} train / "
             f"{len(test_ds)} test samples, {n_tokens} tokens/sample, {topo.describe()}",
             flush=True,
         )
@@ -269,8 +290,8 @@ def train(
     # Data order: the resumable, rank-elastic mixing sampler (one source per micro-batch);
     # data-parallel ranks draw disjoint samples, tensor/pipeline peers the same ones.
     batch_sampler = MixingBatchSampler(
-        [len(train_ds)],
-        [cfg.data.sources[0].weight or 1.0],
+        [len(d) for d in train_dss],
+        [src.weight for src in cfg.data.sources],
         batch_size=cfg.schedule.micro_batch_size,
         rank=rank // (topo.tp * topo.pp),
         world_size=topo.dp,
@@ -298,7 +319,7 @@ def train(
             )
         )
     else:
-        mixed = MixedDataset([train_ds], [collate_forecast])
+        mixed = MixedDataset(train_dss, [collate_forecast] * len(train_dss))
         pin = lc.pin_memory and device.type == "cuda"
         stream = iter(build_loader(mixed, batch_sampler, lc, pin_memory=pin))
 
@@ -320,8 +341,12 @@ def train(
             "config": resolved,
             "step": step,
             "world_size": world,
-            "variables": [v.to_dict() for v in store.variables],
+            "variables": [v.to_dict() for v in registry],
             "stats": {"mean": store.mean.tolist(), "std": store.std.tolist()},
+            "source_stats": {
+                n: {"variables": st.names, "mean": st.mean.tolist(), "std": st.std.tolist()}
+                for n, st in stores.items()
+            },
             "data_manifest_sha256": store.manifest_sha256,
             # The stream position after the last consumed micro-batch: resume continues exactly.
             "loader": batch_sampler.state_dict(step * accum),
@@ -334,11 +359,13 @@ def train(
                dynamic_ncols=True)  # fmt: skip
     window_t, window_samples, loss = time.perf_counter(), 0, float("nan")
     consecutive, stale_evals, saved_at = 0, 0, -1
+    source_counts = [0] * len(train_dss)  # micro-batches drawn per source (mixing weights)
     engine.train()
     for step in range(start_step + 1, steps + 1):
         loss_sum, finite = 0.0, True
         for _ in range(accum):
             batch = _to_device(next(stream), device, non_blocking=lc.pin_memory)
+            source_counts[batch.get("source", 0)] += 1
             if cfg.precision == "bf16":
                 batch["fields"] = batch["fields"].to(torch.bfloat16)  # the model's dtype
             if step in nan_steps:  # fault injection for the guard tests
@@ -395,6 +422,7 @@ def train(
                 if device.type == "cuda"
                 else None,
                 "skipped_steps": skipped_total,
+                "micro_batches_per_source": list(source_counts),
             }
             if logger:
                 logger.log(rec, step)
