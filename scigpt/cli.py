@@ -137,7 +137,7 @@ def _run_training(loaded, args: argparse.Namespace, *, demo: bool) -> int:
         resume=args.resume,
     )
     s = result.test.get("summary", {})
-    if not s:
+    if not s or int(os.environ.get("RANK", "0")) != 0:  # rank 0 reports for the run
         return EXIT_OK
     print()
     print(f"Test forecasts ({s['n_forecasts']}), latitude-weighted RMSE over normalised channels:")

@@ -335,6 +335,11 @@ class RunConfig(_Strict):
                 f"parallel.pp={p.pp} is larger than model.depth={m.depth}: every pipeline stage "
                 f"needs at least one block; use pp <= {m.depth}"
             )
+        if p.tp > 1 and p.zero_stage > 1:
+            raise ValueError(
+                f"parallel.tp={p.tp} runs with parallel.zero_stage <= 1, got {p.zero_stage}: "
+                "set zero_stage: 1"
+            )
         if self.eval.every and self.data.splits.val is None:
             raise ValueError(
                 f"eval.every={self.eval.every} needs a validation block: add data.splits.val"

@@ -193,6 +193,24 @@ def test_dp2_zero_matches_one_process(single, tmp_path, torch_extensions_dir, st
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("nproc", "extra"),
+    [(2, []), (4, ["--set", "schedule.micro_batch_size=9"])],
+    ids=["tp2", "dp2xtp2"],
+)
+def test_tensor_parallel_matches_one_process(single, tmp_path, torch_extensions_dir, nproc, extra):
+    """tp2 (micro-batch 18) and dp2 x tp2 (2 x 9) see the same 18 samples a step as one process."""
+    mbs = [] if extra else ["--set", "schedule.micro_batch_size=18"]
+    _torchrun(tmp_path, "tp", torch_extensions_dir, nproc, "--set", "parallel.tp=2", *mbs, *extra)
+    a, b = _losses(single), _losses(tmp_path / "tp")
+    for k in a:  # fp32, all-reduces in another order: relative 1e-5
+        assert b[k] == pytest.approx(a[k], rel=1e-5), (k, a[k], b[k])
+    ck = tmp_path / "tp" / "checkpoints" / "step_00000020"
+    assert (ck / "mp_rank_00_model_states.pt").is_file()
+    assert (ck / "mp_rank_01_model_states.pt").is_file()  # one file per tensor-parallel rank
+
+
+@pytest.mark.slow
 def test_dp2_bf16_close_to_fp32(single, tmp_path, torch_extensions_dir):
     _torchrun(tmp_path, "bf", torch_extensions_dir, 2, "--set", "precision=bf16")
     a, b = _losses(single), _losses(tmp_path / "bf")

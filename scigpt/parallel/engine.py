@@ -72,12 +72,18 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=True)
 
 
-def build_engine(model: torch.nn.Module, cfg: RunConfig, topo: Topology):
-    """Wrap ``model`` in a DeepSpeed engine. Returns (engine, scheduler)."""
-    if topo.tp > 1 or topo.pp > 1:
+def build_engine(model: torch.nn.Module, cfg: RunConfig, topo: Topology, mpu=None):
+    """Wrap ``model`` in a DeepSpeed engine. Returns (engine, scheduler). ``mpu``: the run's
+    ProcessGroups when tensor parallelism is on (ZeRO then works over data-parallel ranks)."""
+    if topo.pp > 1:
         raise ValueError(
-            f"parallel.tp={topo.tp}, parallel.pp={topo.pp}: tensor and pipeline parallelism are "
-            "not available in this release; set tp: 1 and pp: 1"
+            f"parallel.pp={topo.pp}: pipeline parallelism is not available in this release; "
+            "set pp: 1"
+        )
+    if topo.tp > 1 and topo.zero_stage > 1:
+        raise ValueError(
+            f"parallel.tp={topo.tp} with parallel.zero_stage={topo.zero_stage}: tensor "
+            "parallelism runs with ZeRO 0 or 1 in this release; set zero_stage: 1"
         )
     import deepspeed
 
@@ -94,5 +100,6 @@ def build_engine(model: torch.nn.Module, cfg: RunConfig, topo: Topology):
         optimizer=optimizer,
         lr_scheduler=scheduler,
         config=deepspeed_config(cfg, topo, sum(p.numel() for p in model.parameters())),
+        mpu=mpu,
     )
     return engine, scheduler

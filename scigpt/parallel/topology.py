@@ -41,3 +41,65 @@ class Topology:
         return (
             f"world={self.world_size} dp={self.dp} tp={self.tp} pp={self.pp} zero={self.zero_stage}"
         )
+
+
+class ProcessGroups:
+    """The process groups of a topology, created once, passed explicitly; also the ``mpu``
+    object DeepSpeed asks for (so ZeRO partitions and averages over data-parallel ranks only,
+    and gradient clipping counts tensor-parallel shards once).
+
+    Rank layout: tensor-parallel innermost (consecutive ranks, so a TP group stays inside a
+    node), then pipeline, then data: ``rank = (dp_i · pp + pp_i) · tp + tp_i``.
+    """
+
+    def __init__(self, topo: Topology, rank: int):
+        import torch.distributed as dist
+
+        self.topo, self.rank = topo, rank
+        tp, pp, dp = topo.tp, topo.pp, topo.dp
+        self.tp_rank = rank % tp
+        self.pp_rank = (rank // tp) % pp
+        self.dp_rank = rank // (tp * pp)
+        # Every rank creates every group, in the same order (torch.distributed requires it).
+        self.tp_group = self.dp_group = None
+        for d in range(dp):
+            for p in range(pp):
+                ranks = [(d * pp + p) * tp + t for t in range(tp)]
+                g = dist.new_group(ranks)
+                if rank in ranks:
+                    self.tp_group, self.tp_ranks = g, ranks
+        for p in range(pp):
+            for t in range(tp):
+                ranks = [(d * pp + p) * tp + t for d in range(dp)]
+                g = dist.new_group(ranks)
+                if rank in ranks:
+                    self.dp_group, self.dp_ranks = g, ranks
+
+    # ---- the mpu interface DeepSpeed uses (model parallel = tensor parallel here) -------------
+    def get_model_parallel_rank(self) -> int:
+        return self.tp_rank
+
+    def get_model_parallel_world_size(self) -> int:
+        return self.topo.tp
+
+    def get_model_parallel_group(self):
+        return self.tp_group
+
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
+    get_tensor_model_parallel_group = get_model_parallel_group
+
+    def get_tensor_model_parallel_src_rank(self) -> int:
+        return self.tp_ranks[0]
+
+    def get_data_parallel_rank(self) -> int:
+        return self.dp_rank
+
+    def get_data_parallel_world_size(self) -> int:
+        return self.topo.dp
+
+    def get_data_parallel_group(self):
+        return self.dp_group
+
+    def get_data_parallel_group_ranks(self) -> list[int]:
+        return list(self.dp_ranks)

@@ -203,11 +203,23 @@ def train(
         )
     else:
         model = materialise(build_model(cfg.model, spec), device, seed=cfg.seed)
+    # Sizes of the whole model, before tensor parallelism shards it.
+    h, w = len(store.lat), len(store.lon)
+    n_tokens = model.num_tokens(h, w)
+    flops_per_sample = 3 * forward_flops_per_token(model, n_tokens) * n_tokens
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    groups = None
+    if topo.tp > 1:
+        from scigpt.parallel.tensor_parallel import apply_tensor_parallel
+        from scigpt.parallel.topology import ProcessGroups
+
+        groups = ProcessGroups(topo, rank)
+        apply_tensor_parallel(model, groups.tp_group)
     if cfg.parallel.activation_checkpointing != "none":
         from scigpt.parallel.checkpointing import apply_activation_checkpointing
 
         apply_activation_checkpointing(model, cfg.parallel.activation_checkpointing)
-    engine, _ = build_engine(model, cfg, topo)
+    engine, _ = build_engine(model, cfg, topo, mpu=groups)
     _seed_everything(cfg.seed + rank)  # per-rank streams for dropout etc.
     ckpts = CheckpointManager(
         run.checkpoints,
@@ -227,12 +239,8 @@ def train(
                 _truncate_metrics(run.metrics_path, start_step)
                 print(f"resumed {name} from step {start_step}", flush=True)
 
-    h, w = len(store.lat), len(store.lon)
-    n_tokens = model.num_tokens(h, w)
-    flops_per_sample = 3 * forward_flops_per_token(model, n_tokens) * n_tokens
     peak = cfg.logging.peak_tflops or detect_peak_tflops(cfg.precision)
     # ZeRO-3 partitions parameters: ds_numel is the full size, ds_tensor this rank's share.
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     n_local = sum(
         p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters()
     )
@@ -293,7 +301,7 @@ def train(
         [len(d) for d in train_dss],
         [src.weight for src in cfg.data.sources],
         batch_size=cfg.schedule.micro_batch_size,
-        rank=rank // (topo.tp * topo.pp),
+        rank=rank // (topo.tp * topo.pp),  # the data-parallel rank: TP peers share batches
         world_size=topo.dp,
         seed=cfg.seed,
         shuffle=lc.shuffle,
