@@ -208,6 +208,13 @@ def test_tensor_parallel_matches_one_process(single, tmp_path, torch_extensions_
     ck = tmp_path / "tp" / "checkpoints" / "step_00000020"
     assert (ck / "mp_rank_00_model_states.pt").is_file()
     assert (ck / "mp_rank_01_model_states.pt").is_file()  # one file per tensor-parallel rank
+    # consolidated tensor-parallel shards equal the one-process weights
+    from scigpt.parallel.reshard import consolidate
+
+    full, ref = consolidate(ck), _fp32_weights(single)
+    assert full.keys() == ref.keys()
+    for name in ref:
+        torch.testing.assert_close(full[name], ref[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.slow

@@ -23,7 +23,9 @@ class VariableAggregation(nn.Module):
         super().__init__()
         self.heads = heads
         self.query = nn.Parameter(torch.empty(1, dim))
-        self.k = nn.Linear(dim, dim)
+        # No key bias: it shifts every variable's score by the same q·b, which softmax ignores —
+        # its gradient is pure rounding noise that AdamW would amplify into drift.
+        self.k = nn.Linear(dim, dim, bias=False)
         self.v = nn.Linear(dim, dim)
         self.o = nn.Linear(dim, dim)
         self.gate = nn.Parameter(torch.empty(num_vars))
@@ -34,7 +36,8 @@ class VariableAggregation(nn.Module):
         # scale of the variable tokens; 0.02-std projections would shrink it ~50x.
         for lin in (self.k, self.v, self.o):
             nn.init.xavier_uniform_(lin.weight)
-            nn.init.zeros_(lin.bias)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
         nn.init.ones_(self.gate)
 
     def forward(self, tokens: torch.Tensor, var_ids: torch.Tensor) -> torch.Tensor:

@@ -99,7 +99,7 @@ def param_count(cfg: ModelConfig, spec: ModelSpec) -> dict[str, int]:
     grid_embed = R * D * K + R * D
     series_embed = R * D * s + R * D
     var_embed = R * D
-    aggregate = D + 3 * _linear(D, D) + R  # query, k/v/o, per-variable gate
+    aggregate = D + D * D + 2 * _linear(D, D) + R  # query, k (no bias), v/o, per-variable gate
     tokenizer = (
         grid_embed
         + series_embed
