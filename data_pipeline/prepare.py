@@ -214,17 +214,18 @@ def prepare_store(
             stale.unlink(missing_ok=True)  # leftovers of a killed writer
     bar = tqdm(total=len(todo), desc=f"prepare[rank {rank}]", unit="unit",
                disable=not progress or not todo, dynamic_ncols=True)  # fmt: skip
-    start, nbytes, nsamples, nrej = time.perf_counter(), 0, 0, 0
+    start, nbytes, nsamples, nrej, nfiles = time.perf_counter(), 0, 0, 0, 0
     for unit in todo:
         rec = run_unit(store, unit, stats_time_range)
         nbytes += rec.get("input_bytes", 0)
+        nfiles += len(unit.paths)
         if rec["status"] == "done":
             nsamples += sum(a["n"] for a in rec["arrays"])
         else:
             nrej += 1
             bar.write(f"rejected {unit.name}: {rec['reason']}")
         rate = nbytes / 1e6 / max(time.perf_counter() - start, 1e-9)
-        bar.set_postfix(files=sum(len(u.paths) for u in todo[: bar.n + 1]),
+        bar.set_postfix(files=nfiles,
                         samples=nsamples, rejects=nrej, MBps=f"{rate:.1f}")  # fmt: skip
         bar.update(1)
     bar.close()

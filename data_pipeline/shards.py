@@ -35,7 +35,6 @@ from scigpt.atomic import atomic_write, atomic_write_text
 from .ingest.base import GridArray, SeriesArray
 from .patches import grid_token_coords, patchify_grid, patchify_series
 from .stats import RunningStats
-from .variables import VariableInfo
 
 FORMAT = "scigpt-patch-store"
 FORMAT_VERSION = 1
@@ -359,7 +358,6 @@ __all__ = [
     "MANIFEST",
     "NamedStats",
     "PatchSpec",
-    "VariableInfo",
     "build_manifest",
     "read_record",
     "sha256_file",

@@ -43,3 +43,34 @@ def corrupt_copy(store_dir: Path, dest: Path, shard: str) -> Path:
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     return dest
+
+
+# Variables a launcher may have left in the test's own environment; jobs launched by the tests
+# must discover their ranks from what mpirun / torchrun set, not from these.
+LAUNCH_VARS = frozenset(
+    {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR",
+     "MASTER_PORT"}
+)  # fmt: skip
+LAUNCH_PREFIXES = ("SLURM_", "OMPI_COMM_WORLD_")
+
+
+def job_env(torch_extensions_dir: str | Path | None = None) -> dict[str, str]:
+    """Environment for a launched job: no inherited rank variables, one thread per op, the
+    session's DeepSpeed op cache, and OpenMPI allowed to run as root (containers, CI)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in LAUNCH_VARS and not k.startswith(LAUNCH_PREFIXES)
+    }
+    env.update(OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    if torch_extensions_dir is not None:
+        env["TORCH_EXTENSIONS_DIR"] = str(torch_extensions_dir)
+    return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

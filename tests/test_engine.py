@@ -5,7 +5,6 @@ retention, validation with best checkpoint, numerical guards, and data paralleli
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from scigpt.train.metrics import read_metrics
+from tests.conftest import free_port, job_env
 
 # A 30-step run with a validation block: train 00-12 h, val 13-17 h, test 18-23 h.
 COMMON = [
@@ -29,17 +29,10 @@ COMMON = [
 ]  # fmt: skip
 
 
-def _env(tex) -> dict[str, str]:
-    drop = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_", "OMPI_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(OMP_NUM_THREADS="1", TORCH_EXTENSIONS_DIR=str(tex))
-    return env
-
-
 def _demo(root: Path, name: str, tex, *extra: str, steps: int = 30, env=None, check=True):
     cmd = [sys.executable, "-m", "scigpt", "demo", "--steps", str(steps), "--runs-dir", str(root),
            "--run-name", name, *COMMON, *extra]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env or _env(tex))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env or job_env(tex))
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
@@ -62,7 +55,7 @@ def uninterrupted(tmp_path_factory, torch_extensions_dir) -> Path:
 def test_resume_after_sigkill_is_bitwise(uninterrupted, tmp_path, torch_extensions_dir):
     cmd = [sys.executable, "-m", "scigpt", "demo", "--steps", "30", "--runs-dir", str(tmp_path),
            "--run-name", "B", *COMMON]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=_env(torch_extensions_dir), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, env=job_env(torch_extensions_dir), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     latest = tmp_path / "B" / "checkpoints" / "latest"
 
@@ -122,7 +115,7 @@ def test_interrupted_save_leaves_previous_checkpoint_loadable(
 
 @pytest.mark.slow
 def test_nonfinite_steps_are_skipped_then_rolled_back(tmp_path, torch_extensions_dir):
-    env = {**_env(torch_extensions_dir), "SCIGPT_TEST_NAN_STEPS": "13,15,16,17"}
+    env = {**job_env(torch_extensions_dir), "SCIGPT_TEST_NAN_STEPS": "13,15,16,17"}
     _demo(tmp_path, "N", torch_extensions_dir, "--set", "guards.rollback_after=3", env=env,
           steps=25)  # fmt: skip
     recs = read_metrics(tmp_path / "N" / "metrics.jsonl")
@@ -145,15 +138,11 @@ DP_COMMON = ["--set", "logging.progress=false", "--set", "logging.every=1",
 
 
 def _torchrun(root: Path, name: str, tex, nproc: int, *extra: str) -> subprocess.CompletedProcess:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(port), "-m", "scigpt", "demo", "--steps", "20",
            "--runs-dir", str(root), "--run-name", name, *DP_COMMON, *extra]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env(tex))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=job_env(tex))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
@@ -257,7 +246,7 @@ def test_two_sources_mixed_with_accumulation(tmp_path, torch_extensions_dir):
     proc = subprocess.run(
         [sys.executable, "-m", "scigpt", "train", str(path), "--runs-dir", str(tmp_path),
          "--run-name", "two"],
-        capture_output=True, text=True, timeout=600, env=_env(torch_extensions_dir),
+        capture_output=True, text=True, timeout=600, env=job_env(torch_extensions_dir),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     train = [r for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if r["kind"] == "train"]

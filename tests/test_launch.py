@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from scigpt.launch.env import RankInfo, discover, expand_nodelist, slurm_master_addr
+from tests.conftest import LAUNCH_VARS, free_port, job_env
 
 # --- literal launcher environments -------------------------------------------------------------
 
@@ -274,33 +274,7 @@ def test_expand_nodelist_rejects_malformed(nodelist: str) -> None:
 
 # Variables a launcher may have left in the test's own environment; the jobs below must
 # discover their ranks from what mpirun / torchrun set, not from these.
-_LAUNCH_VARS = {
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "LOCAL_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-}
-_LAUNCH_PREFIXES = ("SLURM_", "OMPI_COMM_WORLD_")
 _JOB_TIMEOUT_S = 240
-
-
-def _job_env(torch_extensions_dir: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in _LAUNCH_VARS and not k.startswith(_LAUNCH_PREFIXES)
-    }
-    env.update(
-        OMP_NUM_THREADS="1",
-        TORCH_EXTENSIONS_DIR=torch_extensions_dir,
-        # OpenMPI refuses to start as root (containers, CI) without both of these.
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-    )
-    return env
 
 
 def _run_job(cmd: list[str], env: dict[str, str], cwd: Path) -> list[dict]:
@@ -349,7 +323,7 @@ def test_mpirun_two_ranks_broadcast_rendezvous(torch_extensions_dir: str, tmp_pa
     assert shutil.which("mpirun"), "mpirun is not installed (Debian: openmpi-bin)"
     import mpi4py  # noqa: F401
 
-    env = _job_env(torch_extensions_dir)
+    env = job_env(torch_extensions_dir)
     assert "MASTER_ADDR" not in env  # so rank 0's address must travel through mpi4py
     # By name, not by absolute path: OpenMPI treats /usr/bin/mpirun as --prefix /usr and puts
     # /usr/bin first on the ranks' PATH, so they would build DeepSpeed's op with the system
@@ -359,18 +333,12 @@ def test_mpirun_two_ranks_broadcast_rendezvous(torch_extensions_dir: str, tmp_pa
     _check_two_rank_allreduce(records, "openmpi")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_torchrun_two_ranks(torch_extensions_dir: str, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     cmd += ["-m", "scigpt.launch._allreduce_probe"]
-    records = _run_job(cmd, _job_env(torch_extensions_dir), tmp_path)
+    records = _run_job(cmd, job_env(torch_extensions_dir), tmp_path)
     _check_two_rank_allreduce(records, "torchrun")
 
 
@@ -386,12 +354,12 @@ def test_init_distributed_in_process_is_idempotent_and_restartable(
     if dist.is_initialized():
         pytest.fail("another test left a process group initialised in this process")
     # delenv records the current state, so whatever init_distributed exports is undone after.
-    for name in (*_LAUNCH_VARS, "TORCH_EXTENSIONS_DIR"):
+    for name in (*LAUNCH_VARS, "TORCH_EXTENSIONS_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", torch_extensions_dir)
 
     # Given explicitly: the test's own environment may be inside a Slurm or MPI job.
-    info = RankInfo(0, 0, 1, 1, "127.0.0.1", _free_port(), "single")
+    info = RankInfo(0, 0, 1, 1, "127.0.0.1", free_port(), "single")
     try:
         assert init_distributed(info, backend="gloo") == info
         assert (dist.get_rank(), dist.get_world_size(), dist.get_backend()) == (0, 1, "gloo")
@@ -409,7 +377,7 @@ def test_init_distributed_in_process_is_idempotent_and_restartable(
     assert not dist.is_initialized()
     destroy_distributed()  # a no-op now
 
-    again = RankInfo(0, 0, 1, 1, "127.0.0.1", _free_port(), "single")
+    again = RankInfo(0, 0, 1, 1, "127.0.0.1", free_port(), "single")
     try:
         assert init_distributed(again, backend="gloo") == again
         value = torch.tensor([5])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from scigpt.data_pipeline.patches import (
 )
 from scigpt.data_pipeline.store import PatchStore
 from scigpt.prepare import prepare_from_config, source_specs
+from tests.conftest import job_env
 
 SPLITS = {
     "train": {"start": "2020-01-01T00:00", "end": "2020-01-01T15:00"},
@@ -39,13 +39,6 @@ def _config(tmp: Path, sources: list[dict], name: str = "ingest") -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
-
-
-def _env() -> dict[str, str]:
-    drop = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_", "OMPI_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    return env
 
 
 def _tree(store: Path) -> dict[str, bytes]:
@@ -137,13 +130,13 @@ def test_mpirun_four_ranks_equals_serial(tmp_path, sample_era5_dir):
     serial = subprocess.run(
         [sys.executable, "-m", "scigpt", "prepare", str(per_file_config),
          "--out", str(tmp_path / "serial"), "--no-progress"],
-        capture_output=True, text=True, timeout=300, env=_env(),
+        capture_output=True, text=True, timeout=300, env=job_env(),
     )  # fmt: skip
     assert serial.returncode == 0, serial.stderr[-3000:]
     par = subprocess.run(
         ["mpirun", "-n", "4", "--oversubscribe", sys.executable, "-m", "scigpt", "prepare",
          str(per_file_config), "--out", str(tmp_path / "mpi"), "--no-progress"],
-        capture_output=True, text=True, timeout=300, env=_env(),
+        capture_output=True, text=True, timeout=300, env=job_env(),
     )  # fmt: skip
     assert par.returncode == 0, par.stdout[-3000:] + par.stderr[-3000:]
     a, b = _tree(tmp_path / "serial"), _tree(tmp_path / "mpi")
@@ -173,7 +166,7 @@ def test_resume_after_sigkill(tmp_path, sample_era5_dir):
         str(store),
         "--no-progress",
     ]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     records = store / "units" / "era5"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -186,11 +179,11 @@ def test_resume_after_sigkill(tmp_path, sample_era5_dir):
     assert 10 <= done_before < 96, "the kill did not land mid-ingest"
     assert not (store / "manifest.json").exists()
 
-    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, env=job_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     clean = subprocess.run(
         [*cmd[:-3], "--out", str(tmp_path / "clean"), "--no-progress"],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        env=job_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert clean.returncode == 0, clean.stderr[-3000:]
     resumed, uninterrupted = _tree(store), _tree(tmp_path / "clean")

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,22 +31,13 @@ from scigpt.parallel.tensor_parallel import (
     check_tensor_parallel,
     qkv_shard_rows,
 )
+from tests.conftest import free_port, job_env
 
 CFG = ModelConfig(patch_size=4, embed_dim=32, depth=2, heads=4)
 _JOB_TIMEOUT_S = 240
+
+
 # Launcher variables of an enclosing job (Slurm, MPI, torchrun) that must not leak into ours.
-_LAUNCH_VARS = {
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "LOCAL_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-}
-_LAUNCH_PREFIXES = ("SLURM_", "OMPI_COMM_WORLD_")
-
-
 def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     b, v, t, h, w = 2, 5, 2, 13, 10
@@ -153,31 +143,15 @@ def test_layout_options_that_cannot_hold(one_rank_group) -> None:
 # --- two ranks under torchrun ---------------------------------------------------------------
 
 
-def _job_env(torch_extensions_dir: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in _LAUNCH_VARS and not k.startswith(_LAUNCH_PREFIXES)
-    }
-    env.update(OMP_NUM_THREADS="1", TORCH_EXTENSIONS_DIR=torch_extensions_dir)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_ranks_match_single_device(torch_extensions_dir: str, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     cmd += ["-m", "scigpt.parallel._tp_probe"]
     # Own session, so a hung job can be killed with all its ranks.
     proc = subprocess.Popen(
         cmd,
-        env=_job_env(torch_extensions_dir),
+        env=job_env(torch_extensions_dir),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -22,16 +22,21 @@ def weighted_mse(
     target: torch.Tensor,
     weights: torch.Tensor,
     mask: torch.Tensor | None = None,
+    var_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Area-weighted MSE over every element: the training loss.
+    """Area- (and variable-) weighted MSE over every element, in fp32: the forecast loss.
 
-    pred, target: (B, V, H, W); weights: (H,); mask: (B, V, H, W) bool, True where valid.
+    pred, target: (B, V, H, W); weights: (H,) per row; var_weights: (V,); mask: (B, V, H, W)
+    bool, True where valid.
     """
-    w = weights[:, None].expand(pred.shape[-2:])  # (H, W)
+    w = weights.to(pred.device)[None, None, :, None]  # (1, 1, H, 1)
+    if var_weights is not None:
+        w = w * var_weights[None, :, None, None]
     w = w.expand_as(pred)
     if mask is not None:
         w = w * mask
-    return (w * (pred - target) ** 2).sum() / w.sum().clamp_min(1e-12)
+    err = (pred.float() - target.float()) ** 2
+    return (w * err).sum() / w.sum().clamp_min(1e-12)
 
 
 def weighted_rmse_per_channel(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from scigpt.eval.metrics import lat_weights
+from scigpt.eval.metrics import lat_weights, weighted_mse
 from scigpt.models.patch_embed import pad_to_multiple
 from scigpt.models.tokenizer import GRID
 
@@ -42,15 +42,10 @@ def _var_weights(var_ids: torch.Tensor, weights: dict[int, float]) -> torch.Tens
 
 def forecast_loss(pred: torch.Tensor, batch: dict, obj: Objectives) -> torch.Tensor:
     """Weighted MSE over (B, V, H, W): area × variable weights × validity mask."""
-    target, mask = batch["target"], batch.get("mask")
     h = pred.shape[-2]
     area = lat_weights(batch["lat"]) if obj.geographic else torch.ones(h, device=pred.device)
     vw = _var_weights(batch["var_ids"], obj.variable_weights)
-    w = (area.to(pred.device)[None, None, :, None] * vw[None, :, None, None]).expand_as(pred)
-    if mask is not None:
-        w = w * mask
-    # errors in fp32 whatever the model's dtype (bf16 training)
-    return (w * (pred.float() - target.float()) ** 2).sum() / w.sum().clamp_min(1e-12)
+    return weighted_mse(pred, batch["target"], area, batch.get("mask"), vw)
 
 
 def patch_targets(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,6 @@ from torch import nn
 
 from scigpt.models.attention import get_attention
 from scigpt.models.heads import ForecastHead, PooledHead, ReconstructionHead
-from scigpt.models.patch_embed import pad_to_multiple
 from scigpt.models.tokenizer import GRID, MultimodalTokenizer
 
 
@@ -214,4 +213,4 @@ _PER_VARIABLE = [
     ("reconstruct", "series_bias"),
 ]
 
-__all__ = ["ModelSpec", "SciGPTModel", "pad_to_multiple"]
+__all__ = ["ModelSpec", "SciGPTModel"]

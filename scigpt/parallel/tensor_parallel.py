@@ -143,6 +143,14 @@ def _param(t: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
 
 
+def _chunk(full: int, group: Group, what: str) -> torch.Tensor:
+    """Indices of this rank's contiguous 1/tp of ``full`` features."""
+    rank, tp = _layout(group)
+    if full % tp:
+        raise ValueError(f"{what} ({full}) must be divisible by tp ({tp})")
+    return torch.arange(rank * full // tp, (rank + 1) * full // tp)
+
+
 class ColumnParallelLinear(nn.Module):
     """``Y = X A^T + b`` with A's output features (rows of ``weight``) split over ``group``.
 
@@ -163,12 +171,8 @@ class ColumnParallelLinear(nn.Module):
         gather_output: bool = False,
     ):
         super().__init__()
-        rank, tp = _layout(group)
-        full = linear.out_features
         if rows is None:
-            if full % tp:
-                raise ValueError(f"out_features ({full}) must be divisible by tp ({tp})")
-            rows = torch.arange(rank * full // tp, (rank + 1) * full // tp)
+            rows = _chunk(linear.out_features, group, "out_features")
         elif gather_output:
             raise ValueError("gather_output=True needs the contiguous layout: leave rows=None")
         rows = rows.to(device=linear.weight.device, dtype=torch.long)
@@ -207,12 +211,8 @@ class RowParallelLinear(nn.Module):
         input_is_parallel: bool = True,
     ):
         super().__init__()
-        rank, tp = _layout(group)
-        full = linear.in_features
         if cols is None:
-            if full % tp:
-                raise ValueError(f"in_features ({full}) must be divisible by tp ({tp})")
-            cols = torch.arange(rank * full // tp, (rank + 1) * full // tp)
+            cols = _chunk(linear.in_features, group, "in_features")
         elif not input_is_parallel:
             raise ValueError("input_is_parallel=False needs the contiguous layout: leave cols=None")
         cols = cols.to(device=linear.weight.device, dtype=torch.long)

@@ -52,7 +52,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _barrier(world: int) -> None:
+def barrier(world: int) -> None:
     if world > 1:
         import torch.distributed as dist
 
@@ -95,7 +95,7 @@ class CheckpointManager:
             for p in self.root.glob(f"{TMP_PREFIX}*"):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
-        _barrier(self.world)
+        barrier(self.world)
         return removed
 
     # ---- save / load ------------------------------------------------------------------------
@@ -106,7 +106,7 @@ class CheckpointManager:
             str(self.root), tag=tmp, client_state=client_state, save_latest=False
         )
         torch.save(capture_rng(), self.root / tmp / f"rng_rank{self.rank:05d}.pt")
-        _barrier(self.world)
+        barrier(self.world)
         if self.rank == 0:
             final = self.root / tag
             if final.exists():
@@ -116,7 +116,7 @@ class CheckpointManager:
             if best:
                 atomic_write_text(self.root / "best", tag)
             self._prune()
-        _barrier(self.world)
+        barrier(self.world)
         return self.root / tag
 
     def _prune(self) -> None:

@@ -22,6 +22,7 @@ from scigpt.atomic import atomic_write_text
 from scigpt.config import RunConfig
 from scigpt.config_loader import LoadedConfig
 from scigpt.rundir import RunDir, default_run_name, provenance, runs_root
+from scigpt.train.checkpoint import barrier
 
 
 @dataclass
@@ -37,13 +38,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def _time_range(r) -> tuple[np.datetime64, np.datetime64]:
@@ -153,7 +147,7 @@ def train(
         manifest = prepare_from_config(loaded, store_dir, progress=show)
         if manifest and manifest["rejects"]:
             raise RuntimeError(f"ingest rejected inputs: {manifest['rejects']}")
-    _barrier(world)
+    barrier(world)
     run = RunDir(run_path)
     lc = cfg.data.loader
     stores = {
@@ -470,7 +464,7 @@ def train(
         logger.log({"kind": "test", **test["summary"]}, steps)
         logger.close()
         files.update(_write_outputs(run, store, test, cfg, read_metrics(run.metrics_path)))
-    _barrier(world)
+    barrier(world)
     return TrainResult(run_dir=run.path, steps=steps, final_loss=loss, test=test, files=files)
 
 
