@@ -74,3 +74,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def run_job(cmd: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 240):
+    """Run a launcher (torchrun, mpirun) to completion; return the probes' JSON records (the
+    ``{"rank": ...}`` lines, sorted by rank) and a report of the command and its output."""
+    import json
+    import re
+    import signal
+    import subprocess
+
+    # Own session, so a hung job can be killed with all its ranks, not just the launcher.
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout_s} s\n{out}\n{err}")
+    report = f"{' '.join(cmd)}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
+    assert proc.returncode == 0, f"exit code {proc.returncode}\n{report}"
+    # Found anywhere in the output: ranks share one pipe with the launchers' own messages; each
+    # probe writes its record as one whole line.
+    records = [json.loads(m.group()) for m in re.finditer(r'\{"rank".*\}', out)]
+    return sorted(records, key=lambda r: r["rank"]), report

@@ -6,19 +6,16 @@ Discovery is checked on literal launcher environments; the two slow tests start 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from scigpt.launch.env import RankInfo, discover, expand_nodelist, slurm_master_addr
-from tests.conftest import LAUNCH_VARS, free_port, job_env
+from tests.conftest import LAUNCH_VARS, free_port, job_env, run_job
 
 # --- literal launcher environments -------------------------------------------------------------
 
@@ -278,33 +275,9 @@ _JOB_TIMEOUT_S = 240
 
 
 def _run_job(cmd: list[str], env: dict[str, str], cwd: Path) -> list[dict]:
-    """Run a launcher to completion; return the probe's JSON records, failing with its output."""
-    # Own session, so a hung job can be killed with all its ranks, not just the launcher.
-    proc = subprocess.Popen(
-        cmd,
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=_JOB_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(
-            f"{' '.join(cmd)} did not finish in {_JOB_TIMEOUT_S} s\n"
-            f"--- stdout ---\n{out}\n--- stderr ---\n{err}"
-        )
-    report = f"{' '.join(cmd)}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
-    assert proc.returncode == 0, f"exit code {proc.returncode}\n{report}"
-    # Found anywhere in the output, not per line: ranks share one pipe with the launchers' and
-    # DeepSpeed's own messages.
-    records = [json.loads(m.group()) for m in re.finditer(r'\{"rank"[^{}]*\}', out)]
+    records, report = run_job(cmd, env, cwd, _JOB_TIMEOUT_S)
     assert len(records) == 2, f"expected one record per rank\n{report}"
-    return sorted(records, key=lambda record: record["rank"])
+    return records
 
 
 def _check_two_rank_allreduce(records: list[dict], launcher: str) -> None:

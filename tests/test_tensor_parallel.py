@@ -8,11 +8,7 @@ one-rank one for the tp = 1 identity.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +27,7 @@ from scigpt.parallel.tensor_parallel import (
     check_tensor_parallel,
     qkv_shard_rows,
 )
-from tests.conftest import free_port, job_env
+from tests.conftest import free_port, job_env, run_job
 
 CFG = ModelConfig(patch_size=4, embed_dim=32, depth=2, heads=4)
 _JOB_TIMEOUT_S = 240
@@ -148,25 +144,7 @@ def test_two_ranks_match_single_device(torch_extensions_dir: str, tmp_path: Path
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     cmd += ["-m", "scigpt.parallel._tp_probe"]
-    # Own session, so a hung job can be killed with all its ranks.
-    proc = subprocess.Popen(
-        cmd,
-        env=job_env(torch_extensions_dir),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=_JOB_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {_JOB_TIMEOUT_S} s\n{out}\n{err}")
-    report = f"{' '.join(cmd)}\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
-    assert proc.returncode == 0, f"exit code {proc.returncode}\n{report}"
-    records = [json.loads(m.group()) for m in re.finditer(r'\{"rank".*\}', out)]
+    records, report = run_job(cmd, job_env(torch_extensions_dir), tmp_path, _JOB_TIMEOUT_S)
     assert sorted(r["rank"] for r in records) == [0, 1], report
 
     for r in records:
