@@ -228,6 +228,9 @@ class ParallelConfig(_Strict):
     # Recompute activations in backward: none, selective (attention core and MLP activation;
     # Korthikanti et al. 2022) or full (whole blocks).
     activation_checkpointing: Literal["none", "selective", "full"] = "none"
+    # How pipeline stages are cut: balanced parameter counts (DeepSpeed's default; memory),
+    # balanced block counts (compute, Megatron-style), or equal layer counts.
+    pp_partition: Literal["parameters", "blocks", "uniform"] = "parameters"
     # ZeRO communication bucket in elements; None: min(5e8, parameter count).
     bucket_elements: PositiveInt | None = None
 
@@ -348,5 +351,16 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"parallel.pp={p.pp} needs parallel.zero_stage <= 1 (DeepSpeed's pipeline engine "
                 f"supports ZeRO 0/1), got {p.zero_stage}: set zero_stage: 1"
+            )
+        if p.pp > 1 and self.precision == "bf16" and p.zero_stage != 1:
+            raise ValueError(
+                f"parallel.pp={p.pp} with precision=bf16 needs parallel.zero_stage=1 (DeepSpeed "
+                "0.19.8 cannot reload a bf16 pipeline checkpoint without ZeRO): set zero_stage: 1"
+            )
+        if p.pp > 1 and (self.objectives.masked or self.objectives.pooled):
+            raise ValueError(
+                f"parallel.pp={p.pp} trains the forecast objective only; objectives.masked and "
+                "objectives.pooled need the whole model on one rank: set them to 0 or use pp: 1 "
+                "(tensor and data parallelism support every objective)"
             )
         return self

@@ -89,11 +89,14 @@ class RunDir:
         return self.path / "tb"
 
     def check_same_config(self, resolved: dict[str, Any]) -> None:
-        """A resumed run must use the config it started with (the length of training, logging
-        and retention may change); anything else is an error naming the keys."""
+        """A resumed run must use the config it started with (the length of training, logging,
+        retention and the parallel layout may change: a checkpoint reshards onto another
+        layout); anything else is an error naming the keys."""
         old = _flatten(self.read_config())
         new = _flatten(resolved)
-        may_change = ("schedule.steps", "logging.", "checkpoint.keep_", "eval.early_stop")
+        may_change = (
+            "schedule.steps", "logging.", "checkpoint.keep_", "eval.early_stop", "parallel.",
+        )  # fmt: skip
         diff = sorted(
             k for k in old.keys() | new.keys()
             if old.get(k) != new.get(k) and not k.startswith(may_change)

@@ -27,21 +27,83 @@ def build_model(cfg: ModelConfig, spec: ModelSpec, *, device: str | torch.device
         )
 
 
+def init_seed(seed: int, step: int) -> int:
+    """Seed of init step ``step`` (``SciGPTModel.init_steps`` order) of a run seeded ``seed``.
+
+    Every step draws from its own seed, so any part of the model initialises to the same values
+    whether the whole model is built (one process), only one pipeline stage's layers are, or the
+    parameters are partitioned (ZeRO-3): no layout has to replay the others' random numbers.
+    """
+    return (seed * 1_000_003 + step * 7_919 + 1) % 2**63
+
+
+def _nan_fill(tensors) -> None:
+    # to_empty leaves garbage; NaN makes any parameter that init_weights forgets fail loudly.
+    with torch.no_grad():
+        for t in tensors:
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+
+
+def run_init_steps(model: SciGPTModel, seed: int, only: set[int] | None = None) -> None:
+    """Run the init steps, each from its own seed; with ``only`` (parameter ids), just the steps
+    whose parameters are all in it (steps touching none of them are skipped)."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        for i, (params, init) in enumerate(model.init_steps()):
+            if only is not None:
+                mine = [id(p) in only for p in params]
+                if not any(mine):
+                    continue
+                if not all(mine):
+                    raise RuntimeError(
+                        f"init step {i} touches parameters inside and outside the materialised "
+                        "parts: materialise whole modules (materialise_parts)"
+                    )
+            torch.manual_seed(init_seed(seed, i))
+            init()
+
+
+def _check_finite(named) -> None:
+    missed = [n for n, p in named if not torch.isfinite(p).all()]
+    if missed:
+        raise RuntimeError(f"init_weights left these parameters uninitialised: {missed}")
+
+
 def materialise(model: SciGPTModel, device: str | torch.device, seed: int) -> SciGPTModel:
     """Allocate storage on ``device`` and initialise deterministically from ``seed``."""
     model = model.to_empty(device=device)
-    # to_empty leaves garbage; NaN makes any parameter that init_weights forgets fail loudly.
-    with torch.no_grad():
-        for t in itertools.chain(model.parameters(), model.buffers()):
-            if t.is_floating_point():
-                t.fill_(float("nan"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model.init_weights()
-    missed = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-    if missed:
-        raise RuntimeError(f"init_weights left these parameters uninitialised: {missed}")
+    _nan_fill(itertools.chain(model.parameters(), model.buffers()))
+    run_init_steps(model, seed)
+    _check_finite(model.named_parameters())
     return model
+
+
+def materialise_parts(
+    model: SciGPTModel, parts: list[str], device: str | torch.device, seed: int
+) -> None:
+    """Materialise only the submodules/parameters named in ``parts`` (paths such as
+    ``"tokenizer"``, ``"blocks.3"``, ``"mask_token"``) of a meta-built model, in place, with
+    exactly the values a whole ``materialise`` gives them. The rest stays on ``meta``, costing
+    nothing: a pipeline stage allocates only its own layers."""
+    new: dict[str, torch.nn.Parameter] = {}
+    for path in parts:
+        owner_path, _, attr = path.rpartition(".")
+        owner = model.get_submodule(owner_path) if owner_path else model
+        if getattr(owner, attr, None) is None:
+            continue  # an optional part this model does not have (e.g. no pooled head)
+        if attr in owner._parameters:
+            p = owner._parameters[attr]
+            owner._parameters[attr] = torch.nn.Parameter(
+                torch.empty_like(p, device=device), requires_grad=p.requires_grad
+            )
+            new[path] = owner._parameters[attr]
+        else:
+            sub = model.get_submodule(path).to_empty(device=device)
+            new.update({f"{path}.{n}": p for n, p in sub.named_parameters()})
+            _nan_fill(sub.buffers())
+    _nan_fill(new.values())
+    run_init_steps(model, seed, only={id(p) for p in new.values()})
+    _check_finite(new.items())
 
 
 def build_model_zero3(
@@ -49,16 +111,16 @@ def build_model_zero3(
 ) -> SciGPTModel:
     """ZeRO-3: construct inside ``deepspeed.zero.Init`` so each parameter is partitioned over
     the data-parallel ranks as soon as it exists — no rank ever holds the whole model. Each init
-    step gathers only its own parameters; rank 0's values (drawn from ``seed`` in the order of a
-    plain build, so both builds start identical) are broadcast to the others."""
+    step gathers only its own parameters; rank 0's values (drawn from the step's own seed, as in
+    a plain build, so both builds start identical) are broadcast to the others."""
     import deepspeed
 
     with deepspeed.zero.Init(config_dict_or_path=ds_config, remote_device=None):
         model = build_model(cfg, spec, device=device)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        for params, init in model.init_steps():
+        for i, (params, init) in enumerate(model.init_steps()):
             with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+                torch.manual_seed(init_seed(seed, i))
                 init()
     return model
 

@@ -74,12 +74,17 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optim
 
 def build_engine(model: torch.nn.Module, cfg: RunConfig, topo: Topology, mpu=None):
     """Wrap ``model`` in a DeepSpeed engine. Returns (engine, scheduler). ``mpu``: the run's
-    ProcessGroups when tensor parallelism is on (ZeRO then works over data-parallel ranks)."""
+    ProcessGroups when tensor parallelism is on (ZeRO then works over data-parallel ranks).
+    With pp > 1 ``model`` is the stage's ``PipelineModule`` (parallel.pipeline), which brings
+    its own process grid, and the engine is DeepSpeed's ``PipelineEngine``."""
     if topo.pp > 1:
-        raise ValueError(
-            f"parallel.pp={topo.pp}: pipeline parallelism is not available in this release; "
-            "set pp: 1"
-        )
+        from deepspeed.pipe import PipelineModule
+
+        if not isinstance(model, PipelineModule) or mpu is not None:
+            raise ValueError(
+                f"parallel.pp={topo.pp} needs the model as a PipelineModule "
+                "(scigpt.parallel.pipeline.build_pipeline) and no mpu"
+            )
     if topo.tp > 1 and topo.zero_stage > 1:
         raise ValueError(
             f"parallel.tp={topo.tp} with parallel.zero_stage={topo.zero_stage}: tensor "

@@ -36,6 +36,7 @@ __all__ = [
     "qkv_shard_rows",
     "reduce_from_tp",
     "scatter_to_tp",
+    "tensor_parallel_block",
 ]
 
 Group = dist.ProcessGroup
@@ -138,9 +139,13 @@ def scatter_to_tp(x: torch.Tensor, group: Group) -> torch.Tensor:
 # --- parallel linears -----------------------------------------------------------------------------
 
 
-def _param(t: torch.Tensor) -> nn.Parameter:
+def _param(t: torch.Tensor, *, sharded: bool = False) -> nn.Parameter:
     # clone: the shard must own its storage, or the full weight would stay alive behind it.
-    return nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
+    p = nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
+    # DeepSpeed's gradient-norm computation counts a parameter without this mark on tensor-
+    # parallel rank 0 only (it is replicated); a shard must count on every rank.
+    p.tensor_model_parallel = sharded
+    return p
 
 
 def _chunk(full: int, group: Group, what: str) -> torch.Tensor:
@@ -178,8 +183,8 @@ class ColumnParallelLinear(nn.Module):
         rows = rows.to(device=linear.weight.device, dtype=torch.long)
         self.group, self.gather_output = group, gather_output
         self.in_features, self.out_features = linear.in_features, rows.numel()  # local
-        self.weight = _param(linear.weight[rows])  # (out_local, in)
-        self.bias = _param(linear.bias[rows]) if linear.bias is not None else None
+        self.weight = _param(linear.weight[rows], sharded=True)  # (out_local, in)
+        self.bias = _param(linear.bias[rows], sharded=True) if linear.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(copy_to_tp(x, self.group), self.weight, self.bias)  # (..., out_local)
@@ -218,7 +223,7 @@ class RowParallelLinear(nn.Module):
         cols = cols.to(device=linear.weight.device, dtype=torch.long)
         self.group, self.input_is_parallel = group, input_is_parallel
         self.in_features, self.out_features = cols.numel(), linear.out_features  # in: local
-        self.weight = _param(linear.weight[:, cols])  # (out, in_local)
+        self.weight = _param(linear.weight[:, cols], sharded=True)  # (out, in_local)
         # Replicated: added after the reduction, so it counts once, and its gradient (from the
         # replicated dL/dZ) is identical on every rank.
         self.bias = _param(linear.bias) if linear.bias is not None else None
@@ -270,6 +275,33 @@ def qkv_shard_rows(dim: int, heads: int, tp: int, rank: int) -> torch.Tensor:
     return rows[:, rank * local : (rank + 1) * local].reshape(-1)  # (3 * h_l * head_dim,)
 
 
+def tensor_parallel_block(blk: nn.Module, group: Group) -> nn.Module:
+    """Shard one ``Block`` over ``group``, in place; returns it (see ``apply_tensor_parallel``).
+    Pipeline stages call this on their own blocks only."""
+    rank, tp = _layout(group)
+    attn, mlp = blk.attn, blk.mlp
+    if isinstance(attn.qkv, ColumnParallelLinear):
+        # A second pass would shard the shards (and divide heads again).
+        raise ValueError("the block is already tensor-parallel: apply tensor parallelism once")
+    dim, heads = attn.proj.in_features, attn.heads
+    if heads % tp or mlp.fc1.out_features % tp:
+        raise ValueError(
+            f"attention heads ({heads}) and MLP hidden width ({mlp.fc1.out_features}) must be "
+            f"divisible by tp ({tp}): choose parallel.tp among their common divisors"
+        )
+    local = heads // tp
+    head_dim = dim // heads
+    attn.qkv = ColumnParallelLinear(attn.qkv, group, rows=qkv_shard_rows(dim, heads, tp, rank))
+    # The attention output is (B, N, h_l * head_dim) in head order: exactly this rank's
+    # contiguous chunk of proj's input columns.
+    cols = torch.arange(rank * local * head_dim, (rank + 1) * local * head_dim)
+    attn.proj = RowParallelLinear(attn.proj, group, cols=cols)
+    attn.heads = local
+    mlp.fc1 = ColumnParallelLinear(mlp.fc1, group)
+    mlp.fc2 = RowParallelLinear(mlp.fc2, group)
+    return blk
+
+
 def apply_tensor_parallel(model: nn.Module, group: Group) -> nn.Module:
     """Shard every block of ``model`` (a SciGPTModel) over ``group``, in place; returns it.
 
@@ -279,22 +311,10 @@ def apply_tensor_parallel(model: nn.Module, group: Group) -> nn.Module:
     heads / tp so the attention reshape sees the local heads. Everything else (tokenizer, norms,
     mask token, heads) stays replicated and must receive identical updates on every rank.
     """
-    rank, tp = _layout(group)
+    _, tp = _layout(group)
     if any(isinstance(blk.attn.qkv, ColumnParallelLinear) for blk in model.blocks):
-        # A second pass would shard the shards (and divide heads again).
         raise ValueError("the model is already tensor-parallel: apply_tensor_parallel once")
     check_tensor_parallel(model, tp)
     for blk in model.blocks:
-        attn, mlp = blk.attn, blk.mlp
-        dim, heads = attn.proj.in_features, attn.heads
-        local = heads // tp
-        head_dim = dim // heads
-        attn.qkv = ColumnParallelLinear(attn.qkv, group, rows=qkv_shard_rows(dim, heads, tp, rank))
-        # The attention output is (B, N, h_l * head_dim) in head order: exactly this rank's
-        # contiguous chunk of proj's input columns.
-        cols = torch.arange(rank * local * head_dim, (rank + 1) * local * head_dim)
-        attn.proj = RowParallelLinear(attn.proj, group, cols=cols)
-        attn.heads = local
-        mlp.fc1 = ColumnParallelLinear(mlp.fc1, group)
-        mlp.fc2 = RowParallelLinear(mlp.fc2, group)
+        tensor_parallel_block(blk, group)
     return model

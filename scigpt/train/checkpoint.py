@@ -11,6 +11,7 @@ pickled files and our per-rank RNG files are ``torch.load``-ed from there and no
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -22,6 +23,13 @@ import torch
 from scigpt.atomic import atomic_write_text
 
 TMP_PREFIX = ".tmp-"
+INFO_FILE = "scigpt.json"
+
+
+def read_info(ckpt: Path) -> dict[str, Any] | None:
+    """The checkpoint's ``scigpt.json`` (layout, step), or None for checkpoints without it."""
+    p = Path(ckpt) / INFO_FILE
+    return json.loads(p.read_text()) if p.is_file() else None
 
 
 def tag_of(step: int) -> str:
@@ -99,13 +107,25 @@ class CheckpointManager:
         return removed
 
     # ---- save / load ------------------------------------------------------------------------
-    def save(self, engine, step: int, client_state: dict[str, Any], *, best: bool = False) -> Path:
+    def save(
+        self,
+        engine,
+        step: int,
+        client_state: dict[str, Any],
+        *,
+        best: bool = False,
+        info: dict[str, Any] | None = None,
+    ) -> Path:
+        """Save atomically. ``info``: small JSON facts (the layout) written as ``scigpt.json``,
+        readable without loading the tensors."""
         tag = tag_of(step)
         tmp = TMP_PREFIX + tag
         engine.save_checkpoint(
             str(self.root), tag=tmp, client_state=client_state, save_latest=False
         )
         torch.save(capture_rng(), self.root / tmp / f"rng_rank{self.rank:05d}.pt")
+        if info is not None and self.rank == 0:
+            atomic_write_text(self.root / tmp / INFO_FILE, json.dumps(info, indent=1) + "\n")
         barrier(self.world)
         if self.rank == 0:
             final = self.root / tag

@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ def train(
     from scigpt.models.vit import ModelSpec
     from scigpt.parallel.engine import build_engine
     from scigpt.parallel.topology import Topology
-    from scigpt.train.checkpoint import CheckpointManager, tag_of
+    from scigpt.train.checkpoint import CheckpointManager, read_info, tag_of
     from scigpt.train.metrics import MetricsLogger, detect_peak_tflops, read_metrics
 
     cfg = loaded.config
@@ -184,37 +185,10 @@ def train(
             f"history={history}, lead={lead}: widen data.splits or shorten history/lead"
         )
 
-    # ---- model + engine -------------------------------------------------------------------------
-    _seed_everything(cfg.seed)
-    spec = ModelSpec(num_vars=len(registry), history=history)
-    if topo.zero_stage == 3:
-        from scigpt.models.build import build_model_zero3
-        from scigpt.parallel.engine import deepspeed_config
+    # ---- checkpoint to resume from, and its layout ----------------------------------------------
+    from scigpt.parallel import reshard
 
-        est = sum(p.numel() for p in build_model(cfg.model, spec).parameters())  # on meta
-        model = build_model_zero3(
-            cfg.model, spec, deepspeed_config(cfg, topo, est), device=device, seed=cfg.seed
-        )
-    else:
-        model = materialise(build_model(cfg.model, spec), device, seed=cfg.seed)
-    # Sizes of the whole model, before tensor parallelism shards it.
-    h, w = len(store.lat), len(store.lon)
-    n_tokens = model.num_tokens(h, w)
-    flops_per_sample = 3 * forward_flops_per_token(model, n_tokens) * n_tokens
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    groups = None
-    if topo.tp > 1:
-        from scigpt.parallel.tensor_parallel import apply_tensor_parallel
-        from scigpt.parallel.topology import ProcessGroups
-
-        groups = ProcessGroups(topo, rank)
-        apply_tensor_parallel(model, groups.tp_group)
-    if cfg.parallel.activation_checkpointing != "none":
-        from scigpt.parallel.checkpointing import apply_activation_checkpointing
-
-        apply_activation_checkpointing(model, cfg.parallel.activation_checkpointing)
-    engine, _ = build_engine(model, cfg, topo, mpu=groups)
-    _seed_everything(cfg.seed + rank)  # per-rank streams for dropout etc.
+    layout = reshard.Layout(dp=topo.dp, tp=topo.tp, pp=topo.pp, zero_stage=topo.zero_stage)
     ckpts = CheckpointManager(
         run.checkpoints,
         rank=rank,
@@ -222,23 +196,19 @@ def train(
         keep_last=cfg.checkpoint.keep_last,
         keep_every=cfg.checkpoint.keep_every,
     )
-    start_step, loader_state, best_val, skipped_total = 0, None, math.inf, 0
+    resume_tag, foreign = None, None  # foreign: the checkpoint's layout when it is not ours
     if resuming:
         ckpts.clean_interrupted()
-        if ckpts.latest() is not None:
-            client = ckpts.load(engine)
-            start_step, loader_state = client["step"], client["loader"]
-            best_val, skipped_total = client.get("best_val", math.inf), client.get("skipped", 0)
-            if is_main:
-                _truncate_metrics(run.metrics_path, start_step)
-                print(f"resumed {name} from step {start_step}", flush=True)
+        resume_tag = ckpts.latest()
+    if resume_tag is not None:
+        saved_info = read_info(run.checkpoints / resume_tag)
+        saved = (
+            reshard.Layout(**saved_info["layout"]) if saved_info
+            else reshard.checkpoint_layout(run.checkpoints / resume_tag)
+        )  # fmt: skip
+        foreign = saved if saved != layout else None
 
-    peak = cfg.logging.peak_tflops or detect_peak_tflops(cfg.precision)
-    # ZeRO-3 partitions parameters: ds_numel is the full size, ds_tensor this rank's share.
-    n_local = sum(
-        p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters()
-    )
-    weights = lat_weights(torch.as_tensor(store.lat)).to(device)
+    # ---- model + engine -------------------------------------------------------------------------
     oc = cfg.objectives
     unknown = sorted(set(oc.variable_weights) - set(reg_names))
     if unknown:
@@ -254,6 +224,88 @@ def train(
         pooled_kind=oc.pooled_kind,
         variable_weights={reg_names.index(k): w for k, w in oc.variable_weights.items()},
     )
+    _seed_everything(cfg.seed)
+    spec = ModelSpec(num_vars=len(registry), history=history)
+    meta = build_model(cfg.model, spec)  # on the meta device: sizes, and the layouts' source
+    # Sizes of the whole model, before any parallelism shards it.
+    h, w = len(store.lat), len(store.lon)
+    n_tokens = meta.num_tokens(h, w)
+    flops_per_sample = 3 * forward_flops_per_token(meta, n_tokens) * n_tokens
+    n_params = sum(p.numel() for p in meta.parameters())
+    groups = None
+    if topo.tp > 1 or topo.pp > 1:
+        from scigpt.parallel.topology import ProcessGroups
+
+        groups = ProcessGroups(topo, rank)
+    if cfg.parallel.activation_checkpointing != "none":
+        from scigpt.parallel.checkpointing import apply_activation_checkpointing
+
+        # Patches block forwards: survives materialisation, pipelining and tensor parallelism.
+        apply_activation_checkpointing(meta, cfg.parallel.activation_checkpointing)
+    if topo.pp > 1:
+        from scigpt.parallel.pipeline import build_pipeline
+
+        model = build_pipeline(
+            meta, topo=topo, groups=groups, device=device, seed=cfg.seed, objectives=objectives,
+            partition=cfg.parallel.pp_partition, dynamic_shape=len(cfg.data.sources) > 1,
+        )  # fmt: skip
+    elif topo.zero_stage == 3:
+        from scigpt.models.build import build_model_zero3
+        from scigpt.parallel.engine import deepspeed_config
+
+        model = build_model_zero3(
+            cfg.model, spec, deepspeed_config(cfg, topo, n_params), device=device, seed=cfg.seed
+        )
+        if cfg.parallel.activation_checkpointing != "none":
+            apply_activation_checkpointing(model, cfg.parallel.activation_checkpointing)
+    else:
+        model = materialise(meta, device, seed=cfg.seed)
+        if topo.tp > 1:
+            from scigpt.parallel.tensor_parallel import apply_tensor_parallel
+
+            apply_tensor_parallel(model, groups.tp_group)
+    if foreign is not None:  # reshard: the checkpoint's weights into this layout, exactly
+        reshard.load_full_state(
+            model, reshard.consolidate(run.checkpoints / resume_tag), heads=cfg.model.heads,
+            tp=topo.tp, tp_rank=groups.tp_rank if groups else 0,
+        )  # fmt: skip
+    engine, _ = build_engine(model, cfg, topo, mpu=groups if topo.pp == 1 else None)
+    if topo.pp > 1:
+        from scigpt.parallel.pipeline import PipelineForecaster
+
+        forecaster = PipelineForecaster(engine, residual=meta.residual)
+    else:
+        forecaster = engine.module
+    _seed_everything(cfg.seed + rank)  # per-rank streams for dropout etc.
+    start_step, loader_state, best_val, skipped_total = 0, None, math.inf, 0
+    if resume_tag is not None:
+        if foreign is None:  # the same layout: everything, exactly (DeepSpeed's own load)
+            client = ckpts.load(engine, resume_tag)
+        else:  # weights were loaded above; continue the schedule, restart AdamW's moments
+            client = reshard.client_state(run.checkpoints / resume_tag)
+            engine.lr_scheduler.load_state_dict(client["lr_scheduler"])
+            engine.global_steps = client["global_steps"]
+            engine.global_samples = client["global_samples"]
+            if is_main:
+                warnings.warn(
+                    f"resharding {resume_tag} from {foreign.describe()} to {layout.describe()}: "
+                    "weights, step, learning-rate schedule and data position continue exactly; "
+                    "the optimizer state (AdamW moments) restarts, and the per-rank RNG streams "
+                    "are reseeded. Resume at the saved layout to keep them.",
+                    stacklevel=1,
+                )
+        start_step, loader_state = client["step"], client["loader"]
+        best_val, skipped_total = client.get("best_val", math.inf), client.get("skipped", 0)
+        if is_main:
+            _truncate_metrics(run.metrics_path, start_step)
+            print(f"resumed {name} from step {start_step}", flush=True)
+
+    peak = cfg.logging.peak_tflops or detect_peak_tflops(cfg.precision)
+    # ZeRO-3 partitions parameters: ds_numel is the full size, ds_tensor this rank's share.
+    n_local = sum(
+        p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters()
+    )
+    weights = lat_weights(torch.as_tensor(store.lat)).to(device)
 
     if is_main:
         prov = provenance(
@@ -354,7 +406,11 @@ def train(
             "loader": batch_sampler.state_dict(step * accum),
             "best_val": best_val,
             "skipped": skipped_total,
+            "layout": layout.to_dict(),
         }
+
+    def ckpt_info(step: int) -> dict[str, Any]:
+        return {"step": step, "layout": layout.to_dict(), "world_size": world}
 
     nan_steps = _test_nan_steps()
     bar = tqdm(total=steps, initial=start_step, desc="train", unit="step", disable=not show,
@@ -362,28 +418,47 @@ def train(
     window_t, window_samples, loss = time.perf_counter(), 0, float("nan")
     consecutive, stale_evals, saved_at = 0, 0, -1
     source_counts = [0] * len(train_dss)  # micro-batches drawn per source (mixing weights)
-    engine.train()
-    for step in range(start_step + 1, steps + 1):
-        loss_sum, finite = 0.0, True
-        for _ in range(accum):
+
+    def micro_batches():
+        """The training stream as engine-ready micro-batches (device, dtype, fault injection)."""
+        while True:
             batch = _to_device(next(stream), device, non_blocking=lc.pin_memory)
             source_counts[batch.get("source", 0)] += 1
             if cfg.precision == "bf16":
                 batch["fields"] = batch["fields"].to(torch.bfloat16)  # the model's dtype
             if step in nan_steps:  # fault injection for the guard tests
                 batch["fields"] = batch["fields"] * float("nan")
-            loss_t, _parts = engine(batch, objectives=objectives)
-            engine.backward(loss_t)
-            engine.step()
-            loss_sum += loss_t.item()
-            window_samples += batch["fields"].shape[0] * topo.dp
-        loss = loss_sum / accum
-        if world > 1:
-            import torch.distributed as dist
+            yield batch
 
-            t = torch.tensor([loss], device=device)
-            dist.all_reduce(t)
-            loss = t.item() / world
+    batches = micro_batches()
+    if topo.pp > 1:
+        from scigpt.parallel.pipeline import to_pipe
+
+        # Only the first and last stages draw micro-batches (inputs and labels of one batch).
+        pipe_batches = (to_pipe(b) for b in batches)
+    engine.train()
+    for step in range(start_step + 1, steps + 1):
+        if topo.pp > 1:
+            # One call runs the whole 1F1B schedule of grad_accum micro-batches and the step;
+            # the loss comes back averaged over micro-batches and data-parallel replicas.
+            loss = float(engine.train_batch(data_iter=pipe_batches))
+            window_samples += cfg.schedule.micro_batch_size * accum * topo.dp
+        else:
+            loss_sum = 0.0
+            for _ in range(accum):
+                batch = next(batches)
+                loss_t, _parts = engine(batch, objectives=objectives)
+                engine.backward(loss_t)
+                engine.step()
+                loss_sum += loss_t.item()
+                window_samples += batch["fields"].shape[0] * topo.dp
+            loss = loss_sum / accum
+            if world > 1:
+                import torch.distributed as dist
+
+                t = torch.tensor([loss], device=device)
+                dist.all_reduce(t)
+                loss = t.item() / world
         # DeepSpeed's ZeRO optimizers skip an update whose gradients are not finite; a
         # non-finite loss always yields such gradients.
         finite = math.isfinite(loss) and engine.was_step_applied()
@@ -432,7 +507,7 @@ def train(
             window_t, window_samples = time.perf_counter(), 0
         improved = False
         if val_ds is not None and step % cfg.eval.every == 0:
-            val = evaluate_forecast(engine.module, val_ds, weights, device, batch_size=8)
+            val = evaluate_forecast(forecaster, val_ds, weights, device, batch_size=8)
             score = val["summary"][cfg.eval.metric]
             improved = score < best_val
             if improved:
@@ -442,7 +517,7 @@ def train(
             if logger:
                 logger.log({"kind": "val", **val["summary"], "best": improved}, step)
         if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or improved:
-            ckpts.save(engine, step, client_state(step), best=improved)
+            ckpts.save(engine, step, client_state(step), best=improved, info=ckpt_info(step))
             saved_at = step
         patience = cfg.eval.early_stop_patience
         if patience and stale_evals >= patience:
@@ -454,10 +529,11 @@ def train(
 
     # ---- checkpoint, evaluation, plots ----------------------------------------------------------
     ckpt = (
-        ckpts.save(engine, steps, client_state(steps)) if saved_at != steps
+        ckpts.save(engine, steps, client_state(steps), info=ckpt_info(steps))
+        if saved_at != steps
         else run.checkpoints / tag_of(steps)
     )  # fmt: skip
-    test = evaluate_forecast(engine.module, test_ds, weights, device, batch_size=8)
+    test = evaluate_forecast(forecaster, test_ds, weights, device, batch_size=8)
     files: dict[str, Path] = {"checkpoint": ckpt}
     if is_main:
         assert logger is not None
