@@ -99,6 +99,40 @@ def test_bad_config_is_named(tmp_path, demo_raw, monkeypatch, key, value, fragme
         assert frag in msg, f"{frag!r} not in:\n{msg}"
 
 
+# Layout constraints that involve several keys: (settings, fragments of the error).
+BAD_LAYOUTS = [
+    ({"parallel.pp": 2, "objectives.masked": 0.5}, ["trains the forecast objective only"]),
+    (
+        {"parallel.pp": 2, "precision": "bf16", "parallel.zero_stage": 0},
+        ["precision=bf16 needs parallel.zero_stage=1"],
+    ),
+    ({"parallel.pp_partition": "profile"}, ["parallel.pp_partition='profile'", "'blocks'"]),
+    ({"parallel.tp": 2, "parallel.zero_stage": 2}, ["runs with parallel.zero_stage <= 1"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragments"), BAD_LAYOUTS, ids=[str(b[0]) for b in BAD_LAYOUTS]
+)
+def test_bad_layout_is_named(tmp_path, demo_raw, settings, fragments):
+    raw = demo_raw
+    for key, value in settings.items():
+        raw = _set(raw, key, value)
+    with pytest.raises(ConfigError) as exc:
+        load_config(_write(tmp_path, raw))
+    for frag in fragments:
+        assert frag in str(exc.value), f"{frag!r} not in:\n{exc.value}"
+
+
+def test_world_size_must_fit_the_layout():
+    from scigpt.config import ParallelConfig
+    from scigpt.parallel.topology import Topology
+
+    with pytest.raises(ValueError, match=r"world size 6 is not divisible by .* 2 x 2 = 4"):
+        Topology.from_config(ParallelConfig(tp=2, pp=2), 6)
+    assert Topology.from_config(ParallelConfig(tp=2, pp=2), 8).dp == 2
+
+
 def test_bad_configs_are_many():
     assert len(BAD_CONFIGS) >= 15
 

@@ -131,16 +131,33 @@ def test_nonfinite_steps_are_skipped_then_rolled_back(tmp_path, torch_extensions
     assert off.returncode != 0 and "loss is nan at step 13" in off.stderr
 
 
-# ---- data parallel with ZeRO against one process ---------------------------------------------
+# ---- data, tensor and pipeline parallelism against one process ---------------------------------
 
+# Gradient clipping at 0.02 is active on most steps (gradient norms 0.02-0.05), so the global
+# gradient norm over data, tensor and pipeline ranks is checked too.
 DP_COMMON = ["--set", "logging.progress=false", "--set", "logging.every=1",
-             "--set", "schedule.warmup_steps=5", "--set", "optim.grad_clip=0"]  # fmt: skip
+             "--set", "schedule.warmup_steps=5", "--set", "optim.grad_clip=0.02"]  # fmt: skip
+# The same 18 samples a step in every layout: one process with micro-batch 18, or micro-batches
+# of 9 (two data-parallel ranks, or two micro-batches of one pipeline).
+MB18 = ["--set", "schedule.micro_batch_size=18"]
+MB9x2 = ["--set", "schedule.micro_batch_size=9", "--set", "schedule.grad_accum=2"]
+LAYOUTS = {
+    "z1": (2, ["--set", "parallel.zero_stage=1"]),
+    "z2": (2, ["--set", "parallel.zero_stage=2"]),
+    "z3": (2, ["--set", "parallel.zero_stage=3"]),
+    "tp2": (2, ["--set", "parallel.tp=2", *MB18]),
+    "dp2xtp2": (4, ["--set", "parallel.tp=2", "--set", "schedule.micro_batch_size=9"]),
+    "pp2": (2, ["--set", "parallel.pp=2", *MB9x2]),
+    "tp2xpp2": (4, ["--set", "parallel.tp=2", "--set", "parallel.pp=2", *MB9x2]),
+}
 
 
-def _torchrun(root: Path, name: str, tex, nproc: int, *extra: str) -> subprocess.CompletedProcess:
+def _torchrun(
+    root: Path, name: str, tex, nproc: int, *extra: str, steps: int = 20
+) -> subprocess.CompletedProcess:
     port = free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(port), "-m", "scigpt", "demo", "--steps", "20",
+           "--master_port", str(port), "-m", "scigpt", "demo", "--steps", str(steps),
            "--runs-dir", str(root), "--run-name", name, *DP_COMMON, *extra]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=job_env(tex))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -148,33 +165,61 @@ def _torchrun(root: Path, name: str, tex, nproc: int, *extra: str) -> subprocess
 
 
 def _fp32_weights(run: Path) -> dict[str, torch.Tensor]:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from scigpt.parallel.reshard import consolidate
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints"), "step_00000020")
+    return consolidate(run / "checkpoints" / "step_00000020")
+
+
+def _curves(run: Path) -> dict[int, tuple[float, float]]:
+    recs = read_metrics(run / "metrics.jsonl")
+    return {r["step"]: (r["loss"], r["grad_norm"]) for r in recs if r["kind"] == "train"}
+
+
+def _assert_matches_single(single: Path, run: Path) -> None:
+    """Losses and gradient norms over 20 steps, and the consolidated weights at the end, agree
+    with one process (fp32, reductions in another order: relative 1e-5)."""
+    a, b = _curves(single), _curves(run)
+    assert sorted(a) == sorted(b) == list(range(1, 21))
+    for k in a:
+        assert b[k][0] == pytest.approx(a[k][0], rel=1e-5), (k, a[k], b[k])
+        assert b[k][1] == pytest.approx(a[k][1], rel=1e-5), (k, a[k], b[k])
+    assert sum(a[k][1] > 0.02 for k in a) >= 5  # clipping was active
+    wa, wb = _fp32_weights(single), _fp32_weights(run)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        # AdamW divides by sqrt(v): a near-zero gradient's rounding noise becomes a full-size
+        # step, so weights agree to ~1e-6 absolute (20 steps of lr 1e-3 move them ~1e-2).
+        torch.testing.assert_close(wb[name], wa[name], rtol=1e-5, atol=5e-6, msg=name)
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, torch_extensions_dir) -> Path:
     root = tmp_path_factory.mktemp("dp1")
-    # one process, micro-batch 2x: the same 18 samples per step as two ranks of 9
-    _torchrun(root, "one", torch_extensions_dir, 1, "--set", "schedule.micro_batch_size=18")
+    _torchrun(root, "one", torch_extensions_dir, 1, *MB18)
     return root / "one"
+
+
+@pytest.fixture(scope="module")
+def layout_run(tmp_path_factory, torch_extensions_dir):
+    """``layout_run(name)``: the 20-step demo trained once at layout ``name`` (LAYOUTS), shared
+    by every test that needs it."""
+    root = tmp_path_factory.mktemp("layouts")
+
+    def run(name: str) -> Path:
+        if not (root / name / "checkpoints" / "step_00000020").is_dir():
+            nproc, extra = LAYOUTS[name]
+            _torchrun(root, name, torch_extensions_dir, nproc, *extra)
+        return root / name
+
+    return run
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_dp2_zero_matches_one_process(single, tmp_path, torch_extensions_dir, stage):
-    _torchrun(tmp_path, f"z{stage}", torch_extensions_dir, 2, "--set",
-              f"parallel.zero_stage={stage}")  # fmt: skip
-    a, b = _losses(single), _losses(tmp_path / f"z{stage}")
-    assert sorted(a) == sorted(b) == list(range(1, 21))
-    for k in a:  # fp32, sums in another order: relative 1e-5
-        assert b[k] == pytest.approx(a[k], rel=1e-5), (k, a[k], b[k])
-    wa, wb = _fp32_weights(single), _fp32_weights(tmp_path / f"z{stage}")
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        torch.testing.assert_close(wb[name], wa[name], rtol=1e-5, atol=1e-6, msg=name)
-    prov = json.loads((tmp_path / f"z{stage}" / "provenance.json").read_text())
+def test_dp2_zero_matches_one_process(single, layout_run, stage):
+    run = layout_run(f"z{stage}")
+    _assert_matches_single(single, run)
+    prov = json.loads((run / "provenance.json").read_text())
     assert prov["world_size"] == 2 and "zero=" + str(stage) in prov["topology"]
     if stage == 3:
         # each rank holds about half of every parameter (padding aside)
@@ -182,28 +227,84 @@ def test_dp2_zero_matches_one_process(single, tmp_path, torch_extensions_dir, st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("nproc", "extra"),
-    [(2, []), (4, ["--set", "schedule.micro_batch_size=9"])],
-    ids=["tp2", "dp2xtp2"],
-)
-def test_tensor_parallel_matches_one_process(single, tmp_path, torch_extensions_dir, nproc, extra):
+@pytest.mark.parametrize("name", ["tp2", "dp2xtp2"])
+def test_tensor_parallel_matches_one_process(single, layout_run, name):
     """tp2 (micro-batch 18) and dp2 x tp2 (2 x 9) see the same 18 samples a step as one process."""
-    mbs = [] if extra else ["--set", "schedule.micro_batch_size=18"]
-    _torchrun(tmp_path, "tp", torch_extensions_dir, nproc, "--set", "parallel.tp=2", *mbs, *extra)
-    a, b = _losses(single), _losses(tmp_path / "tp")
-    for k in a:  # fp32, all-reduces in another order: relative 1e-5
-        assert b[k] == pytest.approx(a[k], rel=1e-5), (k, a[k], b[k])
-    ck = tmp_path / "tp" / "checkpoints" / "step_00000020"
-    assert (ck / "mp_rank_00_model_states.pt").is_file()
+    run = layout_run(name)
+    _assert_matches_single(single, run)
+    ck = run / "checkpoints" / "step_00000020"
     assert (ck / "mp_rank_01_model_states.pt").is_file()  # one file per tensor-parallel rank
-    # consolidated tensor-parallel shards equal the one-process weights
-    from scigpt.parallel.reshard import consolidate
+    if name == "tp2":
+        # shard_tensor is the exact inverse of consolidate's merge
+        from scigpt.parallel.reshard import consolidate, shard_tensor
 
-    full, ref = consolidate(ck), _fp32_weights(single)
-    assert full.keys() == ref.keys()
-    for name in ref:
-        torch.testing.assert_close(full[name], ref[name], rtol=1e-5, atol=1e-6, msg=name)
+        full = consolidate(ck)
+        saved = torch.load(ck / "mp_rank_01_model_states.pt", weights_only=False)["module"]
+        for key, value in saved.items():
+            assert torch.equal(shard_tensor(key, full[key], heads=4, tp=2, rank=1), value), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["pp2", "tp2xpp2"])
+def test_pipeline_parallel_matches_one_process(single, layout_run, name):
+    """pp2 (2 processes) and tp2 x pp2 (4): two micro-batches of 9 through the 1F1B schedule."""
+    run = layout_run(name)
+    _assert_matches_single(single, run)
+    ck = run / "checkpoints" / "step_00000020"
+    tp = 2 if name.startswith("tp2") else 1
+    # DeepSpeed's pipeline format: one file per layer (embed, 3 blocks, head) and TP rank
+    assert len(list(ck.glob("layer_*-model_states.pt"))) == 5 * tp
+    info = json.loads((ck / "scigpt.json").read_text())
+    assert info["layout"] == {"dp": 1, "tp": tp, "pp": 2, "zero_stage": 1}
+
+
+@pytest.mark.slow
+def test_reshard_checkpoints_load_at_one_process_and_tp2(
+    layout_run, tmp_path, torch_extensions_dir
+):
+    """Checkpoints saved at tp2, pp2 and dp2-ZeRO-3 load at one process and at tp2 with the
+    same forecasts."""
+    ckpts = [str(layout_run(n) / "checkpoints" / "step_00000020") for n in ("tp2", "pp2", "z3")]
+    env = job_env(torch_extensions_dir)
+    probe = ["-m", "scigpt.parallel._reshard_probe", str(tmp_path), *ckpts]
+    for cmd in (
+        [sys.executable, *probe],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", str(free_port()), *probe],
+    ):  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    one = torch.load(tmp_path / "forecasts_tp1.pt")
+    two = torch.load(tmp_path / "forecasts_tp2.pt")
+    assert sorted(one) == sorted(two) == ["pp2", "tp2", "z3"]
+    for name in one:
+        # the trained increment over persistence is not trivially zero
+        assert one[name].abs().max() > 1e-3, name
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
+    # the three layouts trained the same model (relative 1e-5 over 20 steps)
+    torch.testing.assert_close(one["pp2"], one["tp2"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(one["z3"], one["tp2"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_resume_pp2_checkpoint_at_one_process(layout_run, tmp_path, torch_extensions_dir):
+    """A pp2 checkpoint resumes at one process: weights and data position exactly (step 21's
+    loss equals that of a pp2 resume), with a warning that the optimizer state restarts."""
+    import shutil
+
+    src = layout_run("pp2")
+    runs = {}
+    for name, nproc, extra in (("same", 2, LAYOUTS["pp2"][1]), ("moved", 1, MB9x2)):
+        shutil.copytree(src, tmp_path / name)
+        runs[name] = _torchrun(tmp_path, name, torch_extensions_dir, nproc, *extra, "--resume",
+                               steps=22)  # fmt: skip
+    assert "resharding step_00000020 from dp=1 tp=1 pp=2 zero=1 to dp=1 tp=1 pp=1 zero=1" in (
+        runs["moved"].stderr
+    )
+    assert "optimizer state (AdamW moments) restarts" in runs["moved"].stderr
+    a, b = _curves(tmp_path / "same"), _curves(tmp_path / "moved")
+    assert b[21][0] == pytest.approx(a[21][0], rel=1e-6)
+    assert sorted(b) == list(range(1, 23))
 
 
 @pytest.mark.slow

@@ -60,9 +60,15 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _model_files(ckpt: Path) -> list[Path]:
-    files = sorted(ckpt.glob("mp_rank_*_model_states.pt"))
+    """Model-state files, one per model-parallel rank (ZeRO-3 names them per data rank too:
+    its data rank 0 files carry the client state)."""
+    files = sorted(ckpt.glob("mp_rank_*_model_states.pt")) or sorted(
+        ckpt.glob("zero_pp_rank_0_mp_rank_*_model_states.pt")
+    )
     if not files:
-        raise FileNotFoundError(f"{ckpt} holds no mp_rank_*_model_states.pt: not a checkpoint")
+        raise FileNotFoundError(
+            f"{ckpt} holds no mp_rank_*_model_states.pt: not a SciGPT/DeepSpeed checkpoint"
+        )
     return files
 
 
@@ -117,7 +123,8 @@ def consolidate(ckpt: str | Path) -> dict[str, torch.Tensor]:
     first = client_state(ckpt)
     module = first.get("module")
     layered = any(ckpt.glob("layer_*-model_states.pt"))
-    if not layered and (module is None or any(v.numel() == 0 for v in module.values())):
+    zero3 = not any(ckpt.glob("mp_rank_*_model_states.pt"))
+    if zero3 or (not layered and (module is None or any(v.numel() == 0 for v in module.values()))):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         if len(_model_files(ckpt)) > 1:
