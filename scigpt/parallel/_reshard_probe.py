@@ -3,7 +3,8 @@
 Run as ``torchrun --nproc_per_node N -m scigpt.parallel._reshard_probe OUT CKPT [CKPT …]``: every
 rank builds the checkpoint's model for tensor parallelism over the whole world (tp = N), loads
 the consolidated weights through ``reshard.load_full_state`` (the path a resharding resume takes),
-and rank 0 saves the forecast increments (forecast − last input frame) to ``OUT/forecasts_tpN.pt`` (a dict of plain tensors).
+and rank 0 saves the forecast increments (forecast − last input frame) to
+``OUT/forecasts_tpN.pt`` (a dict of plain tensors).
 tests/test_engine.py compares the forecasts of one process and of two.
 """
 

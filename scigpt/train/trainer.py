@@ -483,6 +483,8 @@ def train(
         else:
             consecutive = 0
         bar.update(1)
+        if step == start_step + 1 and not resuming:
+            _write_memory(run, engine, layout, rank, world)
         if finite and (step % cfg.logging.every == 0 or step == steps):
             dt = time.perf_counter() - window_t
             tflops = window_samples * flops_per_sample / dt / 1e12 / world
@@ -542,6 +544,21 @@ def train(
         files.update(_write_outputs(run, store, test, cfg, read_metrics(run.metrics_path)))
     barrier(world)
     return TrainResult(run_dir=run.path, steps=steps, final_loss=loss, test=test, files=files)
+
+
+def _write_memory(run: RunDir, engine, layout, rank: int, world: int) -> None:
+    """Per-rank parameter and optimizer-state bytes after the first step → memory.json."""
+    from scigpt.parallel.memory import rank_memory
+
+    mine = {"rank": rank, **rank_memory(engine)}
+    ranks = [mine]
+    if world > 1:
+        import torch.distributed as dist
+
+        ranks = [None] * world
+        dist.all_gather_object(ranks, mine)
+    if rank == 0:
+        run.write_json("memory.json", {"layout": layout.to_dict(), "ranks": ranks})
 
 
 def _write_outputs(run: RunDir, store, test: dict, cfg: RunConfig, records: list) -> dict:
