@@ -24,7 +24,7 @@ system-deps:
 $(STAMP): pyproject.toml constraints-cpu.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints-cpu.txt -e '.[dev,mpi,formats,dali]'
+	$(PIP) install -q -c constraints-cpu.txt -e '.[dev,mpi,formats,dali,kernels]'
 	@touch $(STAMP)
 
 venv: system-deps $(STAMP)
