@@ -107,6 +107,82 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing when valid")
+
+    p = sub.add_parser(
+        "plan",
+        help="rank parallel layouts by memory per GPU and estimated step time",
+        description="Size every valid (dp, tp, pp, ZeRO stage, activation checkpointing) layout "
+        "of a model on N GPUs from its config alone: memory per rank (worst rank) and an "
+        "estimated step time. Prints the layouts that fit, fastest first, and writes the best "
+        "as a run-config fragment. Exit code 2 when none fits. Memory in GiB (2^30 bytes).",
+    )
+    p.add_argument("--model", required=True, help="model preset (vit-1b, ...) or a preset .yaml")
+    p.add_argument("--gpus", type=int, required=True, help="GPUs in the job (dp x tp x pp)")
+    p.add_argument(
+        "--gpu-mem",
+        type=float,
+        required=True,
+        metavar="GIB",
+        help="memory of one GPU in GiB (H100 80GB: 80; 10%% / 2 GiB stay free)",
+    )
+    p.add_argument("--nodes", type=int, default=None, help="nodes (default: GPUs / 8)")
+    p.add_argument("--gpus-per-node", type=int, default=None, help="default: min(GPUs, 8)")
+    p.add_argument("--micro-batch", type=int, default=8, help="samples per GPU per micro-step")
+    p.add_argument("--grid", default="64x64", help="grid HxW of a sample (default 64x64)")
+    p.add_argument("--vars", type=int, default=100, help="variables per sample (default 100)")
+    p.add_argument("--history", type=int, default=2, help="input frames per sample (default 2)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument(
+        "--global-batch",
+        type=int,
+        default=None,
+        help="samples per optimizer step for every layout (default 4 x micro-batch x GPUs)",
+    )
+    p.add_argument(
+        "--grad-accum",
+        type=int,
+        default=None,
+        help="micro-batches per step for every layout, instead of --global-batch",
+    )
+    p.add_argument("--max-tp", type=int, default=None, help="consider tp <= this only")
+    p.add_argument("--max-pp", type=int, default=None, help="consider pp <= this only")
+    p.add_argument(
+        "--pp-partition",
+        choices=["parameters", "blocks", "uniform"],
+        default="parameters",
+        help="how pipeline stages are cut (parallel.pp_partition; default parameters)",
+    )
+    p.add_argument(
+        "--intra-bw",
+        type=float,
+        default=900.0,
+        help="GB/s inside a node (default 900, NVLink H100/H200)",
+    )
+    p.add_argument(
+        "--inter-bw",
+        type=float,
+        default=25.0,
+        help="GB/s per GPU between nodes (default 25, 200 Gb/s InfiniBand)",
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="dense bf16 TFLOP/s per GPU (default 989, H100/H200; fp32 uses half)",
+    )
+    p.add_argument(
+        "--mfu-assumption",
+        type=float,
+        default=0.45,
+        help="fraction of peak the compute reaches (default 0.45)",
+    )
+    p.add_argument("--top", type=int, default=10, help="rows to print (default 10)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the best layout as a YAML config fragment here",
+    )
     return parser
 
 
@@ -205,8 +281,15 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return EXIT_OK if ok_units else EXIT_FAIL
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from scigpt.parallel.planner import run_cli
+
+    return run_cli(args)
+
+
 COMMANDS = {
     "demo": _cmd_demo,
+    "plan": _cmd_plan,
     "prepare": _cmd_prepare,
     "train": _cmd_train,
     "validate": _cmd_validate,

@@ -8,7 +8,7 @@ so the same on CPU and GPU), each storage once:
   DeepSpeed's flat parameter buffer (alignment padding included);
 * ``master`` — fp32 master partitions DeepSpeed keeps beside the parameters (ZeRO-1/2
   ``single_partition_of_fp32_groups``, ZeRO-3 ``fp32_partitioned_groups_flat``, the bf16
-  optimizer's ``fp32_groups_flat_partition``);
+  optimizer's ``fp32_groups_flat_partition``, the unfused bf16 optimizer's ``fp32_groups``);
 * ``moments`` — the optimizer's state tensors (AdamW's exp_avg and exp_avg_sq, step counters).
 
 ``scigpt plan`` predicts ``params`` and ``master + moments`` per rank; the trainer writes these
@@ -31,6 +31,14 @@ def _storages(tensors: Iterable[torch.Tensor]) -> dict[int, int]:
     return out
 
 
+def _flatten(items) -> Iterable[torch.Tensor]:
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            yield item
+        elif isinstance(item, (list, tuple)):
+            yield from _flatten(item)
+
+
 def _params(module: torch.nn.Module) -> Iterable[torch.Tensor]:
     for p in module.parameters():
         yield p.ds_tensor if hasattr(p, "ds_tensor") else p
@@ -46,9 +54,10 @@ def rank_memory(engine) -> dict[str, int]:
             "single_partition_of_fp32_groups",
             "fp32_partitioned_groups_flat",
             "fp32_groups_flat_partition",
+            "fp32_groups",  # FP16_UnfusedOptimizer (bf16 without ZeRO): lists per group
         )
     ]
-    master = _storages(t for group in master_lists for t in group)
+    master = _storages(_flatten(master_lists))
     inner = getattr(opt, "optimizer", opt)  # DeepSpeed wraps torch's optimizer
     moments = _storages(
         v for state in inner.state.values() for v in state.values() if isinstance(v, torch.Tensor)
