@@ -25,33 +25,17 @@ Reads only a run directory's checkpoints, which are trusted (DESIGN.md §9).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from scigpt.parallel.tensor_parallel import qkv_shard_rows
+from scigpt.parallel.topology import Topology
 
 _COL = re.compile(r"blocks\.\d+\.(attn\.qkv|mlp\.fc1)\.(weight|bias)$")  # split by output rows
 _ROW = re.compile(r"blocks\.\d+\.(attn\.proj|mlp\.fc2)\.weight$")  # split by input columns
 _LAYER = re.compile(r"layer_(\d+)(?:-model_(\d+))?-model_states\.pt$")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How a checkpoint (or a run) is laid out over ranks."""
-
-    dp: int
-    tp: int
-    pp: int
-    zero_stage: int
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    def describe(self) -> str:
-        return f"dp={self.dp} tp={self.tp} pp={self.pp} zero={self.zero_stage}"
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -77,12 +61,12 @@ def client_state(ckpt: str | Path) -> dict[str, Any]:
     return _load(_model_files(Path(ckpt))[0])
 
 
-def checkpoint_layout(ckpt: str | Path, state: dict[str, Any] | None = None) -> Layout:
+def checkpoint_layout(ckpt: str | Path, state: dict[str, Any] | None = None) -> Topology:
     """The layout ``ckpt`` was saved at (recorded by the trainer; inferred from the files for
     checkpoints that predate the record)."""
     state = state if state is not None else client_state(ckpt)
     if "layout" in state:
-        return Layout(**state["layout"])
+        return Topology.of(**state["layout"])
     ckpt = Path(ckpt)
     layer_files = [m for f in ckpt.glob("layer_*-model_states.pt") if (m := _LAYER.search(f.name))]
     pp = 1
@@ -92,7 +76,7 @@ def checkpoint_layout(ckpt: str | Path, state: dict[str, Any] | None = None) -> 
         pp = max(1, state.get("mp_world_size", tp) // tp)
     world = state.get("world_size", tp * pp)
     zero = state.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0)
-    return Layout(dp=world // (tp * pp), tp=tp, pp=pp, zero_stage=zero)
+    return Topology.of(dp=world // (tp * pp), tp=tp, pp=pp, zero_stage=zero)
 
 
 def _tp_shards(ckpt: Path) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:

@@ -37,6 +37,14 @@ class Topology:
             zero_stage=cfg.zero_stage,
         )
 
+    @classmethod
+    def of(cls, *, dp: int, tp: int, pp: int, zero_stage: int) -> Topology:
+        """The layout as recorded in checkpoints (``to_dict``)."""
+        return cls(world_size=dp * tp * pp, dp=dp, tp=tp, pp=pp, zero_stage=zero_stage)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"dp": self.dp, "tp": self.tp, "pp": self.pp, "zero_stage": self.zero_stage}
+
     def describe(self) -> str:
         return (
             f"world={self.world_size} dp={self.dp} tp={self.tp} pp={self.pp} zero={self.zero_stage}"

@@ -188,7 +188,7 @@ def train(
     # ---- checkpoint to resume from, and its layout ----------------------------------------------
     from scigpt.parallel import reshard
 
-    layout = reshard.Layout(dp=topo.dp, tp=topo.tp, pp=topo.pp, zero_stage=topo.zero_stage)
+    layout = topo
     ckpts = CheckpointManager(
         run.checkpoints,
         rank=rank,
@@ -203,7 +203,7 @@ def train(
     if resume_tag is not None:
         saved_info = read_info(run.checkpoints / resume_tag)
         saved = (
-            reshard.Layout(**saved_info["layout"]) if saved_info
+            Topology.of(**saved_info["layout"]) if saved_info
             else reshard.checkpoint_layout(run.checkpoints / resume_tag)
         )  # fmt: skip
         foreign = saved if saved != layout else None
