@@ -2,4 +2,59 @@
 
 Installed as ``scigpt.kernels``. Kernels import no model code; they are swapped in from outside
 (the attention registry in ``scigpt.models.attention``).
+
+Importing this package does not import Triton: ``"triton"`` is registered as attention with a
+thin wrapper that loads ``scigpt.kernels.flash_attention`` on first call (and says how to install
+Triton when it is missing), so the kernels are decorated under the ``TRITON_INTERPRET`` setting in
+force when they are first used.
 """
+
+from __future__ import annotations
+
+import torch
+
+from scigpt.models.attention import register_attention
+
+_INSTALL_HINT = "pip install 'scigpt[gpu]'"
+
+
+def triton_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``model.attention: triton``: the Triton flash-attention kernel (non-causal)."""
+    try:
+        from scigpt.kernels.flash_attention import flash_attention
+    except ModuleNotFoundError as exc:
+        if exc.name != "triton" and not (exc.name or "").startswith("triton."):
+            raise
+        raise RuntimeError(
+            f"model.attention='triton' needs Triton, which is not installed: {_INSTALL_HINT} "
+            "(or choose model.attention: sdpa)"
+        ) from exc
+    return flash_attention(q, k, v, key_padding_mask)
+
+
+def interpreter_compat() -> None:
+    """Make Triton 3.6's interpreter work with NumPy >= 2.4 (idempotent; no-op when fixed).
+
+    The interpreter turns scalar tensors (1-element arrays) into Python ints with ``int(array)``,
+    which NumPy 2.4 refuses for ``ndim > 0``, so any loop with a runtime bound
+    (``for start in range(lo, hi, BLOCK)``) fails under ``TRITON_INTERPRET=1``
+    (triton-lang/triton#9171, fixed upstream after 3.6). Only interpreter behaviour changes;
+    compiled kernels are unaffected.
+    """
+    from triton.runtime import interpreter
+
+    if getattr(interpreter, "_scigpt_index_compat", False):
+        return
+    original = interpreter._patch_lang_tensor
+
+    def patch_lang_tensor(tensor, scope) -> None:
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patch_lang_tensor
+    interpreter._scigpt_index_compat = True
+
+
+register_attention("triton", triton_attention)

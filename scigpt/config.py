@@ -187,7 +187,10 @@ class ModelConfig(_Strict):
     mlp_ratio: PositiveFloat = 4.0
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     residual: bool = True  # predict the change from the last input frame
-    attention: str = "sdpa"  # name in scigpt.models.attention's registry
+    attention: str = "sdpa"  # name in scigpt.models.attention's registry (sdpa, math, triton)
+    # Grid patch embedding: the PyTorch module, or the fused Triton kernel (same parameters, so
+    # checkpoints are interchangeable; scigpt.kernels.patch_embed).
+    patch_embed: Literal["reference", "triton"] = "reference"
     series_patch: PositiveInt = 50  # samples per token of waveform/series windows
 
     @model_validator(mode="after")
@@ -196,6 +199,13 @@ class ModelConfig(_Strict):
             raise ValueError(
                 f"model.embed_dim={self.embed_dim} is not divisible by model.heads={self.heads}: "
                 f"choose heads from {_divisors(self.embed_dim)}"
+            )
+        head_dim = self.embed_dim // self.heads
+        if self.attention == "triton" and head_dim not in (32, 64, 128):
+            raise ValueError(
+                f"model.attention='triton' supports head dims 32, 64 and 128; "
+                f"model.embed_dim={self.embed_dim} / model.heads={self.heads} = {head_dim}: "
+                "change heads, or use attention: sdpa"
             )
         return self
 

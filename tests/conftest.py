@@ -7,6 +7,33 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Triton decorates its own library (tl.sum, tl.max, tl.zeros are @triton.jit functions) once,
+    # at its first import, for the interpreter or for the compiler, as TRITON_INTERPRET is then.
+    # Without a GPU the kernel tests run interpreted, and anything may import Triton first
+    # (torch.utils.flop_counter does): import it here, before any test module, in interpreter
+    # mode, then restore the variable. Ahead-of-time compilation runs in subprocesses.
+    _saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    import triton  # noqa: F401
+
+    if _saved is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _saved
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` exist only where CUDA does: without it they are deselected (not
+    skipped), so a skip always means something is wrong."""
+    if torch.cuda.is_available():
+        return
+    gpu = [it for it in items if it.get_closest_marker("cuda")]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [it for it in items if not it.get_closest_marker("cuda")]
 
 
 @pytest.fixture(scope="session")

@@ -108,6 +108,7 @@ BAD_LAYOUTS = [
     ),
     ({"parallel.pp_partition": "profile"}, ["parallel.pp_partition='profile'", "'blocks'"]),
     ({"parallel.tp": 2, "parallel.zero_stage": 2}, ["runs with parallel.zero_stage <= 1"]),
+    ({"model.attention": "triton"}, ["supports head dims 32, 64 and 128", "= 24"]),
 ]
 
 

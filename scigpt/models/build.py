@@ -11,9 +11,16 @@ from scigpt.models.vit import ModelSpec, SciGPTModel
 
 
 def build_model(cfg: ModelConfig, spec: ModelSpec, *, device: str | torch.device = "meta"):
-    """Construct without allocating: the parallel layer materialises only its local slice."""
+    """Construct without allocating: the parallel layer materialises only its local slice.
+
+    Kernels are swapped in here, from outside the model (DESIGN.md §4, §8): ``attention:
+    triton`` is registered by importing ``scigpt.kernels`` (which imports Triton only when the
+    kernel first runs), and ``patch_embed: triton`` routes the grid patch embedding through the
+    fused kernel without changing its parameters."""
+    if cfg.attention == "triton" or cfg.patch_embed == "triton":
+        import scigpt.kernels  # noqa: F401  (registers "triton" attention)
     with torch.device(device):
-        return SciGPTModel(
+        model = SciGPTModel(
             spec,
             patch_size=cfg.patch_size,
             embed_dim=cfg.embed_dim,
@@ -25,6 +32,11 @@ def build_model(cfg: ModelConfig, spec: ModelSpec, *, device: str | torch.device
             attention=cfg.attention,
             series_patch=cfg.series_patch,
         )
+    if cfg.patch_embed == "triton":
+        from scigpt.kernels.patch_embed import use_fused_patch_embed
+
+        use_fused_patch_embed(model)
+    return model
 
 
 def init_seed(seed: int, step: int) -> int:
