@@ -109,6 +109,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing when valid")
 
     p = sub.add_parser(
+        "submit",
+        help="render an sbatch script for a subcommand and submit it to Slurm",
+        description="Render an sbatch script from a cluster profile (one task per GPU via srun, "
+        "USR1 before the time limit -> checkpoint -> requeue -> resume) for any long "
+        "subcommand, save it in the run directory and submit it. Example: scigpt submit "
+        "--cluster generic-gpu --nodes 4 -- train my_run.yaml",
+    )
+    p.add_argument(
+        "--cluster", default="local", help="profile name (local, generic-gpu, perlmutter, "
+        "frontier) or a profile .yaml (default: local)",
+    )  # fmt: skip
+    p.add_argument("--nodes", type=int, default=None, help="nodes (default: the profile's)")
+    p.add_argument("--time", default=None, help="time limit, e.g. 12:00:00 (default: profile)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="render and save the script, do not submit"
+    )
+    p.add_argument(
+        "--runs-dir", type=Path, default=None,
+        help="root of run directories (default: $SCIGPT_RUNS or ./runs)",
+    )  # fmt: skip
+    p.add_argument(
+        "job_command", nargs=argparse.REMAINDER, metavar="-- SUBCOMMAND ARGS",
+        help="the scigpt subcommand to run in the job, after --",
+    )  # fmt: skip
+
+    p = sub.add_parser(
         "plan",
         help="rank parallel layouts by memory per GPU and estimated step time",
         description="Size every valid (dp, tp, pp, ZeRO stage, activation checkpointing) layout "
@@ -213,7 +239,7 @@ def _run_training(loaded, args: argparse.Namespace, *, demo: bool) -> int:
         resume=args.resume,
     )
     s = result.test.get("summary", {})
-    if not s or int(os.environ.get("RANK", "0")) != 0:  # rank 0 reports for the run
+    if not s or not result.main:  # rank 0 reports for the run; a preempted run has no test
         return EXIT_OK
     print()
     print(f"Test forecasts ({s['n_forecasts']}), latitude-weighted RMSE over normalised channels:")
@@ -281,6 +307,25 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return EXIT_OK if ok_units else EXIT_FAIL
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from scigpt.rundir import runs_root
+    from scigpt.slurm.submit import load_profile, prepare_job, render, sbatch, write_script
+
+    command = args.job_command[1:] if args.job_command[:1] == ["--"] else args.job_command
+    profile = load_profile(args.cluster)
+    job = prepare_job(
+        command, profile, nodes=args.nodes, time=args.time, runs_dir=args.runs_dir or runs_root()
+    )
+    path = write_script(job, render(profile, job, cwd=Path.cwd()))
+    print(f"script: {path}")
+    if args.dry_run:
+        print(path.read_text())
+        return EXIT_OK
+    job_id = sbatch(path)
+    print(f"submitted job {job_id}: logs in {job.job_dir / 'slurm'}")
+    return EXIT_OK
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from scigpt.parallel.planner import run_cli
 
@@ -290,6 +335,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 COMMANDS = {
     "demo": _cmd_demo,
     "plan": _cmd_plan,
+    "submit": _cmd_submit,
     "prepare": _cmd_prepare,
     "train": _cmd_train,
     "validate": _cmd_validate,

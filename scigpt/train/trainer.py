@@ -33,6 +33,8 @@ class TrainResult:
     final_loss: float
     test: dict[str, Any] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+    preempted: bool = False  # stopped by SIGUSR1 after checkpointing; resume with --resume
+    main: bool = True  # this process is rank 0 (it reports for the run)
 
 
 def _seed_everything(seed: int) -> None:
@@ -64,6 +66,40 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
     atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+class _Preemption:
+    """SIGUSR1 (Slurm's ``--signal=B:USR1@grace``, forwarded by the batch script) asks the run
+    to checkpoint at the end of the current step and exit cleanly. Installed before the data
+    loaders fork, so their workers inherit the handler instead of dying on the signal."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.requested = True
+
+    def agreed(self, world: int, device: torch.device) -> bool:
+        """Whether any rank was signalled: all ranks stop at the same step."""
+        if world == 1:
+            return self.requested
+        import torch.distributed as dist
+
+        t = torch.tensor([float(self.requested)], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def restore(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
 
 
 def _test_nan_steps() -> set[int]:
@@ -117,6 +153,7 @@ def train(
     if cfg.runtime.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
+    preemption = _Preemption()
     info = init_distributed()
     rank, world = info.rank, info.world_size
     topo = Topology.from_config(cfg.parallel, world)
@@ -131,6 +168,10 @@ def train(
 
     # ---- run directory and data store (rank 0 writes, everyone waits) --------------------------
     root = root or runs_root()
+    if run_name is not None:
+        from scigpt.slurm.submit import check_run_name
+
+        check_run_name(run_name)
     name = run_name or default_run_name(cfg.name)
     run_path = root / name
     store_dir = loaded.resolve_path(cfg.data.store) if cfg.data.store else run_path / "store"
@@ -527,7 +568,22 @@ def train(
                 logger.log({"kind": "early_stop", "best_val": best_val}, step)
             steps = step
             break
+        if preemption.agreed(world, device) and step < steps:
+            if saved_at != step:
+                ckpts.save(engine, step, client_state(step), info=ckpt_info(step))
+            if logger:
+                logger.log({"kind": "preempted", "checkpoint": tag_of(step)}, step)
+                logger.close()
+            bar.close()
+            if is_main:
+                print(f"preempted at step {step}: checkpoint {tag_of(step)} saved; "
+                      "continue with --resume", flush=True)  # fmt: skip
+            barrier(world)
+            preemption.restore()
+            return TrainResult(run_dir=run.path, steps=step, final_loss=loss, preempted=True,
+                               main=is_main)  # fmt: skip
     bar.close()
+    preemption.restore()
 
     # ---- checkpoint, evaluation, plots ----------------------------------------------------------
     ckpt = (
@@ -543,7 +599,9 @@ def train(
         logger.close()
         files.update(_write_outputs(run, store, test, cfg, read_metrics(run.metrics_path)))
     barrier(world)
-    return TrainResult(run_dir=run.path, steps=steps, final_loss=loss, test=test, files=files)
+    return TrainResult(
+        run_dir=run.path, steps=steps, final_loss=loss, test=test, files=files, main=is_main
+    )
 
 
 def _write_memory(run: RunDir, engine, layout, rank: int, world: int) -> None:

@@ -1,0 +1,292 @@
+"""Render and submit sbatch scripts: one template, a cluster profile, any long subcommand.
+
+``scigpt submit [--cluster PROFILE] [--nodes N] [--time T] [--dry-run] -- SUBCOMMAND ARGS``:
+
+* the profile (``slurm/profiles/<name>.yaml`` or a path) says how the cluster is used: partition,
+  account, QOS, GPUs per node and tasks per node, CPU/GPU binding, environment setup lines
+  (modules, venv), NCCL/RCCL variables, container arguments, config overrides the site needs
+  (e.g. no DALI on ROCm);
+* the script runs one task per GPU (or ``tasks_per_node`` CPU tasks) with ``srun``; each task
+  finds its rank from ``SLURM_*`` (``scigpt.launch``);
+* preemption and time limits: ``--signal=B:USR1@<grace>`` and ``--requeue``; the batch shell
+  traps USR1 and forwards it to the srun tasks; the trainer checkpoints at the end of its step and
+  exits cleanly; the script then requeues the job (``scontrol requeue``), which resumes in the same
+  run directory (``train``/``demo`` always get ``--run-name NAME --resume``).
+
+Every value that comes from a config, the command line or a profile field other than ``setup``
+is shell-quoted (``shlex.quote``) in shell lines, and ``#SBATCH`` values must be single-line
+(``_sbatch_value``): a value cannot inject a command. ``setup`` lines are shell by design — a
+profile is site configuration, like a module file, and is trusted as such.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shlex
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scigpt.atomic import atomic_write_text
+
+TRAINING = ("train", "demo")  # subcommands that resume a run directory
+
+
+class Profile(BaseModel):
+    """A cluster profile (``slurm/profiles/*.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus_per_node: Annotated[int, Field(ge=0)] = 0  # 0: CPU tasks
+    tasks_per_node: Annotated[int, Field(ge=1)] | None = None  # default: gpus_per_node or 1
+    cpus_per_task: Annotated[int, Field(ge=1)] = 1
+    nodes: Annotated[int, Field(ge=1)] = 1
+    time: str = "01:00:00"
+    # Seconds before the time limit at which Slurm sends USR1 (it arrives 30-60 s early).
+    signal_grace_s: Annotated[int, Field(ge=10)] = 180
+    cpu_bind: str | None = None  # srun --cpu-bind
+    gpu_bind: str | None = None  # srun --gpu-bind
+    python: str = "python"  # the interpreter inside the job (after setup)
+    setup: list[str] = []  # shell lines run first (module load, venv activation): trusted
+    env: dict[str, str] = {}  # exported (quoted), e.g. NCCL_* / RCCL settings
+    srun_args: list[str] = []  # extra srun arguments (quoted), e.g. container options
+    sbatch_args: list[str] = []  # extra #SBATCH options, e.g. "--constraint=gpu"
+    overrides: list[str] = []  # config --set overrides for train/demo (e.g. no DALI)
+
+    @property
+    def tasks(self) -> int:
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+
+def shipped_profiles() -> list[str]:
+    root = resources.files("scigpt.slurm.profiles")
+    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A shipped profile by name (``local``, ``generic-gpu``, …) or a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        text, where = path.read_text(), str(path)
+    else:
+        res = resources.files("scigpt.slurm.profiles") / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise ValueError(
+                f"--cluster {name_or_path!r}: no such profile; shipped: "
+                f"{', '.join(shipped_profiles())} (or pass a profile .yaml)"
+            )
+        text, where = res.read_text(), f"profile {name_or_path}"
+    try:
+        return Profile.model_validate(yaml.safe_load(text) or {})
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        raise ValueError(f"invalid cluster profile {where}: {problems}") from None
+
+
+_SBATCH_SAFE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+
+
+def _sbatch_value(key: str, value: object) -> str:
+    """A value for an ``#SBATCH --key=value`` line: one line, no control characters (sbatch
+    reads these lines itself, not a shell, but a newline would start a new script line)."""
+    text = str(value)
+    if not _SBATCH_SAFE.match(text):
+        raise ValueError(f"#SBATCH --{key}: {text!r} contains a newline or control character")
+    return shlex.quote(text) if re.search(r"[\s'\"\\$`]", text) else text
+
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one directory name: letters, digits, ``.``, ``_``, ``-``."""
+    if not _RUN_NAME.match(name):
+        raise ValueError(
+            f"--run-name {name!r}: use letters, digits, '.', '_' and '-' only (it names one "
+            "directory under the runs root)"
+        )
+    return name
+
+
+def _job_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:64] or "scigpt"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to run where: the subcommand, its job directory, and the allocation."""
+
+    command: list[str]  # scigpt subcommand and its arguments
+    job_dir: Path  # the run directory for train/demo; the script and Slurm logs go in slurm/
+    name: str
+    nodes: int
+    time: str
+
+
+def render(profile: Profile, job: Job, *, cwd: Path) -> str:
+    """The sbatch script for ``job`` on ``profile``."""
+    p = profile
+    logs = job.job_dir / "slurm"
+    opts: list[tuple[str, object]] = [
+        ("job-name", _job_name(job.name)),
+        ("nodes", job.nodes),
+        ("ntasks-per-node", p.tasks),
+        ("cpus-per-task", p.cpus_per_task),
+        ("time", job.time),
+        ("signal", f"B:USR1@{p.signal_grace_s}"),
+        ("output", logs / "slurm-%j.out"),
+        ("chdir", cwd),
+    ]
+    if p.gpus_per_node:
+        opts.append(("gpus-per-task", 1))
+    for key in ("partition", "account", "qos"):
+        if getattr(p, key):
+            opts.append((key, getattr(p, key)))
+    when = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
+    lines = ["#!/bin/bash", f"# Rendered by scigpt submit ({when}) from a cluster profile."]
+    lines += [f"#SBATCH --{k}={_sbatch_value(k, v)}" for k, v in opts]
+    lines += ["#SBATCH --requeue", "#SBATCH --open-mode=append"]
+    for arg in p.sbatch_args:
+        if not arg.startswith("--"):
+            raise ValueError(f"profile sbatch_args entry {arg!r} must be an --option")
+        key, _, value = arg[2:].partition("=")
+        lines.append(f"#SBATCH --{key}" + (f"={_sbatch_value(key, value)}" if value else ""))
+    lines += ["", "set -uo pipefail", "# --- site setup (from the profile) ---", *p.setup, ""]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in p.env.items()]
+    srun = ["srun", "--kill-on-bad-exit=1", f"--ntasks-per-node={p.tasks}"]
+    if p.cpu_bind:
+        srun.append(f"--cpu-bind={p.cpu_bind}")
+    if p.gpu_bind:
+        srun.append(f"--gpu-bind={p.gpu_bind}")
+    srun += p.srun_args
+    cmd = [*srun, p.python, "-m", "scigpt", *job.command]
+    lines += [
+        'echo "scigpt: job ${SLURM_JOB_ID:-?} on ${SLURM_JOB_NODELIST:-?}, restart '
+        '${SLURM_RESTART_COUNT:-0}"',
+        "",
+        "# Preemption / time limit: Slurm sends USR1 to this shell; pass it to the tasks, whose",
+        "# trainer checkpoints at the end of the step and exits; then requeue and resume.",
+        "preempted=0",
+        'forward_usr1() { preempted=1; echo "scigpt: USR1, checkpointing"; '
+        'kill -USR1 "$srun_pid" 2>/dev/null; }',
+        "trap forward_usr1 USR1",
+        " ".join(shlex.quote(c) for c in cmd) + " &",
+        "srun_pid=$!",
+        "# wait returns early when a trapped signal arrives: wait until srun has really exited",
+        'while true; do wait "$srun_pid"; rc=$?; kill -0 "$srun_pid" 2>/dev/null || break; done',
+        'if [ "$preempted" = 1 ]; then',
+        '  echo "scigpt: requeueing job ${SLURM_JOB_ID} (srun exit ${rc})"',
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "  exit 0",
+        "fi",
+        'exit "$rc"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def prepare_job(
+    command: Sequence[str],
+    profile: Profile,
+    *,
+    nodes: int | None,
+    time: str | None,
+    runs_dir: Path,
+) -> Job:
+    """The job for ``command`` (``train CONFIG …``, ``demo …``, ``prepare CONFIG …``). Training
+    commands are validated now (a bad config fails here, not in the queue) and get a fixed run
+    name plus ``--resume``, so a requeued job continues where it stopped."""
+    from scigpt.rundir import default_run_name
+
+    if not command:
+        raise ValueError("nothing to submit: scigpt submit [options] -- train CONFIG ...")
+    sub, args = command[0], list(command[1:])
+    if sub == "submit":
+        raise ValueError("scigpt submit cannot submit itself")
+    if sub in TRAINING:
+        args += [a for o in profile.overrides for a in ("--set", o)]
+        if sub == "train":
+            from scigpt.config_loader import load_config
+
+            config = args[0] if args else None
+            if not config or config.startswith("-"):
+                raise ValueError("scigpt submit -- train CONFIG: the config is missing")
+            overrides = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--set"]
+            base = load_config(config, overrides).config.name
+        else:
+            base = "demo"
+        name = _flag_value(args, "--run-name")
+        if name is not None:
+            check_run_name(name)
+        else:
+            name = default_run_name(base)
+            args += ["--run-name", name]
+        if "--resume" not in args:
+            args.append("--resume")
+        root = _flag_value(args, "--runs-dir")
+        if root is None:
+            args += ["--runs-dir", str(runs_dir)]
+        job_dir = Path(root or runs_dir).resolve() / name
+    else:
+        name = f"{sub}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+        job_dir = runs_dir.resolve() / "jobs" / name
+    return Job(
+        command=[sub, *args],
+        job_dir=job_dir,
+        name=name,
+        nodes=nodes or profile.nodes,
+        time=time or profile.time,
+    )
+
+
+def write_script(job: Job, script: str) -> Path:
+    """Save the rendered script in the job directory (``slurm/job.sbatch``, plus a copy per
+    submission) and return its path."""
+    folder = job.job_dir / "slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    atomic_write_text(folder / f"job-{stamp}.sbatch", script)
+    path = folder / "job.sbatch"
+    atomic_write_text(path, script)
+    path.chmod(0o755)
+    return path
+
+
+def sbatch(path: Path, env: dict[str, str] | None = None) -> int:
+    """Submit; returns the job id."""
+    try:
+        proc = subprocess.run(
+            ["sbatch", "--parsable", str(path)], capture_output=True, text=True, env=env
+        )
+    except FileNotFoundError:
+        raise RuntimeError(
+            "sbatch not found: run scigpt submit on a Slurm login node (or use --dry-run)"
+        ) from None
+    if proc.returncode:
+        raise RuntimeError(f"sbatch refused {path}: {proc.stderr.strip()}")
+    return int(proc.stdout.strip().split(";")[0])
+
+
+__all__ = ["Job", "Profile", "load_profile", "prepare_job", "render", "sbatch", "write_script"]
