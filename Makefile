@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-APT_PACKAGES := openmpi-bin libopenmpi-dev
+APT_PACKAGES := openmpi-bin libopenmpi-dev slurmctld slurmd slurm-client munge
 PYTEST_ARGS ?=
 
 .PHONY: demo test system-deps venv lint clean
@@ -16,9 +16,9 @@ system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" != 0 ]; then echo "install as root: apt-get install$$missing"; exit 1; fi; \
+	  if [ "$$(id -u)" != 0 ]; then echo "install as root: apt-get install --no-install-recommends$$missing"; exit 1; fi; \
 	  echo "apt-get install$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml constraints-cpu.txt

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+pytest_plugins = ["tests.slurm_cluster"]  # session fixture `slurm`: a real single-node Slurm
 if not torch.cuda.is_available():
     # Triton decorates its own library (tl.sum, tl.max, tl.zeros are @triton.jit functions) once,
     # at its first import, for the interpreter or for the compiler, as TRITON_INTERPRET is then.
