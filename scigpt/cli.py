@@ -135,6 +135,24 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     p = sub.add_parser(
+        "sweep",
+        help="run a scaling sweep (locally or as Slurm job arrays) and fit scaling laws",
+        description="Expand a sweep file (grid or compute-matched), run every point that has "
+        "not finished (locally one after another, or --slurm as throttled job arrays), then "
+        "collect the results and write fits, plots and tables into the sweep directory. "
+        "Rerunning resumes: finished points are not rerun, failed ones are retried.",
+    )
+    p.add_argument("sweep", type=Path, nargs="?", help="sweep YAML (see scigpt/sweep/spec.py)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="sweep directory (default: $SCIGPT_RUNS/sweeps/<name>)")  # fmt: skip
+    p.add_argument("--slurm", action="store_true", help="submit job arrays instead of running")
+    p.add_argument("--cluster", default=None, help="Slurm profile (default: the sweep file's)")
+    p.add_argument("--list", action="store_true", help="print the points and their status")
+    p.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="only rebuild the report of sweep directory DIR")  # fmt: skip
+    p.add_argument("--array-task", default=None, help=argparse.SUPPRESS)  # inside a job array
+
+    p = sub.add_parser(
         "plan",
         help="rank parallel layouts by memory per GPU and estimated step time",
         description="Size every valid (dp, tp, pp, ZeRO stage, activation checkpointing) layout "
@@ -326,6 +344,46 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from scigpt.rundir import runs_root
+    from scigpt.sweep import runner
+    from scigpt.sweep.spec import Sweep
+
+    if args.report is not None:
+        sweep = Sweep.load(args.report / "sweep.yaml")
+        files = runner.report(args.report, sweep.spec.objective, sweep.spec.metric)
+        for key, path in files.items():
+            print(f"  {key:18s} {path}")
+        return EXIT_OK
+    if args.sweep is None:
+        raise ValueError("scigpt sweep SWEEP.yaml (or --report DIR)")
+    sweep = Sweep.load(args.sweep)
+    out = (args.out or runs_root() / "sweeps" / sweep.spec.name).resolve()
+    if args.array_task:
+        return runner.run_array_task(sweep, out, args.array_task)
+    points = runner.plan(sweep, out)
+    todo = runner.todo(sweep, out, points)
+    if args.list:
+        for p in points:
+            st = runner.read_status(out, p.name)
+            print(f"{p.name:48s} {st['state']:8s} attempts={st['attempts']}")
+        return EXIT_OK
+    print(f"sweep {sweep.spec.name}: {len(points)} points, {len(todo)} to run, in {out}")
+    if args.slurm:
+        ids = runner.submit_arrays(sweep, out, todo, cluster=args.cluster)
+        print(f"submitted job arrays {ids}; when they finish: scigpt sweep --report {out}")
+        return EXIT_OK
+    runner.run_local(sweep, out, todo)
+    done, failed = runner.summary(sweep, out, points)
+    for name, why in failed:
+        print(f"  failed: {name}: {why}")
+    if done:
+        for key, path in runner.report(out, sweep.spec.objective, sweep.spec.metric).items():
+            print(f"  {key:18s} {path}")
+    print(f"{done}/{len(points)} points done" + (f", {len(failed)} failed" if failed else ""))
+    return EXIT_OK if not failed else EXIT_FAIL
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from scigpt.parallel.planner import run_cli
 
@@ -336,6 +394,7 @@ COMMANDS = {
     "demo": _cmd_demo,
     "plan": _cmd_plan,
     "submit": _cmd_submit,
+    "sweep": _cmd_sweep,
     "prepare": _cmd_prepare,
     "train": _cmd_train,
     "validate": _cmd_validate,

@@ -168,6 +168,10 @@ class DataConfig(_Strict):
     loader: LoaderConfig = LoaderConfig()
     history: PositiveInt = 2  # input frames per sample (current + previous)
     lead: PositiveInt = 1  # forecast lead in time steps
+    # Fraction of the training samples the run may use (a fixed, seed-independent random
+    # subset, nested: a smaller fraction's samples are inside every larger one's). Scaling
+    # sweeps vary it as their data axis.
+    train_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
 
     @model_validator(mode="after")
     def _unique_sources(self) -> DataConfig:

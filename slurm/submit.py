@@ -134,6 +134,7 @@ class Job:
     name: str
     nodes: int
     time: str
+    array: str | None = None  # job array spec, e.g. "0-5%2" (each task reads SLURM_ARRAY_TASK_ID)
 
 
 def render(profile: Profile, job: Job, *, cwd: Path) -> str:
@@ -147,9 +148,11 @@ def render(profile: Profile, job: Job, *, cwd: Path) -> str:
         ("cpus-per-task", p.cpus_per_task),
         ("time", job.time),
         ("signal", f"B:USR1@{p.signal_grace_s}"),
-        ("output", logs / "slurm-%j.out"),
+        ("output", logs / ("slurm-%A_%a.out" if job.array else "slurm-%j.out")),
         ("chdir", cwd),
     ]
+    if job.array:
+        opts.append(("array", job.array))
     if p.gpus_per_node:
         opts.append(("gpus-per-task", 1))
     for key in ("partition", "account", "qos"):
@@ -166,6 +169,11 @@ def render(profile: Profile, job: Job, *, cwd: Path) -> str:
         lines.append(f"#SBATCH --{key}" + (f"={_sbatch_value(key, value)}" if value else ""))
     lines += ["", "set -uo pipefail", "# --- site setup (from the profile) ---", *p.setup, ""]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in p.env.items()]
+    lines += [
+        "# sbatch exports the submitting shell's environment: drop launcher variables that would",
+        "# override the ranks and rendezvous port srun's tasks derive from SLURM_* (scigpt.launch)",
+        "unset MASTER_ADDR MASTER_PORT RANK LOCAL_RANK WORLD_SIZE LOCAL_WORLD_SIZE",
+    ]
     srun = ["srun", "--kill-on-bad-exit=1", f"--ntasks-per-node={p.tasks}"]
     if p.cpu_bind:
         srun.append(f"--cpu-bind={p.cpu_bind}")
@@ -261,14 +269,14 @@ def prepare_job(
     )
 
 
-def write_script(job: Job, script: str) -> Path:
-    """Save the rendered script in the job directory (``slurm/job.sbatch``, plus a copy per
+def write_script(job: Job, script: str, name: str = "job") -> Path:
+    """Save the rendered script in the job directory (``slurm/<name>.sbatch``, plus a copy per
     submission) and return its path."""
     folder = job.job_dir / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    atomic_write_text(folder / f"job-{stamp}.sbatch", script)
-    path = folder / "job.sbatch"
+    atomic_write_text(folder / f"{name}-{stamp}.sbatch", script)
+    path = folder / f"{name}.sbatch"
     atomic_write_text(path, script)
     path.chmod(0o755)
     return path

@@ -105,7 +105,7 @@ def _submit(slurm, tmp_path: Path, name: str, tex: str) -> tuple[int, Path]:
     job = prepare_job([*DEMO, "--run-name", name], profile, nodes=None, time=None,
                       runs_dir=tmp_path)  # fmt: skip
     script = write_script(job, render(profile, job, cwd=tmp_path))
-    env = {**job_env(tex), **slurm.env}
+    env = {**job_env(tex), "SLURM_CONF": slurm.env["SLURM_CONF"]}
     env["PATH"] = f"{VENV_BIN}:{env['PATH']}"
     job_id = slurm.submit(script, cwd=tmp_path, env=env)
     return job_id, job.job_dir

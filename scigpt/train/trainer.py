@@ -102,6 +102,15 @@ class _Preemption:
             signal.signal(signal.SIGUSR1, self._previous)
 
 
+def _subset(ds, fraction: float):
+    """The first ceil(fraction · n) samples of one fixed permutation (seed 0, independent of the
+    run's seed): nested across fractions, so a data axis adds samples and never swaps them."""
+    n = len(ds)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    keep = sorted(order[: max(1, math.ceil(fraction * n))].tolist())
+    return torch.utils.data.Subset(ds, keep)
+
+
 def _test_nan_steps() -> set[int]:
     """Fault injection for the numerical-guard tests: SCIGPT_TEST_NAN_STEPS="5,6" turns those
     steps' inputs into NaN. Unset in normal runs."""
@@ -148,6 +157,8 @@ def train(
         )
     if len(cfg.data.sources) > 1 and cfg.data.loader.backend == "dali":
         raise ValueError("data.loader.backend=dali reads one source: use torch to mix sources")
+    if cfg.data.train_fraction < 1 and cfg.data.loader.backend == "dali":
+        raise ValueError("data.train_fraction < 1 needs data.loader.backend=torch")
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     if cfg.runtime.deterministic:
@@ -216,6 +227,8 @@ def train(
         )
         for st in stores.values()
     ]
+    if cfg.data.train_fraction < 1:
+        train_dss = [_subset(d, cfg.data.train_fraction) for d in train_dss]
     train_ds = train_dss[0]
     test_ds = ForecastDataset(
         store, time_range=_time_range(cfg.data.splits.test), history=history, lead=lead, gap=gap
@@ -457,6 +470,7 @@ def train(
     bar = tqdm(total=steps, initial=start_step, desc="train", unit="step", disable=not show,
                dynamic_ncols=True)  # fmt: skip
     window_t, window_samples, loss = time.perf_counter(), 0, float("nan")
+    t_start = window_t
     consecutive, stale_evals, saved_at = 0, 0, -1
     source_counts = [0] * len(train_dss)  # micro-batches drawn per source (mixing weights)
 
@@ -595,7 +609,21 @@ def train(
     files: dict[str, Path] = {"checkpoint": ckpt}
     if is_main:
         assert logger is not None
-        logger.log({"kind": "test", **test["summary"]}, steps)
+        samples = steps * accum * cfg.schedule.micro_batch_size * topo.dp
+        logger.log(
+            {
+                "kind": "test",
+                **test["summary"],
+                # the run's scale, for scaling sweeps: parameters, unique training data, compute
+                "n_params": n_params,
+                "train_samples": sum(len(d) for d in train_dss),
+                "tokens_per_sample": n_tokens,
+                "samples_seen": samples,
+                "train_flops": samples * flops_per_sample,
+                "device_hours": (time.perf_counter() - t_start) * world / 3600,
+            },
+            steps,
+        )
         logger.close()
         files.update(_write_outputs(run, store, test, cfg, read_metrics(run.metrics_path)))
     barrier(world)

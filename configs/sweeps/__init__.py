@@ -1,0 +1,1 @@
+"""Shipped sweep files."""
