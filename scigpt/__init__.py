@@ -5,3 +5,10 @@ The package keeps heavy imports (torch, deepspeed, xarray) out of this module so
 """
 
 __version__ = "0.1.0"
+
+
+def load_pretrained(path, **kwargs):
+    """Load a model package written by ``scigpt export`` (scigpt.export.package)."""
+    from scigpt.export.package import load_pretrained as f
+
+    return f(path, **kwargs)

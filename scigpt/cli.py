@@ -227,6 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="write the best layout as a YAML config fragment here",
     )
+    p = sub.add_parser(
+        "export",
+        help="package a run's checkpoint as a self-contained model (safetensors + JSON)",
+        description="Consolidate a checkpoint of any layout (dp/ZeRO, tp, pp) into a model "
+        "package OUT: model.safetensors, config.json, variables.json (units, normalisation), "
+        "provenance.json, MODEL_CARD.md, format.json, checksums.sha256. Load it with "
+        "scigpt.load_pretrained(OUT); loading needs neither DeepSpeed nor pickle.",
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    p.add_argument("out", type=Path, metavar="OUT", help="package directory to write")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    which.add_argument("--best", action="store_true", help="the best (validation) checkpoint")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights dtype")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
     return parser
 
 
@@ -384,6 +399,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_OK if not failed else EXIT_FAIL
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from scigpt.export.package import export_run
+
+    out = export_run(
+        args.run_dir, args.out, step=args.step, best=args.best, dtype=args.dtype, force=args.force
+    )
+    print(f"package: {out}")
+    for f in sorted(out.iterdir()):
+        print(f"  {f.name:20s} {f.stat().st_size:>12,d} B")
+    return EXIT_OK
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from scigpt.parallel.planner import run_cli
 
@@ -392,6 +419,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "demo": _cmd_demo,
+    "export": _cmd_export,
     "plan": _cmd_plan,
     "submit": _cmd_submit,
     "sweep": _cmd_sweep,

@@ -385,3 +385,14 @@ def test_two_sources_mixed_with_accumulation(tmp_path, torch_extensions_dir):
     names = [v["name"] for v in states["variables"]]
     assert names == ["u10", "v10", "u850", "v850", "q850", "tcw"]  # u10 shared
     assert states["source_stats"]["moist"]["variables"] == ["q850", "tcw", "u10"]
+
+
+@pytest.mark.slow
+def test_export_packages_identical_across_layouts(layout_run, tmp_path):
+    """Packages exported from dp2-ZeRO-3, tp2 and pp2 checkpoints hold the same tensors (each
+    layout matches one process to rtol 1e-5 / atol 5e-6, so two layouts to about twice that)."""
+    from scigpt.export.package import export_run, export_tensors_equal
+
+    pkgs = {n: export_run(layout_run(n), tmp_path / n) for n in ("z3", "tp2", "pp2")}
+    export_tensors_equal(pkgs["z3"], pkgs["tp2"], rtol=1e-5, atol=1e-5)
+    export_tensors_equal(pkgs["z3"], pkgs["pp2"], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,1 @@
+"""Model packages: ``scigpt export`` and ``scigpt.load_pretrained`` (see package.py)."""
