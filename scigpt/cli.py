@@ -228,6 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the best layout as a YAML config fragment here",
     )
     p = sub.add_parser(
+        "finetune",
+        help="fine-tune an exported model package on a run config",
+        description="Start from a model package (scigpt export): the model and its variable "
+        "registry come from the package, the data's new variables are appended (outputs "
+        "unchanged at step 0), and finetune.mode in the config chooses full training, a frozen "
+        "backbone (finetune.train parts stay trainable) or LoRA adapters. The run exports again "
+        "as a package that can be fine-tuned again.",
+    )
+    p.add_argument("package", type=Path, metavar="PACKAGE", help="model package directory")
+    _add_config_args(p)
+    _add_run_args(p)
+
+    p = sub.add_parser(
         "export",
         help="package a run's checkpoint as a self-contained model (safetensors + JSON)",
         description="Consolidate a checkpoint of any layout (dp/ZeRO, tp, pp) into a model "
@@ -399,6 +412,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_OK if not failed else EXIT_FAIL
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from scigpt.config_loader import load_config
+
+    package = json.dumps(str(args.package.resolve()))
+    loaded = load_config(args.config, [*args.overrides, f"finetune.package={package}"])
+    return _run_training(loaded, args, demo=False)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from scigpt.export.package import export_run
 
@@ -420,6 +441,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 COMMANDS = {
     "demo": _cmd_demo,
     "export": _cmd_export,
+    "finetune": _cmd_finetune,
     "plan": _cmd_plan,
     "submit": _cmd_submit,
     "sweep": _cmd_sweep,

@@ -309,6 +309,20 @@ class EvalConfig(_Strict):
     early_stop_patience: NonNegInt = 0  # stop after N validations without improvement (0: off)
 
 
+class FinetuneConfig(_Strict):
+    """Start from an exported model package (``scigpt finetune PACKAGE CONFIG`` sets
+    ``package``). The model comes from the package; the data's variables absent from it are
+    appended to its registry (zero gates: outputs unchanged at step 0)."""
+
+    package: str | None = None
+    # full: train everything; frozen: only the parts named in ``train`` (and new variables'
+    # rows); lora: low-rank adapters on the blocks' linears plus the parts in ``train``.
+    mode: Literal["full", "frozen", "lora"] = "full"
+    train: list[str] = ["head"]  # model paths that stay trainable in frozen / lora mode
+    lora_rank: PositiveInt = 8
+    lora_alpha: PositiveFloat = 16.0
+
+
 class RuntimeConfig(_Strict):
     threads: PositiveInt | None = None  # torch intra-op threads; pinned for reproducibility
     deterministic: bool = True
@@ -331,6 +345,7 @@ class RunConfig(_Strict):
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
@@ -370,6 +385,17 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"parallel.pp={p.pp} with precision=bf16 needs parallel.zero_stage=1 (DeepSpeed "
                 "0.19.8 cannot reload a bf16 pipeline checkpoint without ZeRO): set zero_stage: 1"
+            )
+        ft = self.finetune
+        if ft.package and ft.mode == "lora" and (p.tp > 1 or p.pp > 1 or p.zero_stage == 3):
+            raise ValueError(
+                "finetune.mode=lora runs with parallel.tp=1, pp=1 and zero_stage <= 2 (the "
+                "adapters wrap whole linears): use data parallelism, or finetune.mode: frozen"
+            )
+        if ft.package and ft.mode == "frozen" and (p.pp > 1 or p.zero_stage == 3):
+            raise ValueError(
+                "finetune.mode=frozen needs parallel.pp=1 and zero_stage <= 2: use mode: full "
+                "for pipeline or ZeRO-3 layouts"
             )
         if p.pp > 1 and (self.objectives.masked or self.objectives.pooled):
             raise ValueError(

@@ -136,10 +136,39 @@ def resolve_checkpoint(run_dir: Path, *, step: int | None = None, best: bool = F
     return ckpts / tag
 
 
+def merge_lora_state(
+    full: dict[str, torch.Tensor], finetune: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """Fold LoRA adapters of a ``finetune.mode: lora`` checkpoint into their base weights
+    (W + alpha/rank · B·A, computed in float64), so a package is always a plain model."""
+    adapters = sorted(k for k in full if k.endswith(".lora_A"))
+    if not adapters:
+        return full
+    scale = float(finetune.get("lora_alpha", 16.0)) / int(finetune.get("lora_rank", 8))
+    out = dict(full)
+    for a_key in adapters:
+        prefix = a_key[: -len(".lora_A")]
+        a, b = out.pop(a_key), out.pop(f"{prefix}.lora_B")
+        w = out[f"{prefix}.weight"]
+        out[f"{prefix}.weight"] = (w.double() + scale * (b.double() @ a.double())).to(w.dtype)
+    return out
+
+
 def _variables_with_stats(state: dict[str, Any]) -> list[dict[str, Any]]:
     """The registry in id order, each with its normalisation mean/std (the first source's
-    statistics are the store's, ``stats``; variables of later sources take theirs)."""
+    statistics are the store's, ``stats``; variables of later sources take theirs; runs that
+    record ``variable_stats`` — fine-tuned ones include the package's variables — use it)."""
     registry = state.get("variables") or []
+    if state.get("variable_stats"):
+        vs = state["variable_stats"]
+        missing = [v["name"] for v in registry if v["name"] not in vs]
+        if missing:
+            raise ValueError(f"checkpoint: no normalisation statistics for variables {missing}")
+        return [
+            {"id": i, **{k: x for k, x in v.items() if k not in ("id", "mean", "std", "source")},
+             "mean": float(vs[v["name"]][0]), "std": float(vs[v["name"]][1]), "source": None}
+            for i, v in enumerate(registry)
+        ]  # fmt: skip
     stats = state.get("stats") or {}
     source_stats = state.get("source_stats") or {}
     out = []
@@ -198,7 +227,7 @@ def export_run(
         raise ValueError(f"{ckpt}: the checkpoint holds no run config; it predates packages")
     cfg = state["config"]
     layout = checkpoint_layout(ckpt, state).to_dict()
-    full = consolidate(ckpt)
+    full = merge_lora_state(consolidate(ckpt), cfg.get("finetune") or {})
     tensors = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in sorted(full.items())}
     variables = _variables_with_stats(state)
     spec = {

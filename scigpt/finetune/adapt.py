@@ -151,6 +151,7 @@ def train_new_variable_rows(model: nn.Module, new_ids: Sequence[int]) -> list[st
     pretrained variables' rows stay bitwise unchanged. Weight decay would still shrink them
     (``build_optimizer`` decays every matrix): each parameter is marked ``p.no_weight_decay =
     True`` for the optimizer builder to honour (or run with weight_decay 0).
+    Tensors that are already trainable (kept whole by ``freeze_backbone``) are left alone.
     Returns the names of the parameters made trainable. Call after ``freeze_backbone``.
     """
     if not new_ids:
@@ -164,11 +165,13 @@ def train_new_variable_rows(model: nn.Module, new_ids: Sequence[int]) -> list[st
     keep[list(new_ids)] = True
     for n in names:
         p = params[n]
+        if p.requires_grad:  # already trained whole (e.g. the head in finetune.train)
+            continue
         p.requires_grad_(True)
         p.no_weight_decay = True
         mask = keep.to(p.device).reshape(-1, *([1] * (p.dim() - 1)))
         p.register_hook(lambda g, m=mask: g * m.to(g.dtype))
-    return names
+    return [n for n in names if getattr(params[n], "no_weight_decay", False)]
 
 
 # --- heads ------------------------------------------------------------------------------------

@@ -62,12 +62,19 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optim
         if p.requires_grad:
             # ZeRO-3 partitioned parameters keep their true shape in ds_shape.
             ndim = len(getattr(p, "ds_shape", p.shape))
-            (decay if ndim >= 2 else no_decay).append(p)
+            # no_weight_decay: set by fine-tuning on tensors whose old rows must stay exact
+            exempt = getattr(p, "no_weight_decay", False)
+            (decay if ndim >= 2 and not exempt else no_decay).append(p)
     o = cfg.optim
     groups = [
         {"params": decay, "weight_decay": o.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    # An empty group (a frozen backbone leaves only biases/rows trainable) would be dropped by
+    # DeepSpeed's ZeRO optimizer and misalign the LR scheduler's per-group lists.
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ValueError("no trainable parameters: check finetune.mode / finetune.train")
     # torch's fused AdamW replaces apex's FusedAdam (CPU and CUDA since torch 2.4).
     return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=True)
 

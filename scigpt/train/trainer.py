@@ -102,6 +102,30 @@ class _Preemption:
             signal.signal(signal.SIGUSR1, self._previous)
 
 
+def _finetune_model(model, base, cfg, new_ids, *, topo, tp_rank: int, device):
+    """Start the run's model from the package model ``base`` (already extended with the data's
+    new variables): load its weights into whatever layout ``model`` is, then freeze or add
+    LoRA adapters as ``finetune.mode`` says. Returns the model to train."""
+    from scigpt.finetune.adapt import freeze_backbone, train_new_variable_rows
+    from scigpt.parallel import reshard
+
+    ft = cfg.finetune
+    if ft.mode == "lora":  # one whole model per rank (config checks tp = pp = 1, ZeRO <= 2)
+        from scigpt.finetune.lora import apply_lora
+
+        model = base.to(device)
+        apply_lora(model, rank=ft.lora_rank, alpha=ft.lora_alpha, seed=cfg.seed)
+    else:
+        reshard.load_full_state(
+            model, base.state_dict(), heads=cfg.model.heads, tp=topo.tp, tp_rank=tp_rank
+        )
+    if ft.mode in ("frozen", "lora"):
+        freeze_backbone(model, train=tuple(ft.train))
+        if new_ids:
+            train_new_variable_rows(model, new_ids)
+    return model
+
+
 def _subset(ds, fraction: float):
     """The first ceil(fraction · n) samples of one fixed permutation (seed 0, independent of the
     run's seed): nested across fractions, so a data axis adds samples and never swaps them."""
@@ -147,6 +171,23 @@ def train(
     from scigpt.train.metrics import MetricsLogger, detect_peak_tflops, read_metrics
 
     cfg = loaded.config
+    package = None
+    if cfg.finetune.package:
+        import dataclasses
+
+        from scigpt.config import ModelConfig
+        from scigpt.export.package import load_pretrained
+
+        # The model is the package's: its config replaces the run's model section.
+        package = load_pretrained(loaded.resolve_path(cfg.finetune.package))
+        model_cfg = ModelConfig.model_validate_json(json.dumps(package.config["model"]))
+        cfg = cfg.model_copy(update={"model": model_cfg})
+        loaded = dataclasses.replace(loaded, config=cfg)
+        if package.config["spec"]["history"] != cfg.data.history:
+            raise ValueError(
+                f"finetune.package takes {package.config['spec']['history']} input frames; "
+                f"data.history={cfg.data.history}: set data.history to match"
+            )
     from scigpt.data_pipeline.ingest.base import format_kind
 
     series = [src.name for src in cfg.data.sources if format_kind(src.format) != "grid"]
@@ -214,6 +255,31 @@ def train(
     for st in stores.values():
         registry += [v for v in st.variables if v.name not in {r.name for r in registry}]
     reg_names = [v.name for v in registry]
+    registry_dicts = [v.to_dict() for v in registry]
+    # Normalisation statistics of every registry variable (exports need them).
+    var_stats = {
+        n: [float(st.mean[i]), float(st.std[i])]
+        for st in reversed(list(stores.values()))
+        for i, n in enumerate(st.names)
+    }
+    finetune_base, new_ids = None, []
+    if package is not None:
+        from scigpt.finetune.adapt import extend_variables
+
+        # Fine-tuning registry: the package's variables in its order, then the data's new ones.
+        finetune_base = package.model
+        data_dicts = dict(zip(reg_names, registry_dicts, strict=True))
+        reg_names, new_ids = extend_variables(
+            finetune_base, package.var_names, reg_names, seed=cfg.seed
+        )
+        pkg_vars = {v["name"]: v for v in package.variables}
+        keep = set(data_dicts[reg_names[0]]) if data_dicts else set()
+        registry_dicts = [
+            data_dicts.get(n) or {k: v for k, v in pkg_vars[n].items() if k in keep or not keep}
+            for n in reg_names
+        ]
+        for n in package.var_names:
+            var_stats.setdefault(n, [pkg_vars[n]["mean"], pkg_vars[n]["std"]])
 
     history, lead = cfg.data.history, cfg.data.lead
     gap = np.timedelta64(int(cfg.data.splits.gap.total_seconds() * 1e9), "ns")
@@ -279,7 +345,7 @@ def train(
         variable_weights={reg_names.index(k): w for k, w in oc.variable_weights.items()},
     )
     _seed_everything(cfg.seed)
-    spec = ModelSpec(num_vars=len(registry), history=history)
+    spec = ModelSpec(num_vars=len(reg_names), history=history)
     meta = build_model(cfg.model, spec)  # on the meta device: sizes, and the layouts' source
     # Sizes of the whole model, before any parallelism shards it.
     h, w = len(store.lat), len(store.lon)
@@ -318,6 +384,11 @@ def train(
             from scigpt.parallel.tensor_parallel import apply_tensor_parallel
 
             apply_tensor_parallel(model, groups.tp_group)
+    if finetune_base is not None:
+        model = _finetune_model(
+            model, finetune_base, cfg, new_ids, topo=topo, tp_rank=groups.tp_rank if groups else 0,
+            device=device,
+        )  # fmt: skip
     if foreign is not None:  # reshard: the checkpoint's weights into this layout, exactly
         reshard.load_full_state(
             model, reshard.consolidate(run.checkpoints / resume_tag), heads=cfg.model.heads,
@@ -449,7 +520,8 @@ def train(
             "config": resolved,
             "step": step,
             "world_size": world,
-            "variables": [v.to_dict() for v in registry],
+            "variables": registry_dicts,
+            "variable_stats": var_stats,
             "stats": {"mean": store.mean.tolist(), "std": store.std.tolist()},
             "source_stats": {
                 n: {"variables": st.names, "mean": st.mean.tolist(), "std": st.std.tolist()}
