@@ -20,7 +20,6 @@ Shard groups hold ``patches`` (grid: (N, V, G, K); series: (N, C, P, K)), ``time
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from scigpt.atomic import atomic_write, atomic_write_text
+from scigpt.atomic import atomic_write, atomic_write_text, sha256_file
 
 from .ingest.base import GridArray, SeriesArray
 from .patches import grid_token_coords, patchify_grid, patchify_series
@@ -240,14 +239,6 @@ def read_record(store: Path, source: str, unit: str) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None  # a torn record (cannot happen with atomic writes) is redone, not trusted
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _json_float(x: float) -> float | None:

@@ -50,3 +50,12 @@ def atomic_write_text(path: Path, text: str) -> str:
     """Atomically write ``text``; returns the sha256 of the bytes written."""
     data = text.encode()
     return atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (shards, manifests, packages)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -19,7 +19,6 @@ from a run directory, which is trusted.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from scigpt.atomic import sha256_file
 
 FORMAT_NAME = "scigpt-model"
 FORMAT_VERSION = 1
@@ -54,14 +55,6 @@ class PackageError(ValueError):
 
 
 # ---- helpers --------------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _json_dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
 
