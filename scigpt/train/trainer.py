@@ -273,7 +273,8 @@ def train(
             finetune_base, package.var_names, reg_names, seed=cfg.seed
         )
         pkg_vars = {v["name"]: v for v in package.variables}
-        keep = set(data_dicts[reg_names[0]]) if data_dicts else set()
+        # the fields a registry entry has (a data variable's), for the package-only ones
+        keep = set(next(iter(data_dicts.values()))) if data_dicts else set()
         registry_dicts = [
             data_dicts.get(n) or {k: v for k, v in pkg_vars[n].items() if k in keep or not keep}
             for n in reg_names
