@@ -119,14 +119,19 @@ def plan(sweep: Sweep, out: Path, *, progress: bool = True) -> list[Point]:
     return points
 
 
+def point_overrides(sweep: Sweep, out: Path, point: Point) -> list[str]:
+    """The config overrides (``--set`` values) of a point."""
+    sets = sweep.overrides(point)
+    if _shares_store(sweep):
+        sets.append(f"data.store={json.dumps(str(out / 'store'))}")
+    return [*sets, "logging.progress=false"]
+
+
 def point_args(sweep: Sweep, out: Path, point: Point) -> list[str]:
     """The ``scigpt train`` arguments of a point (after ``train``)."""
     args = [str(sweep.base_config)]
-    for o in sweep.overrides(point):
+    for o in point_overrides(sweep, out, point):
         args += ["--set", o]
-    if _shares_store(sweep):
-        args += ["--set", f"data.store={json.dumps(str(out / 'store'))}"]
-    args += ["--set", "logging.progress=false"]
     return [*args, "--run-name", point.name, "--runs-dir", str(out / "runs"), "--resume"]
 
 
@@ -211,8 +216,7 @@ def run_array_task(sweep: Sweep, out: Path, group: str) -> int:
     by_name = {p["name"]: p for p in json.loads((out / "points.json").read_text())}
     entry = by_name[names[index]]
     point = Point(entry["name"], entry["settings"], entry["overrides"], entry["budget"])
-    args = point_args(sweep, out, point)
-    sets = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--set"]
+    sets = point_overrides(sweep, out, point)
     main = discover().rank == 0
     if main:
         attempts = read_status(out, point.name)["attempts"] + 1
@@ -220,7 +224,7 @@ def run_array_task(sweep: Sweep, out: Path, group: str) -> int:
                      run_dir=str(out / "runs" / point.name),
                      slurm_job=os.environ.get("SLURM_ARRAY_JOB_ID"))  # fmt: skip
     try:
-        result = train(load_config(args[0], sets), run_name=point.name,
+        result = train(load_config(sweep.base_config, sets), run_name=point.name,
                        root=out / "runs", resume=True)  # fmt: skip
     except Exception as e:
         if main:
