@@ -37,6 +37,8 @@ class SourceSpec:
     patch: PatchSpec = field(default_factory=PatchSpec)
     require_coordinates: bool = True
     samples_per_unit: int = 64  # generated sources (pde): samples per unit
+    # this source's statistics block when it has its own splits (default: the store's)
+    stats_time_range: tuple[Any, Any] | None = None
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes this source's output (a changed spec redoes units)."""
@@ -48,6 +50,8 @@ class SourceSpec:
             "require_coordinates": self.require_coordinates,
             "samples_per_unit": self.samples_per_unit,
         }
+        if self.stats_time_range is not None:
+            d["stats_time_range"] = [str(t) for t in self.stats_time_range]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -166,7 +170,8 @@ def run_unit(store: Path, unit: Unit, stats_time_range) -> dict[str, Any]:
         arrays = reader(list(unit.paths), **unit.options)
         _check_arrays(arrays, unit)
         rec = write_unit(store, unit.source.name, unit.name, arrays, unit.source.patch,
-                         stats_time_range=stats_time_range, meta=meta)  # fmt: skip
+                         stats_time_range=unit.source.stats_time_range or stats_time_range,
+                         meta=meta)  # fmt: skip
     except (ReaderError, OSError, ValueError, KeyError, IndexError, RuntimeError) as e:
         # Anything a bad file can raise is a reject, recorded with the path and the reason.
         reason = f"{type(e).__name__}: {e}"
@@ -250,6 +255,11 @@ def prepare_store(
             "patch": s.patch.to_dict(),
             "options": s.options,
             "fingerprint": s.fingerprint(),
+            **(
+                {"stats_time_range": [str(np.datetime64(t, "s")) for t in s.stats_time_range]}
+                if s.stats_time_range is not None
+                else {}
+            ),
         }
         for s in sources
     }

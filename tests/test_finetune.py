@@ -3,6 +3,8 @@ re-adapt). Tiny in-process models; every "unchanged" claim is checked bitwise.""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -244,6 +246,59 @@ def test_new_modality_parameters_train_on_series():
     assert not torch.equal(
         before["tokenizer.series_embed.weight"], after["tokenizer.series_embed.weight"]
     )
+
+
+def test_series_of_only_new_variables_is_finite_and_opens_gates():
+    """A new modality's channels are all new (all gates 0): without the fallback the
+    aggregation's softmax is 0/0 = NaN. Its tokens start at the aggregation's bias, the gates
+    get gradients, and the pretrained variables' outputs are bitwise those of before."""
+    m = _pretrained()
+    grid = _grid()
+    with torch.no_grad():
+        ref = m(grid)
+    _, ids = extend_variables(m, VARS, [*VARS, "w0", "w1"])
+    batch = _series(var_ids=tuple(ids))
+    x = m.encode(batch)
+    assert torch.isfinite(x).all()
+    x.square().sum().backward()
+    gate_grad = m.tokenizer.aggregate.gate.grad
+    assert torch.isfinite(gate_grad).all() and (gate_grad[ids] != 0).all()
+    with torch.no_grad():
+        assert torch.equal(m(grid), ref)  # the fallback leaves open-gate positions untouched
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"first_series": True}, "first source must be gridded"),
+        ({"objectives": {"forecast": 1.0}}, "objectives.masked or objectives.pooled"),
+        (
+            {"objectives": {"pooled": 1.0, "pooled_kind": "classification",
+                            "pooled_targets": ["c"]}},
+            "pooled_classes",
+        ),
+        ({"finetune": {"package": "p", "lead_head": True}, "parallel": {"zero_stage": 3}},
+         "finetune.lead_head needs"),
+    ],
+)  # fmt: skip
+def test_series_source_and_head_config_refusals(change, message):
+    from scigpt.config import RunConfig
+
+    grid = {"name": "g", "format": "netcdf", "path": "x.nc"}
+    series = {"name": "s", "format": "seisbench", "path": "w.hdf5"}
+    change = dict(change)
+    sources = [series, grid] if change.pop("first_series", False) else [grid, series]
+    day = lambda d: {"start": f"2020-01-0{d}T00:00", "end": f"2020-01-0{d + 1}T00:00"}  # noqa: E731
+    raw = {
+        "name": "r",
+        "data": {"sources": sources, "splits": {"train": day(1), "test": day(2)}},
+        "objectives": {"forecast": 1.0, "masked": 1.0},
+        **change,
+    }  # fmt: skip
+    from scigpt.config import check_trainable
+
+    with pytest.raises(ValueError, match=message):  # at load, or (sources) when training starts
+        check_trainable(RunConfig.model_validate_json(json.dumps(raw)))
 
 
 # --- LoRA -------------------------------------------------------------------------------------

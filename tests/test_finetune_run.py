@@ -81,3 +81,112 @@ def test_lora_run_exports_a_plain_package_that_finetunes_again(
     again = _finetune(tmp_path / "pkg2", tmp_path, "again", "frozen", torch_extensions_dir)
     names = [v["name"] for v in client_state(again)["variables"]]
     assert len(names) == 14  # nothing new this time: the registry carried over
+
+
+SEIS_CONFIG = """
+name: ft-seis
+data:
+  sources:
+    - name: era5-rhine
+      format: netcdf
+      unit: all
+      path: pkg:sample_data/era5_rhine_2020-01-01
+      variables: {pre_vars}
+    - name: seisbench
+      format: seisbench
+      path: {waveforms}
+      window: 1200
+      patch: [50]
+      splits:  # the catalogue's own years: 1-4 Jan 2007 train, 5-7 Jan test
+        train: {{start: "2007-01-01T00:00", end: "2007-01-05T00:00"}}
+        test: {{start: "2007-01-05T00:00", end: "2007-01-08T00:00"}}
+  splits:
+    train: {{start: "2020-01-01T00:00", end: "2020-01-01T19:00"}}
+    test: {{start: "2020-01-01T19:00", end: "2020-01-01T23:00"}}
+objectives: {{forecast: 1.0, pooled: 1.0, pooled_targets: [source_magnitude]}}
+finetune: {{mode: frozen, train: [head, "modality:waveform"]}}
+optim: {{lr: 2.0e-3}}
+schedule: {{steps: 6, warmup_steps: 2, micro_batch_size: 9}}
+logging: {{every: 2, progress: false, tensorboard: false}}
+runtime: {{threads: 1}}
+"""
+
+
+@pytest.mark.slow
+def test_new_modality_with_a_magnitude_head(package, tmp_path, shared_data, torch_extensions_dir):
+    """A grid-pretrained package meets SeisBench waveforms (a modality it never saw, three new
+    channels with all gates closed) and a new pooled regression head for the event magnitude;
+    the backbone stays frozen. The exported package reproduces the run's test magnitude MAE,
+    recomputed here with numpy on the same test windows."""
+    import json
+
+    import numpy as np
+
+    from scigpt import load_pretrained
+    from scigpt.data_pipeline.loader import SeriesWindowDataset, collate_series
+    from scigpt.data_pipeline.store import PatchStore
+
+    waveforms = shared_data / "seismic" / "seisbench_ipoc_pb01" / "waveforms.hdf5"
+    cfg = tmp_path / "ft-seis.yaml"
+    cfg.write_text(SEIS_CONFIG.format(pre_vars=PRE_VARS, waveforms=waveforms))
+    _scigpt(["finetune", str(package), str(cfg), "--runs-dir", str(tmp_path), "--run-name",
+             "seis"], torch_extensions_dir)  # fmt: skip
+    run = tmp_path / "seis"
+    full, base = (
+        consolidate(run / "checkpoints" / "step_00000006"),
+        load_file(package / "model.safetensors"),
+    )
+    for key, value in base.items():
+        if key.startswith("blocks."):
+            assert torch.equal(full[key], value.float()), key
+    assert not torch.equal(full["tokenizer.series_embed.weight"][:10],
+                           base["tokenizer.series_embed.weight"])  # fmt: skip
+    assert full["pooled.proj.weight"].shape == (1, 96)
+    test = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    test = next(r for r in test if r.get("kind") == "test")
+    assert test["seisbench/n_windows"] == 29
+
+    _scigpt(["export", str(run), str(tmp_path / "pkg")], torch_extensions_dir)
+    pkg = load_pretrained(tmp_path / "pkg")
+    assert pkg.config["spec"]["pooled"] == {"kind": "regression", "targets": ["source_magnitude"]}
+    assert pkg.var_names[-3:] == ["vel_z", "vel_n", "vel_e"]
+    store = PatchStore(run / "store")
+    ds = SeriesWindowDataset(
+        store, "seisbench", targets=["source_magnitude"], var_ids=pkg.var_ids(pkg.var_names[-3:]),
+        time_range=(np.datetime64("2007-01-05T00:00"), np.datetime64("2007-01-08T00:00")),
+    )  # fmt: skip
+    batch = collate_series([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        pred = pkg.model.pooled(pkg.model.encode(batch))[:, 0].double().numpy()
+    mae = float(np.mean(np.abs(pred - batch["targets"][:, 0].double().numpy())))
+    assert abs(mae - test["seisbench/source_magnitude_mae"]) < 1e-6, (mae, test)
+
+
+@pytest.mark.slow
+def test_new_lead_time_head_exports_and_finetunes_again(package, tmp_path, torch_extensions_dir):
+    """finetune.lead_head at data.lead=2 adds a zero-initialised head (the package's 1-step
+    head stays bitwise); the export forecasts with it and records both leads; fine-tuning that
+    package at lead 1 goes back to the original head and keeps the 2-step one bitwise."""
+    from scigpt import load_pretrained
+
+    _scigpt(["finetune", str(package), "runs/demo.yaml", "--runs-dir", str(tmp_path),
+             "--run-name", "lead2", *COMMON, "--set", "finetune.mode=frozen",
+             "--set", "finetune.lead_head=true", "--set", "data.lead=2"],
+            torch_extensions_dir)  # fmt: skip
+    base = load_file(package / "model.safetensors")
+    full = consolidate(tmp_path / "lead2" / "checkpoints" / "step_00000006")
+    assert torch.equal(full["head.weight"][:10], base["head.weight"].float())
+    assert full["lead_heads.lead2.weight"].abs().sum() > 0  # trained from zero
+    _scigpt(["export", str(tmp_path / "lead2"), str(tmp_path / "pkg2")], torch_extensions_dir)
+    pkg = load_pretrained(tmp_path / "pkg2")
+    assert pkg.config["spec"]["leads"] == {"head": 1, "lead2": 2}
+    assert pkg.config["data"]["lead"] == 2 and pkg.model.active_lead_head == "lead2"
+
+    _scigpt(["finetune", str(tmp_path / "pkg2"), "runs/demo.yaml", "--runs-dir",
+             str(tmp_path), "--run-name", "lead1", *COMMON, "--set", "finetune.mode=frozen"],
+            torch_extensions_dir)  # fmt: skip
+    again = consolidate(tmp_path / "lead1" / "checkpoints" / "step_00000006")
+    assert torch.equal(again["lead_heads.lead2.weight"], full["lead_heads.lead2.weight"])
+    assert not torch.equal(again["head.weight"], full["head.weight"])
+    heads = client_state(tmp_path / "lead1" / "checkpoints" / "step_00000006")["heads"]
+    assert heads["forecast_head"] is None and heads["leads"] == {"head": 1, "lead2": 2}

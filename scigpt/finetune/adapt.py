@@ -33,6 +33,7 @@ __all__ = [
     "POOLED_KINDS",
     "add_lead_head",
     "add_pooled_head",
+    "copy_lead_heads",
     "extend_variables",
     "forecast_with",
     "freeze_backbone",
@@ -229,6 +230,15 @@ def add_lead_head(model: nn.Module, key: str, *, activate: bool = True) -> Forec
     return head
 
 
+def copy_lead_heads(src: nn.Module, dst: nn.Module) -> None:
+    """Give ``dst`` (the same architecture) ``src``'s lead heads, zero-initialised, and route
+    its forecast through the same head — so ``src.state_dict()`` loads into ``dst``."""
+    for key in getattr(src, "lead_heads", {}):
+        if key not in getattr(dst, "lead_heads", {}):
+            add_lead_head(dst, key, activate=False)
+    use_lead_head(dst, getattr(src, "active_lead_head", None))
+
+
 def forecast_with(
     model: nn.Module, head: ForecastHead, batch: dict[str, torch.Tensor], x: torch.Tensor
 ) -> torch.Tensor:
@@ -242,6 +252,7 @@ def forecast_with(
 def use_lead_head(model: nn.Module, key: str | None) -> None:
     """Route ``model.forecast`` through ``model.lead_heads[key]`` (``None``: the pretrained
     ``model.head`` again). Patches the instance attribute only, no parameter renamed."""
+    model.active_lead_head = key
     if key is None:
         model.__dict__.pop("forecast", None)
         return

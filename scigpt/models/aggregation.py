@@ -10,6 +10,8 @@ Pretrained variables have γ = 1 (plain softmax). A variable added at fine-tune 
 γ = 0, which removes it exactly — the outputs equal the pretrained model's — while
 ∂w_v/∂γ_v = exp(s_v)/Z ≠ 0 lets training open the gate. γ is left unconstrained; a gate trained
 slightly negative is a small signed contribution, and Z stays dominated by the open gates.
+Where every gate is 0 (all variables new) Z would be 0: it is replaced by the plain softmax
+denominator, so the weights are 0 (not NaN) and the gates still receive gradients.
 """
 
 from __future__ import annotations
@@ -49,7 +51,12 @@ class VariableAggregation(nn.Module):
         q = self.query.reshape(h, hd)
         s = torch.einsum("bvnhd,hd->bnhv", k, q) * hd**-0.5  # (B, N, h, V)
         gate = self.gate[var_ids].to(s.dtype)  # (V,)
-        e = torch.exp(s - s.amax(-1, keepdim=True)) * gate
-        w = e / e.sum(-1, keepdim=True)  # (B, N, h, V)
+        e = torch.exp(s - s.amax(-1, keepdim=True))
+        ge = e * gate
+        z = ge.sum(-1, keepdim=True)
+        # Every variable here is new (all gates 0: e.g. a modality the model never saw): the
+        # weights are 0 (the token is o's bias) and ∂w_v/∂γ_v = exp(s_v)/Σexp(s) opens the gates.
+        z = torch.where(z != 0, z, e.sum(-1, keepdim=True))
+        w = ge / z  # (B, N, h, V)
         out = torch.einsum("bnhv,bvnhd->bnhd", w, val).reshape(b, n, d)
         return self.o(out)
