@@ -32,6 +32,10 @@ def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndar
 class ForecastDataset(torch.utils.data.Dataset):
     """Samples ``(frames t-history+1 .. t) → frame t+lead`` anchored at input time ``t``.
 
+    With ``outputs`` (an operator task, e.g. PDE solutions: history 1, lead 0) a sample is one
+    frame whose ``outputs`` variables are hidden from the inputs (NaN → 0) and are the only
+    valid values of its target (``mask``): the model learns the map from the other fields.
+
     The anchor and the target lie inside ``time_range`` (inclusive), and the anchor is at least
     ``gap`` after its start (so blocks that follow one another are ``gap`` apart); the history
     frames before the anchor may precede the range, since they are observed when the forecast is
@@ -52,8 +56,15 @@ class ForecastDataset(torch.utils.data.Dataset):
         variables: Sequence[str] | None = None,
         gap: np.timedelta64 | None = None,
         var_ids: Sequence[int] | None = None,
+        outputs: Sequence[str] | None = None,
     ) -> None:
-        if history < 1 or lead < 1:
+        if outputs:  # operator task: the same frame's outputs from its other variables
+            if history != 1 or lead != 0:
+                raise ValueError(
+                    f"an operator dataset (outputs={list(outputs)}) maps one frame to itself: "
+                    f"history must be 1 and lead 0, got {history} and {lead}"
+                )
+        elif history < 1 or lead < 1:
             raise ValueError(f"history ({history}) and lead ({lead}) must both be >= 1")
         self.store = store
         self.history = int(history)
@@ -68,6 +79,11 @@ class ForecastDataset(torch.utils.data.Dataset):
         var_idx = np.array([names.index(n) for n in wanted], dtype=np.int64)  # (V,)
         self._var_idx = var_idx
         self.variables = [store.variables[i] for i in var_idx]
+        missing_out = [n for n in (outputs or ()) if n not in wanted]
+        if missing_out:
+            raise ValueError(f"operator outputs {missing_out} are not among {wanted}")
+        self.outputs = list(outputs or ())
+        self._is_output = np.array([n in self.outputs for n in wanted])  # (V,)
 
         t0, t1 = (np.datetime64(t, "ns") for t in time_range)
         first_ok = t0 + (gap if gap is not None else np.timedelta64(0, "ns"))
@@ -140,8 +156,13 @@ class ForecastDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         fields_raw, target_raw, time = self.raw_item(i)
+        if self.outputs:  # hidden from the inputs (0 after normalising), scored in the target
+            fields_raw = fields_raw.copy()
+            fields_raw[:, self._is_output] = np.nan
         fields, _ = normalise(fields_raw, self.mean32, self.std32)  # (T, V, H, W)
         target, mask = normalise(target_raw, self.mean32, self.std32)  # (V, H, W)
+        if self.outputs:
+            mask &= self._is_output[:, None, None]
         return {
             "fields": torch.from_numpy(np.ascontiguousarray(fields.transpose(1, 0, 2, 3))),
             "target": torch.from_numpy(target),
@@ -253,7 +274,8 @@ class SeriesWindowDataset(torch.utils.data.Dataset):
     (NaN → 0, ``mask`` records where), the window's start ``time``, the record's ``lat``/``lon``
     (and ``depth`` when known), and numeric per-record attributes as ``targets`` (e.g. a
     SeisBench event's magnitude) for pooled regression heads. Windows whose start lies outside
-    ``time_range`` (inclusive; ``None`` = all) are left out.
+    ``time_range`` (inclusive; ``None`` = all) are left out. ``var_ids``: the channels' ids in
+    the run's variable registry.
     """
 
     def __init__(
@@ -263,6 +285,7 @@ class SeriesWindowDataset(torch.utils.data.Dataset):
         *,
         time_range: tuple[np.datetime64, np.datetime64] | None = None,
         targets: Sequence[str] = (),
+        var_ids: Sequence[int] | None = None,
     ) -> None:
         src = store.sources[source]
         if src.get("kind") != "series":
@@ -287,7 +310,12 @@ class SeriesWindowDataset(torch.utils.data.Dataset):
                 self._rows += [
                     (unit["shard"], a["group"], int(r), chans) for r in np.flatnonzero(keep)
                 ]
-        self._var_ids = torch.arange(len(names))
+        # the channels' ids in the run's variable registry (default: the source's own order)
+        self._var_ids = torch.as_tensor(
+            list(var_ids) if var_ids is not None else range(len(names)), dtype=torch.long
+        )
+        if len(self._var_ids) != len(names):
+            raise ValueError(f"var_ids has {len(self._var_ids)} ids for {len(names)} channels")
         self._modality_id = modality_id(self.variables[0].modality)
 
     def __len__(self) -> int:

@@ -241,6 +241,58 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
 
     p = sub.add_parser(
+        "evaluate",
+        help="score a package or run on a config's data (WB2 RMSE/bias/ACC, series scores)",
+        description="Autoregressive forecasts to eval.horizon model calls on eval.split of the "
+        "config's first (gridded) source, scored per variable and lead with WeatherBench-2 "
+        "conventions (RMSE: mean over space and time, root last; ACC against a climatology from "
+        "the training split or eval.climatology); series sources get pooled-head and masked-"
+        "reconstruction scores (RMSE/MAE/NSE/KGE). Writes CSV, Markdown and PNGs; fills the "
+        "package's model card (a run's card at its next export).",
+    )
+    p.add_argument("target", type=Path, metavar="PACKAGE_OR_RUN",
+                   help="model package or run directory")  # fmt: skip
+    _add_config_args(p)
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: RUN/eval/evaluate or PACKAGE-eval)")  # fmt: skip
+    p.add_argument("--no-card", action="store_true", help="leave the package's card as it is")
+
+    p = sub.add_parser(
+        "predict",
+        help="forecast from input files with a model package; write CF-1.8 netCDF",
+        description="Read INPUT files with SciGPT's readers (names and units as in training), "
+        "normalise with the package's statistics, roll the model out to each --lead and write "
+        "the forecasts as CF-1.8 netCDF (time, prediction_timedelta, latitude, longitude; "
+        "valid_time; units; provenance attributes).",
+    )
+    p.add_argument("package", type=Path, metavar="PACKAGE", help="model package directory")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="input files")
+    p.add_argument("--lead", action="append", required=True, dest="leads",
+                   help="lead: 6h, PT6H, 2d or a number of time steps (repeatable)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=Path("forecast.nc"), help="netCDF file to write")
+    p.add_argument("--format", dest="fmt", default=None,
+                   help="input reader (netcdf, grib, zarr; default: from the suffix)")  # fmt: skip
+    p.add_argument("--init", default=None, help="initial time, ISO 8601 (default: the last)")
+    p.add_argument("--variables", default=None, help="comma-separated variables to read")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+
+    p = sub.add_parser(
+        "transfer",
+        help="pretrain, then fine-tune vs scratch on a held-out task at several data sizes",
+        description="The transfer experiment of a TRANSFER.yaml: pretrain on a mixture, export, "
+        "then train the downstream task at each data.train_fraction and seed from the package "
+        "and from scratch (same model, steps, optimiser); report error vs downstream samples "
+        "with the seed spread (points.csv, summary.csv, report.md, transfer.png). Reruns "
+        "continue where the last stopped.",
+    )
+    p.add_argument("transfer", type=Path, nargs="?", metavar="TRANSFER",
+                   help="transfer file, e.g. transfers/tiny-pde.yaml (shipped)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=None,
+                   help="experiment folder (default: RUNS/transfers/NAME)")  # fmt: skip
+    p.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="only (re)write the report of an experiment folder")  # fmt: skip
+
+    p = sub.add_parser(
         "export",
         help="package a run's checkpoint as a self-contained model (safetensors + JSON)",
         description="Consolidate a checkpoint of any layout (dp/ZeRO, tp, pp) into a model "
@@ -432,6 +484,62 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from scigpt.config_loader import load_config
+    from scigpt.eval.run import evaluate
+
+    loaded = load_config(args.config, args.overrides)
+    res = evaluate(args.target, loaded, out=args.out, card=not args.no_card)
+    rows = res["summary"]["gridded"]
+    print(f"{res['summary']['n_forecasts']} forecasts per lead; RMSE (ACC) by lead:")
+    for r in rows:
+        print(f"  {r['variable']:>10s} {r['lead_hours']:6g} h  {r['rmse']:.4g} {r['units']}"
+              f"  ({r['acc']:.3f})  persistence {r['rmse_persistence']:.4g}")  # fmt: skip
+    for key, path in res["files"].items():
+        print(f"  {key:18s} {path}")
+    return EXIT_OK
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import shlex
+
+    from scigpt.eval.predict import predict
+
+    options = {"variables": args.variables.split(",")} if args.variables else {}
+    out = predict(
+        args.package, args.inputs, args.out, leads=args.leads, fmt=args.fmt, init=args.init,
+        options=options, device=args.device, progress=True,
+        command="scigpt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )  # fmt: skip
+    print(f"forecast: {out}")
+    return EXIT_OK
+
+
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from scigpt.rundir import runs_root
+    from scigpt.sweep import transfer as tr
+
+    if args.report is not None:
+        spec = tr.TransferSpec.model_validate(
+            __import__("yaml").safe_load((args.report / "transfer.yaml").read_text())
+        )
+        res = tr.report(args.report, spec.metric)
+    else:
+        if args.transfer is None:
+            raise ValueError("scigpt transfer TRANSFER.yaml (or --report DIR)")
+        t = tr.Transfer.load(args.transfer)
+        out = (args.out or runs_root() / "transfers" / t.spec.name).resolve()
+        print(f"transfer {t.spec.name} in {out}")
+        res = tr.run(t, out)
+    for v in res["verdicts"]:
+        print(f"  fraction {v['fraction']:g} ({v['train_samples']} samples): pretrained better "
+              f"by {v['margin']:+.4f}, seed spread {v['spread']:.4f}"
+              f"{' (beyond the spread)' if v['beyond_spread'] else ''}")  # fmt: skip
+    for key, path in res["files"].items():
+        print(f"  {key:12s} {path}")
+    return EXIT_OK
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from scigpt.parallel.planner import run_cli
 
@@ -440,13 +548,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "demo": _cmd_demo,
+    "evaluate": _cmd_evaluate,
     "export": _cmd_export,
     "finetune": _cmd_finetune,
     "plan": _cmd_plan,
+    "predict": _cmd_predict,
     "submit": _cmd_submit,
     "sweep": _cmd_sweep,
     "prepare": _cmd_prepare,
     "train": _cmd_train,
+    "transfer": _cmd_transfer,
     "validate": _cmd_validate,
 }
 

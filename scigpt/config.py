@@ -47,6 +47,32 @@ class TimeRange(_Strict):
         return self
 
 
+class SplitsConfig(_Strict):
+    """Time-blocked splits: a sample belongs to a split when all its frames lie inside it."""
+
+    train: TimeRange
+    val: TimeRange | None = None
+    test: TimeRange
+    # Samples of a block after another start at least this long after the block's start, so
+    # neighbouring samples of different splits are this far apart (ISO 8601 "PT6H" or seconds).
+    gap: timedelta = timedelta(0)
+
+    @model_validator(mode="after")
+    def _ordered_blocks(self) -> SplitsConfig:
+        blocks = [("train", self.train), ("val", self.val), ("test", self.test)]
+        blocks = [(n, b) for n, b in blocks if b is not None]
+        for (na, a), (nb, b) in itertools.pairwise(blocks):
+            if a.end > b.start:
+                raise ValueError(
+                    f"splits.{na}.end={a.end.isoformat()} is after splits.{nb}.start="
+                    f"{b.start.isoformat()}: blocks must follow each other in time "
+                    f"({na} before {nb}), or samples leak between them"
+                )
+        if self.gap < timedelta(0):
+            raise ValueError(f"splits.gap={self.gap} is negative: use 0 or a positive duration")
+        return self
+
+
 class SourceConfig(_Strict):
     """One raw data source to ingest (``scigpt prepare``; also run by ``train`` if needed)."""
 
@@ -71,6 +97,9 @@ class SourceConfig(_Strict):
     weight: Annotated[float, Field(ge=0)] = 1.0  # share of micro-batches drawn from this source
     # Shard filter: lzf reads back fastest; gzip is readable by any HDF5 tool; none is largest.
     compression: Literal["lzf", "gzip", "none"] = "lzf"
+    # This source's own time blocks (e.g. a seismic catalogue from other years than the
+    # reanalysis); default: data.splits. Its normalisation statistics come from its train block.
+    splits: SplitsConfig | None = None
 
     @field_validator("variables")
     @classmethod
@@ -122,32 +151,6 @@ class SourceConfig(_Strict):
         return self
 
 
-class SplitsConfig(_Strict):
-    """Time-blocked splits: a sample belongs to a split when all its frames lie inside it."""
-
-    train: TimeRange
-    val: TimeRange | None = None
-    test: TimeRange
-    # Samples of a block after another start at least this long after the block's start, so
-    # neighbouring samples of different splits are this far apart (ISO 8601 "PT6H" or seconds).
-    gap: timedelta = timedelta(0)
-
-    @model_validator(mode="after")
-    def _ordered_blocks(self) -> SplitsConfig:
-        blocks = [("train", self.train), ("val", self.val), ("test", self.test)]
-        blocks = [(n, b) for n, b in blocks if b is not None]
-        for (na, a), (nb, b) in itertools.pairwise(blocks):
-            if a.end > b.start:
-                raise ValueError(
-                    f"splits.{na}.end={a.end.isoformat()} is after splits.{nb}.start="
-                    f"{b.start.isoformat()}: blocks must follow each other in time "
-                    f"({na} before {nb}), or samples leak between them"
-                )
-        if self.gap < timedelta(0):
-            raise ValueError(f"splits.gap={self.gap} is negative: use 0 or a positive duration")
-        return self
-
-
 class LoaderConfig(_Strict):
     backend: Literal["torch", "dali"] = "torch"
     num_workers: NonNegInt = 0
@@ -172,12 +175,23 @@ class DataConfig(_Strict):
     # subset, nested: a smaller fraction's samples are inside every larger one's). Scaling
     # sweeps vary it as their data axis.
     train_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    # forecast: frames t-history+1..t → frame t+lead. operator: one frame's operator_outputs
+    # (e.g. a PDE solution pde_u) from its other variables (source, coefficients): history 1.
+    task: Literal["forecast", "operator"] = "forecast"
+    operator_outputs: list[str] = []
 
     @model_validator(mode="after")
     def _unique_sources(self) -> DataConfig:
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"sources have duplicate names {names}: give each a unique name")
+        if self.task == "operator" and (self.history != 1 or not self.operator_outputs):
+            raise ValueError(
+                "data.task=operator maps one frame to its outputs: set data.history: 1 and "
+                "data.operator_outputs (e.g. [pde_u])"
+            )
+        if self.task == "operator" and self.loader.backend == "dali":
+            raise ValueError("data.task=operator reads through data.loader.backend=torch")
         return self
 
 
@@ -223,6 +237,7 @@ class ObjectivesConfig(_Strict):
     pooled: Annotated[float, Field(ge=0)] = 0.0  # per-sample targets from pooled tokens
     pooled_kind: Literal["regression", "classification"] = "regression"
     pooled_targets: list[str] = []  # per-record attributes, e.g. [source_magnitude]
+    pooled_classes: PositiveInt | None = None  # classification: number of classes
     variable_weights: dict[str, Annotated[float, Field(ge=0)]] = {}  # canonical name → weight
 
     @model_validator(mode="after")
@@ -231,6 +246,16 @@ class ObjectivesConfig(_Strict):
             raise ValueError("objectives: every weight is 0: enable forecast, masked or pooled")
         if self.pooled and not self.pooled_targets:
             raise ValueError("objectives.pooled > 0 needs objectives.pooled_targets")
+        classes = self.pooled_classes or 0
+        if (
+            self.pooled
+            and self.pooled_kind == "classification"
+            and (len(self.pooled_targets) != 1 or classes < 2)
+        ):
+            raise ValueError(
+                "objectives.pooled_kind=classification takes one pooled_targets attribute "
+                "(integer class labels) and objectives.pooled_classes >= 2"
+            )
         return self
 
 
@@ -307,6 +332,13 @@ class EvalConfig(_Strict):
     # validation metric for the best checkpoint and early stopping (lower is better)
     metric: Literal["rmse_model", "model_mse"] = "rmse_model"
     early_stop_patience: NonNegInt = 0  # stop after N validations without improvement (0: off)
+    # scigpt evaluate: the split scored, autoregressive model calls per forecast, and the
+    # climatology for ACC (a netCDF/Zarr file with dims dayofyear, hour; default: computed
+    # from the training split, refused when it does not cover the evaluated times)
+    split: Literal["test", "val"] = "test"
+    horizon: PositiveInt = 1
+    climatology: str | None = None
+    acc: bool = True  # false: no ACC (and no climatology needed)
 
 
 class FinetuneConfig(_Strict):
@@ -321,11 +353,38 @@ class FinetuneConfig(_Strict):
     train: list[str] = ["head"]  # model paths that stay trainable in frozen / lora mode
     lora_rank: PositiveInt = 8
     lora_alpha: PositiveFloat = 16.0
+    # Forecast at a lead time the package has no head for (data.lead): add a zero-initialised
+    # forecast head for it (starts at persistence), keep the package's heads; the exported
+    # package forecasts with the new head. Off: the active head is trained for data.lead.
+    lead_head: bool = False
 
 
 class RuntimeConfig(_Strict):
     threads: PositiveInt | None = None  # torch intra-op threads; pinned for reproducibility
     deterministic: bool = True
+
+
+def check_trainable(cfg: RunConfig) -> None:
+    """What training needs beyond a valid config (``scigpt prepare`` takes any sources): a
+    grid source first (test forecasts, plots and exports use it), and series sources trained
+    through the masked or pooled objective with the torch loader."""
+    from scigpt.data_pipeline.ingest.base import format_kind
+
+    kinds = [format_kind(src.format) for src in cfg.data.sources]
+    if kinds[0] != "grid":
+        raise ValueError(
+            f"data.sources.0 ({cfg.data.sources[0].name}) is a series source: the first "
+            "source must be gridded (test forecasts, plots and exports use it); list a "
+            "grid source first"
+        )
+    oc = cfg.objectives
+    if "series" in kinds and not (oc.masked or oc.pooled):
+        raise ValueError(
+            "series sources train through objectives.masked or objectives.pooled (they have "
+            "no forecast target): set one of them > 0"
+        )
+    if "series" in kinds and cfg.data.loader.backend == "dali":
+        raise ValueError("data.loader.backend=dali reads grids only: use torch")
 
 
 class RunConfig(_Strict):
@@ -396,6 +455,11 @@ class RunConfig(_Strict):
             raise ValueError(
                 "finetune.mode=frozen needs parallel.pp=1 and zero_stage <= 2: use mode: full "
                 "for pipeline or ZeRO-3 layouts"
+            )
+        if ft.lead_head and (p.pp > 1 or p.zero_stage == 3):
+            raise ValueError(
+                "finetune.lead_head needs parallel.pp=1 and zero_stage <= 2 (the new head is "
+                "added to a whole model): use data or tensor parallelism"
             )
         if p.pp > 1 and (self.objectives.masked or self.objectives.pooled):
             raise ValueError(

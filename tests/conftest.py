@@ -61,6 +61,25 @@ def torch_extensions_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return own or str(tmp_path_factory.mktemp("torch_extensions"))
 
 
+@pytest.fixture(scope="session")
+def demo_package(tmp_path_factory, torch_extensions_dir) -> Path:
+    """A model package of a 6-step demo run (shared, read-only: copy it before changing it)."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("demo_package")
+    env = job_env(torch_extensions_dir)
+    for args in (
+        ["demo", "--steps", "6", "--runs-dir", str(root), "--run-name", "r", "--set",
+         "logging.progress=false", "--set", "schedule.warmup_steps=2"],
+        ["export", str(root / "r"), str(root / "pkg")],
+    ):  # fmt: skip
+        out = subprocess.run([sys.executable, "-m", "scigpt", *args], env=env,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return root / "pkg"
+
+
 def corrupt_copy(store_dir: Path, dest: Path, shard: str) -> Path:
     """Copy a store and flip one byte in the middle of ``shard`` (relative path); returns dest."""
     import shutil

@@ -34,15 +34,9 @@ TIMES = np.array(["2020-01-01T20:00", "2020-01-01T21:00"], dtype="datetime64[ns]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("export_runs")
-    cmd = [
-        sys.executable, "-m", "scigpt", "demo", "--steps", "6", "--runs-dir", str(root),
-        "--run-name", "r", "--set", "logging.progress=false", "--set", "schedule.warmup_steps=2",
-    ]  # fmt: skip
-    out = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return root / "r"
+def run_dir(demo_package) -> Path:
+    """The session's 6-step demo run (conftest.demo_package exported it)."""
+    return demo_package.parent / "r"
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +137,10 @@ def test_package_files_and_fresh_process_forecast(run_dir, pkg, tmp_path):
     assert prov["samples_seen"] > 0 and prov["train_flops"] > 0 and prov["device_hours"] > 0
     assert prov["layout"] == {"dp": 1, "tp": 1, "pp": 1, "zero_stage": 1}
     cfg = json.loads((pkg / "config.json").read_text())
-    assert cfg["spec"] == {"num_vars": 14, "history": 2, "num_targets": 0}
-    assert cfg["data"] == {"history": 2, "lead": 1, "patch_size": cfg["model"]["patch_size"]}
+    assert cfg["spec"] == {"num_vars": 14, "history": 2, "num_targets": 0,
+                           "leads": {"head": 1}, "forecast_head": None}  # fmt: skip
+    assert cfg["data"] == {"history": 2, "lead": 1, "patch_size": cfg["model"]["patch_size"],
+                           "time_step_ns": 3600 * 10**9}  # fmt: skip
     variables = json.loads((pkg / "variables.json").read_text())["variables"]
     assert [v["units"] for v in variables[:2]] == ["K", "Pa"]
     assert all(v["std"] > 0 for v in variables)

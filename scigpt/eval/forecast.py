@@ -49,7 +49,10 @@ def evaluate_forecast(
     w = weights.cpu()
     rmse_model = weighted_rmse_per_channel(pred, truth, w, mask)
     rmse_pers = weighted_rmse_per_channel(cur, truth, w, mask)
-    m, p = float(rmse_model.mean()), float(rmse_pers.mean())
+    # channels with no valid truth (an operator task's inputs) are not scored
+    scored = mask.flatten(2).any(-1).any(0) if mask is not None else torch.ones_like(rmse_model)
+    scored = scored.bool()
+    m, p = float(rmse_model[scored].mean()), float(rmse_pers[scored].mean())
     anchor = torch.cat(times).numpy().astype("datetime64[ns]")
     step = np.timedelta64(dataset.lead * dataset.time_step_ns, "ns")
     return {
@@ -63,6 +66,7 @@ def evaluate_forecast(
             "model_mse": float(weighted_mse(pred, truth, w, mask)),
             "persistence_mse": float(weighted_mse(cur, truth, w, mask)),
         },
+        "scored": scored.tolist(),  # per channel: had valid truth (operator inputs do not)
         "pred": pred,
         "truth": truth,
         "current": cur,
@@ -74,7 +78,10 @@ def write_tables(out_dir: Path, result: dict[str, Any], names: list[str]) -> dic
     """Per-variable RMSE of model and persistence as CSV and Markdown."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
+    scored = result.get("scored") or [True] * len(names)
     for i, name in enumerate(names):
+        if not scored[i]:
+            continue
         m, p = float(result["rmse_model"][i]), float(result["rmse_persistence"][i])
         rows.append((name, m, p, 1 - m / p))
     s = result["summary"]

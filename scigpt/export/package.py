@@ -228,6 +228,13 @@ def export_run(
         "history": int(cfg["data"]["history"]),
         "num_targets": _num_targets(full),
     }
+    # forecast heads by lead (steps; "head" is the pretrained one), the active head, and what
+    # the pooled head predicts (runs before heads were recorded have one head at data.lead)
+    heads = state.get("heads") or {"leads": {"head": int(cfg["data"]["lead"])}}
+    spec["leads"] = {k: int(v) for k, v in heads["leads"].items()}
+    spec["forecast_head"] = heads.get("forecast_head")
+    if spec["num_targets"]:
+        spec["pooled"] = heads.get("pooled")
     config = {
         "model": cfg["model"],
         "spec": spec,
@@ -235,6 +242,8 @@ def export_run(
             "history": cfg["data"]["history"],
             "lead": cfg["data"]["lead"],
             "patch_size": cfg["model"]["patch_size"],
+            # one time step of the training grid, ns (lead and history count these)
+            "time_step_ns": state.get("time_step_ns"),
         },
         "run_config": cfg,
     }
@@ -279,6 +288,11 @@ def export_run(
         test=final,
         per_variable=_per_variable_rmse(run_dir) if final else [],
     )
+    from scigpt.eval.run import fill_card, run_evaluation_section
+
+    section = run_evaluation_section(run_dir)  # the run's `scigpt evaluate` scores, if any
+    if section:
+        card = fill_card(card, section)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.tmp-"))
@@ -541,11 +555,21 @@ def build_from_config(
             mcfg["attention"] = "sdpa"
         mcfg["patch_embed"] = "reference"
     spec = config["spec"]
-    return build_model(
+    model = build_model(
         ModelConfig.model_validate(mcfg),
         ModelSpec(int(spec["num_vars"]), int(spec["history"]), int(spec.get("num_targets", 0))),
         device=device,
     )
+    extra = [k for k in spec.get("leads", {}) if k != "head"]
+    if extra or spec.get("forecast_head"):
+        from scigpt.finetune.adapt import add_lead_head, use_lead_head
+
+        for key in extra:
+            add_lead_head(model, key, activate=False)
+        use_lead_head(model, spec.get("forecast_head"))
+    if spec.get("pooled"):
+        model.pooled_kind = spec["pooled"]["kind"]
+    return model
 
 
 def _has_triton() -> bool:

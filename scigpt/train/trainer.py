@@ -102,6 +102,70 @@ class _Preemption:
             signal.signal(signal.SIGUSR1, self._previous)
 
 
+def _train_paths(model, train: list[str], cfg) -> list[str]:
+    """``finetune.train`` expanded: ``modality:<grid|waveform|series>`` → that modality's own
+    parameters; ``head`` → also the active lead-time head; a run's pooled objective trains the
+    pooled head."""
+    from scigpt.data_pipeline.variables import MODALITIES
+    from scigpt.finetune.adapt import modality_parameters
+
+    out: list[str] = []
+    for path in train:
+        if path.startswith("modality:"):
+            name = path.split(":", 1)[1]
+            if name not in MODALITIES:
+                raise ValueError(
+                    f"finetune.train entry {path!r}: modality {name!r} is not one of "
+                    f"{sorted(MODALITIES)}"
+                )
+            out += modality_parameters(model, MODALITIES.index(name))
+        else:
+            out.append(path)
+    active = getattr(model, "active_lead_head", None)
+    if "head" in out and active:  # "head": the forecast head in use
+        out[out.index("head")] = f"lead_heads.{active}"
+    if cfg.objectives.pooled and "pooled" not in out:
+        out.append("pooled")
+    return out
+
+
+def _finetune_heads(base, cfg, num_targets: int, pkg_config: dict) -> dict[str, Any]:
+    """Fit the package model's heads to the run: a fresh pooled head when the run trains one of
+    another size, kind or targets (or the package has none); for ``data.lead`` the package's
+    forecast head of that lead, or a new zero-initialised one (``finetune.lead_head``), or else
+    the active head, trained for the new lead. Returns the run's heads record (exports carry
+    it: ``leads`` {head key: lead steps}, ``forecast_head``, ``pooled``)."""
+    from scigpt.finetune.adapt import add_lead_head, add_pooled_head, use_lead_head
+
+    spec = pkg_config["spec"]
+    oc = cfg.objectives
+    lead = 0 if cfg.data.task == "operator" else cfg.data.lead
+    pooled = spec.get("pooled")
+    if oc.pooled:
+        want = {"kind": oc.pooled_kind, "targets": list(oc.pooled_targets)}
+        if base.pooled is None or base.spec.num_targets != num_targets or pooled != want:
+            add_pooled_head(base, num_targets, oc.pooled_kind, seed=cfg.seed)
+        pooled = want
+    leads = dict(spec.get("leads") or {"head": int(pkg_config["data"]["lead"])})
+    active = spec.get("forecast_head")
+    same = [k for k, v in leads.items() if v == lead]
+    if same:
+        active = None if same[0] == "head" else same[0]
+    elif cfg.finetune.lead_head:
+        active = f"lead{lead}"
+        add_lead_head(base, active)
+        leads[active] = lead
+    else:
+        leads[active or "head"] = lead
+    use_lead_head(base, active)
+    if len(leads) > 1 and (cfg.parallel.pp > 1 or cfg.parallel.zero_stage == 3):
+        raise ValueError(
+            f"the package has extra forecast heads {sorted(set(leads) - {'head'})}: fine-tune "
+            "it with parallel.pp=1 and zero_stage <= 2"
+        )
+    return {"leads": leads, "forecast_head": active, "pooled": pooled}
+
+
 def _finetune_model(model, base, cfg, new_ids, *, topo, tp_rank: int, device):
     """Start the run's model from the package model ``base`` (already extended with the data's
     new variables): load its weights into whatever layout ``model`` is, then freeze or add
@@ -116,11 +180,14 @@ def _finetune_model(model, base, cfg, new_ids, *, topo, tp_rank: int, device):
         model = base.to(device)
         apply_lora(model, rank=ft.lora_rank, alpha=ft.lora_alpha, seed=cfg.seed)
     else:
+        from scigpt.finetune.adapt import copy_lead_heads
+
+        copy_lead_heads(base, model)  # the package's extra forecast heads, before the load
         reshard.load_full_state(
             model, base.state_dict(), heads=cfg.model.heads, tp=topo.tp, tp_rank=tp_rank
         )
     if ft.mode in ("frozen", "lora"):
-        freeze_backbone(model, train=tuple(ft.train))
+        freeze_backbone(model, train=tuple(_train_paths(model, ft.train, cfg)))
         if new_ids:
             train_new_variable_rows(model, new_ids)
     return model
@@ -156,7 +223,13 @@ def train(
     """
     from tqdm import tqdm
 
-    from scigpt.data_pipeline.loader import ForecastDataset, build_loader, collate_forecast
+    from scigpt.data_pipeline.loader import (
+        ForecastDataset,
+        SeriesWindowDataset,
+        build_loader,
+        collate_forecast,
+        collate_series,
+    )
     from scigpt.data_pipeline.mixing import MixedDataset, MixingBatchSampler
     from scigpt.data_pipeline.store import GridStore
     from scigpt.eval.forecast import evaluate_forecast
@@ -188,14 +261,14 @@ def train(
                 f"finetune.package takes {package.config['spec']['history']} input frames; "
                 f"data.history={cfg.data.history}: set data.history to match"
             )
+    from scigpt.config import check_trainable
     from scigpt.data_pipeline.ingest.base import format_kind
 
-    series = [src.name for src in cfg.data.sources if format_kind(src.format) != "grid"]
-    if series:
-        raise ValueError(
-            f"data.sources {series} are series; the forecasting trainer reads grid sources "
-            "(series windows train through the masked/pooled objectives of the model API)"
-        )
+    check_trainable(cfg)
+
+    # Grid sources train the forecast (and masked/pooled) objectives; series sources (waveforms,
+    # station series) the masked and pooled ones. The first source is a grid (config check).
+    is_series = {src.name: format_kind(src.format) != "grid" for src in cfg.data.sources}
     if len(cfg.data.sources) > 1 and cfg.data.loader.backend == "dali":
         raise ValueError("data.loader.backend=dali reads one source: use torch to mix sources")
     if cfg.data.train_fraction < 1 and cfg.data.loader.backend == "dali":
@@ -247,20 +320,35 @@ def train(
     stores = {
         src.name: GridStore(store_dir, source=src.name, verify=True, on_corrupt=lc.on_corrupt)
         for src in cfg.data.sources
+        if not is_series[src.name]
     }
     store = stores[cfg.data.sources[0].name]  # evaluation, plots and exports use the first
+    patch_store = None
+    if any(is_series.values()):
+        from scigpt.data_pipeline.store import PatchStore
+
+        patch_store = PatchStore(store_dir, verify=True, on_corrupt=lc.on_corrupt)
+    # Every source's variables (names, registry entries) and statistics, in config order.
+    src_vars: dict[str, tuple[list, np.ndarray, np.ndarray]] = {}
+    for src in cfg.data.sources:
+        if is_series[src.name]:
+            mean, std = patch_store.stats(src.name)
+            src_vars[src.name] = (patch_store.variables(src.name), mean, std)
+        else:
+            st = stores[src.name]
+            src_vars[src.name] = (st.variables, st.mean, st.std)
     # One variable registry across sources, in config order (the first source's ids are its
     # store indices); each source's batches carry their variables' registry ids.
     registry: list = []
-    for st in stores.values():
-        registry += [v for v in st.variables if v.name not in {r.name for r in registry}]
+    for variables, _, _ in src_vars.values():
+        registry += [v for v in variables if v.name not in {r.name for r in registry}]
     reg_names = [v.name for v in registry]
     registry_dicts = [v.to_dict() for v in registry]
     # Normalisation statistics of every registry variable (exports need them).
     var_stats = {
-        n: [float(st.mean[i]), float(st.std[i])]
-        for st in reversed(list(stores.values()))
-        for i, n in enumerate(st.names)
+        v.name: [float(mean[i]), float(std[i])]
+        for variables, mean, std in reversed(list(src_vars.values()))
+        for i, v in enumerate(variables)
     }
     finetune_base, new_ids = None, []
     if package is not None:
@@ -283,23 +371,70 @@ def train(
             var_stats.setdefault(n, [pkg_vars[n]["mean"], pkg_vars[n]["std"]])
 
     history, lead = cfg.data.history, cfg.data.lead
+    operator = cfg.data.task == "operator"
+    if operator:
+        lead = 0  # the target is the input frame itself (its hidden outputs)
+
+    def outputs_of(st) -> list[str] | None:
+        if not operator:
+            return None
+        outs = [n for n in cfg.data.operator_outputs if n in st.names]
+        if not outs:
+            raise ValueError(
+                f"source {st.source!r} has none of data.operator_outputs "
+                f"{cfg.data.operator_outputs} (it has {st.names})"
+            )
+        return outs
+
     gap = np.timedelta64(int(cfg.data.splits.gap.total_seconds() * 1e9), "ns")
-    train_dss = [
-        ForecastDataset(
-            st,
-            time_range=_time_range(cfg.data.splits.train),
-            history=history,
-            lead=lead,
-            var_ids=[reg_names.index(n) for n in st.names],
+    oc = cfg.objectives
+    pooled_targets = oc.pooled_targets if oc.pooled else []
+
+    def series_dataset(src, block: str):
+        splits = src.splits or cfg.data.splits
+        return SeriesWindowDataset(
+            patch_store, src.name, time_range=_time_range(getattr(splits, block)),
+            targets=pooled_targets,
+            var_ids=[reg_names.index(v.name) for v in src_vars[src.name][0]],
+        )  # fmt: skip
+
+    train_dss, collates = [], []
+    for src in cfg.data.sources:
+        if is_series[src.name]:
+            train_dss.append(series_dataset(src, "train"))
+            collates.append(collate_series)
+            continue
+        splits = src.splits or cfg.data.splits
+        st = stores[src.name]
+        train_dss.append(
+            ForecastDataset(
+                st,
+                time_range=_time_range(splits.train),
+                history=history,
+                lead=lead,
+                var_ids=[reg_names.index(n) for n in st.names],
+                outputs=outputs_of(st),
+            )
         )
-        for st in stores.values()
-    ]
+        collates.append(collate_forecast)
+    empty = [src.name for src, d in zip(cfg.data.sources, train_dss, strict=True) if not len(d)]
+    if empty:
+        raise ValueError(
+            f"sources {empty} have no training samples in their train block: widen "
+            "data.splits.train (or the source's own splits), or shorten history/lead"
+        )
     if cfg.data.train_fraction < 1:
         train_dss = [_subset(d, cfg.data.train_fraction) for d in train_dss]
     train_ds = train_dss[0]
+    first_splits = cfg.data.sources[0].splits or cfg.data.splits
+    store_ids = [reg_names.index(n) for n in store.names]  # registry ids (fine-tunes reorder)
     test_ds = ForecastDataset(
-        store, time_range=_time_range(cfg.data.splits.test), history=history, lead=lead, gap=gap
-    )
+        store, time_range=_time_range(first_splits.test), history=history, lead=lead, gap=gap,
+        outputs=outputs_of(store), var_ids=store_ids,
+    )  # fmt: skip
+    series_test = {
+        src.name: series_dataset(src, "test") for src in cfg.data.sources if is_series[src.name]
+    }
     if len(train_ds) == 0 or len(test_ds) == 0:
         raise ValueError(
             f"splits leave {len(train_ds)} training and {len(test_ds)} test samples with "
@@ -330,7 +465,6 @@ def train(
         foreign = saved if saved != layout else None
 
     # ---- model + engine -------------------------------------------------------------------------
-    oc = cfg.objectives
     unknown = sorted(set(oc.variable_weights) - set(reg_names))
     if unknown:
         raise ValueError(
@@ -346,7 +480,22 @@ def train(
         variable_weights={reg_names.index(k): w for k, w in oc.variable_weights.items()},
     )
     _seed_everything(cfg.seed)
-    spec = ModelSpec(num_vars=len(reg_names), history=history)
+    # the pooled head's outputs: the run's targets (or classes), else the package's head size
+    num_targets = (
+        (oc.pooled_classes if oc.pooled_kind == "classification" else len(oc.pooled_targets))
+        if oc.pooled
+        else (finetune_base.spec.num_targets if finetune_base is not None else 0)
+    )
+    heads_info = {
+        "leads": {"head": lead},
+        "forecast_head": None,
+        "pooled": {"kind": oc.pooled_kind, "targets": list(oc.pooled_targets)}
+        if oc.pooled
+        else None,
+    }
+    if finetune_base is not None:
+        heads_info = _finetune_heads(finetune_base, cfg, num_targets, package.config)
+    spec = ModelSpec(num_vars=len(reg_names), history=history, num_targets=num_targets)
     meta = build_model(cfg.model, spec)  # on the meta device: sizes, and the layouts' source
     # Sizes of the whole model, before any parallelism shards it.
     h, w = len(store.lat), len(store.lon)
@@ -499,7 +648,7 @@ def train(
             )
         )
     else:
-        mixed = MixedDataset(train_dss, [collate_forecast] * len(train_dss))
+        mixed = MixedDataset(train_dss, collates)
         pin = lc.pin_memory and device.type == "cuda"
         stream = iter(build_loader(mixed, batch_sampler, lc, pin_memory=pin))
 
@@ -513,7 +662,7 @@ def train(
     if cfg.eval.every:
         val_ds = ForecastDataset(
             store, time_range=_time_range(cfg.data.splits.val), history=history, lead=lead,
-            gap=gap,
+            gap=gap, outputs=outputs_of(store), var_ids=store_ids,
         )  # fmt: skip
 
     def client_state(step: int) -> dict[str, Any]:
@@ -525,9 +674,11 @@ def train(
             "variable_stats": var_stats,
             "stats": {"mean": store.mean.tolist(), "std": store.std.tolist()},
             "source_stats": {
-                n: {"variables": st.names, "mean": st.mean.tolist(), "std": st.std.tolist()}
-                for n, st in stores.items()
+                n: {"variables": [v.name for v in vs], "mean": m.tolist(), "std": sd.tolist()}
+                for n, (vs, m, sd) in src_vars.items()
             },
+            "heads": heads_info,
+            "time_step_ns": int(test_ds.time_step_ns),  # one step of the first grid source
             "data_manifest_sha256": store.manifest_sha256,
             # The stream position after the last consumed micro-batch: resume continues exactly.
             "loader": batch_sampler.state_dict(step * accum),
@@ -679,6 +830,17 @@ def train(
         else run.checkpoints / tag_of(steps)
     )  # fmt: skip
     test = evaluate_forecast(forecaster, test_ds, weights, device, batch_size=8)
+    if series_test:
+        from scigpt.eval.series import evaluate_series
+
+        test["series"] = {
+            name: evaluate_series(
+                forecaster, ds, device, pooled_kind=oc.pooled_kind if oc.pooled else None,
+                mask_ratio=oc.mask_ratio if oc.masked else None,
+            )
+            for name, ds in series_test.items()
+            if len(ds)
+        }  # fmt: skip
     files: dict[str, Path] = {"checkpoint": ckpt}
     if is_main:
         assert logger is not None
@@ -687,6 +849,11 @@ def train(
             {
                 "kind": "test",
                 **test["summary"],
+                **{
+                    f"{name}/{k}": v
+                    for name, res in test.get("series", {}).items()
+                    for k, v in res["summary"].items()
+                },
                 # the run's scale, for scaling sweeps: parameters, unique training data, compute
                 "n_params": n_params,
                 "train_samples": sum(len(d) for d in train_dss),
@@ -729,7 +896,9 @@ def _write_outputs(run: RunDir, store, test: dict, cfg: RunConfig, records: list
         records, run.plots / "loss.png", title=f"{cfg.name}: training loss"
     )
     names = [v.name for v in store.variables]
-    var = cfg.eval.plot_variable or names[0]
+    scored = [n for n, ok in zip(names, test.get("scored") or [True] * len(names), strict=True)
+              if ok]  # fmt: skip
+    var = cfg.eval.plot_variable or (scored or names)[0]
     if var not in names:
         raise ValueError(f"eval.plot_variable={var!r} is not one of the run's variables {names}")
     vi = names.index(var)
