@@ -509,7 +509,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out = predict(
         args.package, args.inputs, args.out, leads=args.leads, fmt=args.fmt, init=args.init,
         options=options, device=args.device, progress=True,
-        command="scigpt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        command="scigpt " + " ".join(shlex.quote(a) for a in args.argv),
     )  # fmt: skip
     print(f"forecast: {out}")
     return EXIT_OK
@@ -564,6 +564,7 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded by predict
     from scigpt.config_loader import ConfigError
 
     try:

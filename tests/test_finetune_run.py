@@ -161,6 +161,20 @@ def test_new_modality_with_a_magnitude_head(package, tmp_path, shared_data, torc
     mae = float(np.mean(np.abs(pred - batch["targets"][:, 0].double().numpy())))
     assert abs(mae - test["seisbench/source_magnitude_mae"]) < 1e-6, (mae, test)
 
+    # scigpt evaluate scores the series source too: the same MAE, and per-channel masked scores
+    _scigpt(["evaluate", str(tmp_path / "pkg"), str(cfg), "--set", "eval.acc=false"],
+            torch_extensions_dir)  # fmt: skip
+    import csv
+
+    with open(tmp_path / "pkg-eval" / "series_metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    pooled = next(r for r in rows if r["kind"] == "pooled")
+    assert pooled["target"] == "source_magnitude" and int(pooled["n"]) == 29
+    assert abs(float(pooled["mae"]) - mae) < 1e-6
+    masked = [r for r in rows if r["kind"] == "masked"]
+    assert [r["channel"] for r in masked] == ["vel_z", "vel_n", "vel_e"]
+    assert all(np.isfinite(float(r["masked_rmse"])) for r in masked)
+
 
 @pytest.mark.slow
 def test_new_lead_time_head_exports_and_finetunes_again(package, tmp_path, torch_extensions_dir):

@@ -229,3 +229,21 @@ def test_multi_step_model_rollout_limits(pkg_dir, inputs, tmp_path, monkeypatch)
         predict(pkg_dir, inputs, tmp_path / "fc2.nc", leads=["4h"], init=str(INIT))
     with pytest.raises(ValueError, match=r"forecast step 2h.*2h, 4h, 6h"):
         predict(pkg_dir, inputs, tmp_path / "fc2.nc", leads=["1h"], init=str(INIT))
+
+
+def test_cli_writes_the_netcdf(pkg_dir, inputs, tmp_path):
+    from scigpt.cli import main
+
+    out = tmp_path / "cli.nc"
+    code = main(["predict", str(pkg_dir), *map(str, inputs), "--lead", "1h", "--lead", "2",
+                 "--out", str(out), "--init", "2020-01-01T12:00"])  # fmt: skip
+    assert code == 0
+    with xr.open_dataset(out) as ds:
+        assert ds.attrs["history"].split(": ", 1)[1].startswith(f"scigpt predict {pkg_dir} ")
+        assert list(ds["prediction_timedelta"].values) == [
+            np.timedelta64(1, "h"),
+            np.timedelta64(2, "h"),
+        ]
+        assert ds["time"].values[0] == INIT
+    assert main(["predict", str(pkg_dir), *map(str, inputs), "--lead", "90min",
+                 "--out", str(tmp_path / "x.nc")]) == 2  # fmt: skip
