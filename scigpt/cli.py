@@ -339,13 +339,18 @@ def _run_training(loaded, args: argparse.Namespace, *, demo: bool) -> int:
     s = result.test.get("summary", {})
     if not s or not result.main:  # rank 0 reports for the run; a preempted run has no test
         return EXIT_OK
+    # an operator task hides its outputs from the inputs: the baseline is the training mean
+    base = "the mean" if loaded.config.data.task == "operator" else "persistence"
     print()
     print(f"Test forecasts ({s['n_forecasts']}), latitude-weighted RMSE over normalised channels:")
     print(f"  model        {s['rmse_model']:.4f}")
-    print(f"  persistence  {s['rmse_persistence']:.4f}")
+    print(f"  {base:12s} {s['rmse_persistence']:.4f}")
     gain = s["improvement_vs_persistence"]
     verdict = "better" if gain > 0 else "WORSE"
-    print(f"  the model is {100 * abs(gain):.1f}% {verdict} than persistence")
+    print(f"  the model is {100 * abs(gain):.1f}% {verdict} than {base}")
+    for name, res in result.test.get("series", {}).items():
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in res["summary"].items() if k != "n_windows")
+        print(f"  {name} ({res['summary']['n_windows']} test windows): {scores}")
     print()
     print(f"Run directory: {result.run_dir}")
     for key, path in result.files.items():

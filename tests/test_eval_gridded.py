@@ -124,6 +124,29 @@ def test_climatology_by_dayofyear_and_hour_matches_xarray(clim_store, tmp_path):
     assert a.shape == (2, 1, 3, 4)
 
 
+def test_acc_against_a_computed_climatology(clim_store):
+    """ACC of 2020 'forecasts' against the 2018-2019 climatology, by hand per forecast."""
+    store, _ = clim_store
+    clim = Climatology.from_store(
+        store, (np.datetime64("2018-01-01T00", "ns"), np.datetime64("2019-12-31T00", "ns"))
+    )
+    idx = np.flatnonzero(store.time >= np.datetime64("2020-01-01T00"))
+    truth = store.read(int(idx[0]), int(idx[-1]) + 1).astype(np.float64)  # (8, 1, 3, 4)
+    rng = np.random.default_rng(1)
+    pred = truth + rng.normal(scale=0.7, size=truth.shape)
+    c = clim.lookup(store.time[idx], ["t2m"], store.lat, store.lon)
+    w = np.cos(np.deg2rad(store.lat.astype(np.float64)))
+    w = w / w.mean()
+    per = []
+    for t in range(len(idx)):
+        ok = np.isfinite(truth[t, 0])
+        ww = np.broadcast_to(w[:, None], ok.shape)[ok]
+        fa, oa = (pred[t, 0] - c[t, 0])[ok], (truth[t, 0] - c[t, 0])[ok]
+        per.append((ww * fa * oa).sum() / np.sqrt((ww * fa**2).sum() * (ww * oa**2).sum()))
+    assert acc(pred, truth, c, w)[0] == pytest.approx(np.mean(per), rel=1e-12)
+    assert 0.2 < np.mean(per) < 1.0  # a noisy but related forecast
+
+
 def test_climatology_refuses_uncovered_times_variables_and_grids(clim_store, tmp_path):
     store, _ = clim_store
     clim = Climatology.from_store(

@@ -80,6 +80,13 @@ def test_tiny_transfer_pretrained_beats_scratch_beyond_seed_spread(tmp_path, tor
     pkg_model = json.loads((out / "package" / "config.json").read_text())["model"]
     scratch_cfg = (out / "runs" / "scratch-f0.05-s0" / "config.yaml").read_text()
     assert f"embed_dim: {pkg_model['embed_dim']}" in scratch_cfg
+    # operator models have no lead time: evaluate and predict say so instead of rolling out
+    from scigpt.cli import main
+
+    pkg = out / "package"
+    assert main(["evaluate", str(pkg), "runs/transfer-helmholtz.yaml",
+                 "--out", str(tmp_path / "ev")]) == 2  # fmt: skip
+    assert main(["predict", str(pkg), str(spec), "--lead", "1"]) == 2
     # a rerun starts nothing and reports again
     again = subprocess.run(
         [sys.executable, "-m", "scigpt", "transfer", str(spec), "--out", str(out)],

@@ -395,7 +395,7 @@ def predict(
     task = (pm.config.get("run_config") or {}).get("data", {}).get("task", "forecast")
     if task != "forecast":
         raise ValueError(
-            f"{package} is a {task} model (it maps a frame's inputs to outputs, no lead time): "
+            f"{package} is an {task}-task model (it maps a frame's inputs to outputs, no lead): "
             "predict runs forecasters"
         )
     pkg_path = Path(package).resolve()

@@ -76,6 +76,12 @@ def evaluate(
     with tempfile.TemporaryDirectory(dir=out, prefix=".pkg-") as tmp:
         pkg_path = target if is_pkg else export_run(target, Path(tmp) / "pkg")
         pm = load_pretrained(pkg_path)
+    task = (pm.config.get("run_config") or {}).get("data", {}).get("task", "forecast")
+    if "operator" in (task, cfg.data.task):
+        raise ValueError(
+            "an operator-task model (data.task: operator) has no lead time to roll out: its "
+            "score is the run's test record (eval/test_rmse.csv); evaluate scores forecasters"
+        )
     store_dir = loaded.resolve_path(cfg.data.store) if cfg.data.store else out / "store"
     manifest = prepare_from_config(loaded, store_dir, progress=progress)
     if manifest and manifest["rejects"]:
