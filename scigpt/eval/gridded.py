@@ -448,7 +448,11 @@ def write_gridded_report(result: dict[str, Any], out: str | Path) -> dict[str, P
         vmax = max(float(np.nanmax(result["maps"][ld][j])) for ld in shown)
         for ax, ld in zip(axes[0], shown, strict=True):
             im = ax.pcolormesh(lon, lat, result["maps"][ld][j], vmin=0, vmax=vmax, cmap="magma")
-            ax.set_title(f"{n} RMSE, lead {ld} step(s)", fontsize=9)
+            hours = next(r["lead_hours"] for r in rows if r["lead_steps"] == ld)
+            units = next(r["units"] for r in rows if r["variable"] == n)
+            ax.set_title(f"{n} RMSE [{units}], lead {hours:g} h", fontsize=9)
+            ax.set_xlabel("longitude", fontsize=8)
+            ax.set_ylabel("latitude", fontsize=8)
             fig.colorbar(im, ax=ax)
         fig.tight_layout()
         files[f"error_map_{n}"] = out / f"error_map_{n}.png"
