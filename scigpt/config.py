@@ -37,6 +37,15 @@ class TimeRange(_Strict):
     start: datetime
     end: datetime
 
+    def bounds(self) -> tuple[Any, Any]:
+        """``(start, end)`` as naive ``numpy.datetime64[ns]`` (what stores and datasets take)."""
+        import numpy as np
+
+        return (
+            np.datetime64(self.start.replace(tzinfo=None), "ns"),
+            np.datetime64(self.end.replace(tzinfo=None), "ns"),
+        )
+
     @model_validator(mode="after")
     def _ordered(self) -> TimeRange:
         if self.end < self.start:

@@ -83,22 +83,15 @@ def source_specs(loaded: LoadedConfig) -> list:
                 patch=patch,
                 require_coordinates=src.require_coordinates,
                 samples_per_unit=src.samples_per_unit,
-                stats_time_range=_block(src.splits.train) if src.splits else None,
+                stats_time_range=src.splits.train.bounds() if src.splits else None,
             )
         )
     return specs
 
 
-def _block(tr) -> tuple[np.datetime64, np.datetime64]:
-    return (
-        np.datetime64(tr.start.replace(tzinfo=None), "ns"),
-        np.datetime64(tr.end.replace(tzinfo=None), "ns"),
-    )
-
-
 def stats_range(loaded: LoadedConfig) -> tuple[np.datetime64, np.datetime64]:
     """Normalisation statistics come from the training block only (no test leakage)."""
-    return _block(loaded.config.data.splits.train)
+    return loaded.config.data.splits.train.bounds()
 
 
 def prepare_from_config(

@@ -20,22 +20,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from scigpt.eval.gridded import Climatology, evaluate_rollouts, write_gridded_report
+from scigpt.eval.gridded import _fmt as _cell
 
 EVAL_DIR = "evaluate"  # RUN/eval/evaluate
 
 
 def _is_package(path: Path) -> bool:
     return (path / "format.json").is_file()
-
-
-def _time_range(block) -> tuple[np.datetime64, np.datetime64]:
-    return (
-        np.datetime64(block.start.replace(tzinfo=None), "ns"),
-        np.datetime64(block.end.replace(tzinfo=None), "ns"),
-    )
 
 
 def default_out(target: Path) -> Path:
@@ -100,10 +92,10 @@ def evaluate(
         if ev.climatology:
             clim = Climatology.open(loaded.resolve_path(ev.climatology))
         else:
-            clim = Climatology.from_store(store, _time_range(splits.train), names)
+            clim = Climatology.from_store(store, splits.train.bounds(), names)
             clim.save(out / "climatology.nc")
     result = evaluate_rollouts(
-        pm, store, _time_range(block), horizon=ev.horizon, climatology=clim, variables=names,
+        pm, store, block.bounds(), horizon=ev.horizon, climatology=clim, variables=names,
         geographic=first.format != "pde", progress=progress,
     )  # fmt: skip
     files = write_gridded_report(result, out)
@@ -122,7 +114,7 @@ def evaluate(
         "target": str(target),
         "kind": "package" if is_pkg else "run",
         "split": ev.split,
-        "time_range": [str(t) for t in _time_range(block)],
+        "time_range": [str(t) for t in block.bounds()],
         "horizon": ev.horizon,
         "n_forecasts": result["n_forecasts"],
         "climatology": result["climatology"],
@@ -155,7 +147,7 @@ def _series_rows(pm, loaded, store_dir: Path, src, split: str) -> list[dict[str,
         )
     pooled = pm.config["spec"].get("pooled") if pm.model.pooled is not None else None
     ds = SeriesWindowDataset(
-        store, src.name, time_range=_time_range(block),
+        store, src.name, time_range=block.bounds(),
         targets=pooled["targets"] if pooled else (), var_ids=pm.var_ids(channels).tolist(),
     )  # fmt: skip
     if not len(ds):
@@ -189,12 +181,6 @@ def _write_series(rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     md += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
     atomic_write_text(files["series_md"], "\n".join(md) + "\n")
     return files
-
-
-def _cell(x: Any) -> str:
-    if isinstance(x, float):
-        return "—" if not np.isfinite(x) else f"{x:.4g}"
-    return str(x)
 
 
 def evaluation_markdown(gridded: list[dict[str, Any]], series: list[dict[str, Any]]) -> str:

@@ -87,6 +87,39 @@ def point_name(settings: dict[str, Any]) -> str:
     return check_run_name(f"{text}-{digest[:6]}")
 
 
+def load_spec(path: str | Path, model: type[BaseModel], what: str) -> tuple[Any, Path]:
+    """Read and validate an experiment file (a path, or a shipped one such as
+    ``sweeps/tiny-scaling.yaml``) with ``yaml.safe_load``; every problem in one message."""
+    from scigpt.config_loader import find_config
+
+    path = find_config(path).resolve()
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read {what} file {path}: {e}") from None
+    try:
+        return model.model_validate(raw), path
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()
+        )
+        raise ValueError(f"invalid {what} file {path}: {problems}") from None
+
+
+def config_beside(spec_path: Path, rel: str) -> Path:
+    """A run config named in an experiment file: relative to that file if it exists there,
+    else a shipped one (``runs/demo.yaml``)."""
+    from scigpt.config_loader import find_config
+
+    candidate = (spec_path.parent / rel).resolve()
+    if candidate.is_file():
+        return candidate
+    found = Path(find_config(rel))
+    if not found.is_file():
+        raise FileNotFoundError(f"{spec_path}: config {rel!r} not found beside it or shipped")
+    return found
+
+
 @dataclass
 class Sweep:
     spec: SweepSpec
@@ -95,33 +128,15 @@ class Sweep:
     @classmethod
     def load(cls, path: str | Path) -> Sweep:
         """A sweep file by path, or a shipped one (``sweeps/tiny-scaling.yaml``)."""
-        from scigpt.config_loader import find_config
-
-        path = find_config(path).resolve()
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"cannot read sweep file {path}: {e}") from None
-        try:
-            spec = SweepSpec.model_validate(raw)
-        except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()
-            )
-            raise ValueError(f"invalid sweep file {path}: {problems}") from None
+        spec, path = load_spec(path, SweepSpec, "sweep")
         sweep = cls(spec, path)
         sweep.check()
         return sweep
 
     @property
-    def base_config(self) -> Path | str:
+    def base_config(self) -> Path:
         """The base run config: relative to the sweep file if it exists there, else shipped."""
-        candidate = (self.path.parent / self.spec.base).resolve()
-        if candidate.is_file():
-            return candidate
-        from scigpt.config_loader import find_config
-
-        return find_config(self.spec.base)
+        return config_beside(self.path, self.spec.base)
 
     def check(self) -> None:
         s = self.spec

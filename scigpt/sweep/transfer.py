@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from scigpt.sweep.runner import _tail, read_status, write_status
+from scigpt.sweep.spec import config_beside, load_spec
 
 ARMS = ("pretrained", "scratch")
 
@@ -71,32 +72,11 @@ class Transfer:
 
     @classmethod
     def load(cls, path: str | Path) -> Transfer:
-        from scigpt.config_loader import find_config
-
-        path = find_config(path).resolve()
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"cannot read transfer file {path}: {e}") from None
-        try:
-            spec = TransferSpec.model_validate(raw)
-        except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()
-            )
-            raise ValueError(f"invalid transfer file {path}: {problems}") from None
-        return cls(spec, path)
+        """A transfer file by path, or a shipped one (``transfers/tiny-pde.yaml``)."""
+        return cls(*load_spec(path, TransferSpec, "transfer"))
 
     def config_path(self, rel: str) -> Path:
-        candidate = (self.path.parent / rel).resolve()
-        if candidate.is_file():
-            return candidate
-        from scigpt.config_loader import find_config
-
-        found = find_config(rel)
-        if not Path(found).is_file():
-            raise FileNotFoundError(f"{self.path}: config {rel!r} not found beside it or shipped")
-        return Path(found)
+        return config_beside(self.path, rel)
 
 
 def _sets(overrides: dict[str, Any]) -> list[str]:

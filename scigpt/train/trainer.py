@@ -43,13 +43,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _time_range(r) -> tuple[np.datetime64, np.datetime64]:
-    return (
-        np.datetime64(r.start.replace(tzinfo=None), "ns"),
-        np.datetime64(r.end.replace(tzinfo=None), "ns"),
-    )
-
-
 def _to_device(
     batch: dict[str, Any], device: torch.device, non_blocking: bool = False
 ) -> dict[str, Any]:
@@ -393,7 +386,7 @@ def train(
     def series_dataset(src, block: str):
         splits = src.splits or cfg.data.splits
         return SeriesWindowDataset(
-            patch_store, src.name, time_range=_time_range(getattr(splits, block)),
+            patch_store, src.name, time_range=getattr(splits, block).bounds(),
             targets=pooled_targets,
             var_ids=[reg_names.index(v.name) for v in src_vars[src.name][0]],
         )  # fmt: skip
@@ -409,7 +402,7 @@ def train(
         train_dss.append(
             ForecastDataset(
                 st,
-                time_range=_time_range(splits.train),
+                time_range=splits.train.bounds(),
                 history=history,
                 lead=lead,
                 var_ids=[reg_names.index(n) for n in st.names],
@@ -429,7 +422,7 @@ def train(
     first_splits = cfg.data.sources[0].splits or cfg.data.splits
     store_ids = [reg_names.index(n) for n in store.names]  # registry ids (fine-tunes reorder)
     test_ds = ForecastDataset(
-        store, time_range=_time_range(first_splits.test), history=history, lead=lead, gap=gap,
+        store, time_range=first_splits.test.bounds(), history=history, lead=lead, gap=gap,
         outputs=outputs_of(store), var_ids=store_ids,
     )  # fmt: skip
     series_test = {
@@ -661,7 +654,7 @@ def train(
     val_ds = None
     if cfg.eval.every:
         val_ds = ForecastDataset(
-            store, time_range=_time_range(cfg.data.splits.val), history=history, lead=lead,
+            store, time_range=cfg.data.splits.val.bounds(), history=history, lead=lead,
             gap=gap, outputs=outputs_of(store), var_ids=store_ids,
         )  # fmt: skip
 
