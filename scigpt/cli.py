@@ -525,10 +525,7 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
     from scigpt.sweep import transfer as tr
 
     if args.report is not None:
-        spec = tr.TransferSpec.model_validate(
-            __import__("yaml").safe_load((args.report / "transfer.yaml").read_text())
-        )
-        res = tr.report(args.report, spec.metric)
+        res = tr.report(args.report, tr.Transfer.load(args.report / "transfer.yaml").spec.metric)
     else:
         if args.transfer is None:
             raise ValueError("scigpt transfer TRANSFER.yaml (or --report DIR)")
