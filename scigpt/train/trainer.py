@@ -653,8 +653,13 @@ def train(
     steps, accum = cfg.schedule.steps, cfg.schedule.grad_accum
     val_ds = None
     if cfg.eval.every:
+        if first_splits.val is None:
+            raise ValueError(
+                f"eval.every={cfg.eval.every} validates on the first source, whose own splits "
+                "have no val block: add data.sources.0.splits.val"
+            )
         val_ds = ForecastDataset(
-            store, time_range=cfg.data.splits.val.bounds(), history=history, lead=lead,
+            store, time_range=first_splits.val.bounds(), history=history, lead=lead,
             gap=gap, outputs=outputs_of(store), var_ids=store_ids,
         )  # fmt: skip
 
