@@ -85,7 +85,7 @@ def evaluate_series(
     "per_target": [...], "per_channel": [...]}``.
     """
     from scigpt.data_pipeline.loader import collate_series
-    from scigpt.models.objectives import patch_targets
+    from scigpt.models.objectives import patch_targets, random_token_mask
 
     was_training = model.training
     model.eval()
@@ -102,11 +102,7 @@ def evaluate_series(
             outs.append(model.pooled(model.encode(batch)).double().cpu())
             tgts.append(batch["targets"].double().cpu())
         if mask_ratio:
-            n = model.tokenizer.num_tokens(batch)
-            b = batch["fields"].shape[0]
-            scores = torch.rand(b, n, generator=gen).to(device)
-            k = max(1, round(mask_ratio * n))
-            token_mask = scores.argsort(dim=1).argsort(dim=1) < k
+            token_mask = random_token_mask(model, batch, mask_ratio, gen)
             pred = model.reconstruct(model.encode(batch, token_mask), batch["var_ids"], False)
             target, valid = patch_targets(model, batch)
             recs.append(pred.double().cpu())

@@ -457,8 +457,15 @@ class PretrainedModel(nn.Module):
             )
         return torch.tensor([self.var_names.index(n) for n in var_names], dtype=torch.long)
 
-    def _stats(self, var_names: Sequence[str], ndim: int, var_axis: int, device):
+    def _stats(self, x: torch.Tensor, var_names: Sequence[str], var_axis: int, what: str):
+        """mean and std of ``var_names`` shaped to broadcast along ``var_axis`` of ``x``."""
+        if x.shape[var_axis] != len(var_names):
+            raise ValueError(
+                f"{what}: axis {var_axis} of {tuple(x.shape)} has {x.shape[var_axis]} entries "
+                f"but {len(var_names)} variable names were given"
+            )
         ids = self.var_ids(var_names).to(self.mean.device)
+        ndim, device = x.ndim, x.device
         shape = [1] * ndim
         shape[var_axis % ndim] = len(ids)
         return self.mean[ids].reshape(shape).to(device), self.std[ids].reshape(shape).to(device)
@@ -467,12 +474,7 @@ class PretrainedModel(nn.Module):
         """``((x − mean) / std)`` in float32 with NaN → 0 (the training loader's operation);
         variables along ``var_axis`` (default 1: (B, V, T, H, W) or (B, V, H, W))."""
         x = torch.as_tensor(fields)
-        if x.shape[var_axis] != len(var_names):
-            raise ValueError(
-                f"normalise: axis {var_axis} of fields {tuple(x.shape)} has {x.shape[var_axis]} "
-                f"entries but {len(var_names)} variable names were given"
-            )
-        mean, std = self._stats(var_names, x.ndim, var_axis, x.device)
+        mean, std = self._stats(x, var_names, var_axis, "normalise")
         mask = ~torch.isnan(x)
         filled = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
         return (filled.to(torch.float32) - mean) / std * mask.to(torch.float32)
@@ -480,12 +482,7 @@ class PretrainedModel(nn.Module):
     def denormalise(self, x: Any, var_names: Sequence[str], var_axis: int = 1) -> torch.Tensor:
         """``x · std + mean`` (float32), variables along ``var_axis`` (default 1)."""
         x = torch.as_tensor(x)
-        if x.shape[var_axis] != len(var_names):
-            raise ValueError(
-                f"denormalise: axis {var_axis} of x {tuple(x.shape)} has {x.shape[var_axis]} "
-                f"entries but {len(var_names)} variable names were given"
-            )
-        mean, std = self._stats(var_names, x.ndim, var_axis, x.device)
+        mean, std = self._stats(x, var_names, var_axis, "denormalise")
         return x.to(torch.float32) * std + mean
 
     def batch(

@@ -69,16 +69,23 @@ def patch_targets(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return vals, valid
 
 
+def random_token_mask(
+    model, batch: dict, ratio: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B, N) bool: exactly ``round(ratio · N)`` (at least 1) random tokens per sample, drawn
+    on the CPU (the same mask on any device for a given generator)."""
+    n = model.tokenizer.num_tokens(batch)
+    b = batch["fields"].shape[0]
+    scores = torch.rand(b, n, generator=generator, device="cpu").to(batch["fields"].device)
+    k = max(1, round(ratio * n))
+    return scores.argsort(dim=1).argsort(dim=1) < k
+
+
 def masked_loss(
     model, batch: dict, obj: Objectives, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """MAE-style: mask a random fraction of tokens, reconstruct their patches (B, V, N, K)."""
-    n = model.tokenizer.num_tokens(batch)
-    b = batch["fields"].shape[0]
-    dev = batch["fields"].device
-    scores = torch.rand(b, n, generator=generator, device="cpu").to(dev)
-    k = max(1, round(obj.mask_ratio * n))
-    token_mask = scores.argsort(dim=1).argsort(dim=1) < k  # exactly k masked tokens per sample
+    token_mask = random_token_mask(model, batch, obj.mask_ratio, generator)
     x = model.encode(batch, token_mask)
     grid = int(batch.get("modality_id", GRID)) == GRID
     pred = model.reconstruct(x, batch["var_ids"], grid)  # (B, V, N, K)

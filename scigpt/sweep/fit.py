@@ -325,6 +325,21 @@ def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
     return (float(lo), float(hi))
 
 
+def _summarise(core, natural, level: float, n_boot: int):
+    """A fit core's values and bootstrap samples in natural parameters, their intervals (NaN
+    without a bootstrap) and the note on unusable replicates."""
+    values = {k: float(v) for k, v in natural(core.theta).items()}
+    samples = natural(core.boot)
+    if n_boot:
+        ci = {k: _percentiles(samples[k], level) for k in values}
+    else:
+        ci = {k: (math.nan, math.nan) for k in values}
+    notes = []
+    if core.n_boot_failed:
+        notes.append(f"{core.n_boot_failed} of {n_boot} bootstrap replicates were unusable")
+    return values, samples, ci, notes
+
+
 def _g(v: float) -> str:
     return f"{v:.4g}"
 
@@ -503,18 +518,13 @@ def fit_power_law(
             out["E"] = np.exp(th[..., 2])
         return out
 
-    params = {k: float(v) for k, v in natural(core.theta).items()}
-    samples = natural(core.boot)
-    ci = {k: _percentiles(samples[k], level) for k in params}
-    if n_boot == 0:
-        ci = {k: (math.nan, math.nan) for k in params}
+    params, samples, ci, boot_notes = _summarise(core, natural, level, n_boot)
     notes = []
     if params["alpha"] <= 0:
         notes.append("α ≤ 0: the loss does not fall with x over this range")
     if offset and params["E"] < 1e-3 * float(ya.min()):
         notes.append("E ≈ 0: the points do not determine an offset (try offset=False)")
-    if core.n_boot_failed:
-        notes.append(f"{core.n_boot_failed} of {n_boot} bootstrap replicates were unusable")
+    notes += boot_notes
     return PowerLawFit(
         params=params,
         ci=ci,
@@ -768,19 +778,14 @@ def fit_joint(
                 "b": alpha / (alpha + beta),
             }
 
-    everything = {k: float(x) for k, x in natural(core.theta).items()}
+    everything, samples, ci, boot_notes = _summarise(core, natural, level, n_boot)
     params = {k: everything[k] for k in ("E", "A", "alpha", "B", "beta")}
-    samples = natural(core.boot)
-    ci = {k: _percentiles(samples[k], level) for k in everything}
-    if n_boot == 0:
-        ci = {k: (math.nan, math.nan) for k in everything}
     notes = []
     if params["alpha"] <= 0 or params["beta"] <= 0:
         notes.append("α or β ≤ 0: no compute-optimal allocation exists for this fit")
     if params["E"] < 1e-3 * float(la.min()):
         notes.append("E ≈ 0: the points do not determine an irreducible loss")
-    if core.n_boot_failed:
-        notes.append(f"{core.n_boot_failed} of {n_boot} bootstrap replicates were unusable")
+    notes += boot_notes
     return JointFit(
         params=params,
         ci=ci,

@@ -312,22 +312,14 @@ def write_report(
     line_fits = [g["fit"] for g in (*by_data.values(), *by_params.values()) if g["fit"]]
     noise = _pooled_noise(joint, line_fits)
     sat: dict[str, dict[str, Any]] = {}
-    if by_data:
-        dmax = max(by_data)
-        g = by_data[dmax]
-        sat["params"] = _saturation_entry(
-            g["x"], g["y"], g["fit"], g["why"], {"at_data": dmax}, noise
-        )
-    else:
-        sat["params"] = {"status": "not determined", "reason": f"{NOT_ENOUGH}: no valid points"}
-    if by_params:
-        nmax = max(by_params)
-        g = by_params[nmax]
-        sat["data"] = _saturation_entry(
-            g["x"], g["y"], g["fit"], g["why"], {"at_params": nmax}, noise
-        )
-    else:
-        sat["data"] = {"status": "not determined", "reason": f"{NOT_ENOUGH}: no valid points"}
+    # each axis is judged on its line at the largest value of the other axis
+    for axis, groups, at in (("params", by_data, "at_data"), ("data", by_params, "at_params")):
+        if groups:
+            top = max(groups)
+            g = groups[top]
+            sat[axis] = _saturation_entry(g["x"], g["y"], g["fit"], g["why"], {at: top}, noise)
+        else:
+            sat[axis] = {"status": "not determined", "reason": f"{NOT_ENOUGH}: no valid points"}
     sat["compute"] = _saturation_entry(
         c_v[front_idx] if len(front_idx) else c_v, l_v[front_idx] if len(front_idx) else l_v,
         frontier.fit if frontier else None, front_why, {"along": "compute frontier"}, noise,
