@@ -47,10 +47,11 @@ def sample_era5_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The project's shared real sample data (../shared/data, see its PROVENANCE.md)."""
-    path = (Path(__file__).parents[1] / ".." / "shared" / "data").resolve()
-    # CI lays shared/ beside the clone; missing data must fail, never silently skip.
-    assert path.is_dir(), f"shared sample data not found at {path}"
+    """The real sample files the tests read (tests/data, see its PROVENANCE.md): kept in the
+    repository so a clone with nothing beside it runs the suite (new samples are copied in
+    with a PROVENANCE.md row)."""
+    path = Path(__file__).parent / "data"
+    assert path.is_dir(), f"test data not found at {path}"
     return path
 
 

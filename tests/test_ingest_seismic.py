@@ -1,5 +1,5 @@
 """Seismic readers (miniSEED/SAC, SEG-Y, SeisBench) against values read directly with obspy,
-segyio, h5py and the csv module, on the real files in ../shared/data/seismic (PROVENANCE.md).
+segyio, h5py and the csv module, on the real files in tests/data/seismic (PROVENANCE.md).
 
 Files marked *derived* are written by fixtures here from those real files (a gap cut out, SAC
 copies, SEG-Y copies in another sample format or byte order, damaged copies); nothing is
