@@ -11,13 +11,14 @@ the "fused" column there runs ``fused_patch_embed(impl="reference")`` and the ro
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-from _timing import halving_on_oom, time_steps
+from _report import save
+from _timing import halving_on_oom, per_call_ms
 
 from scigpt.kernels.patch_embed import fused_patch_embed, patch_embed_reference
 
@@ -74,12 +75,8 @@ def _problem(s: Shape, batch: int, device: torch.device, dtype: torch.dtype) -> 
     return inputs
 
 
-def _median_ms(step: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> float:
-    return 1e3 * statistics.median(time_steps(step, steps, warmup, device))
-
-
 def _measure(
-    s: Shape, batch: int, device: torch.device, dtype: torch.dtype, steps: int, warmup: int
+    s: Shape, batch: int, device: torch.device, dtype: torch.dtype, timing: dict | None
 ) -> dict[str, Any]:
     inputs = _problem(s, batch, device, dtype)
     patch = (s.history, s.patch, s.patch)
@@ -103,14 +100,14 @@ def _measure(
     }
     for name, fn in fns.items():
         with torch.no_grad():
-            row[f"{name}_fwd_ms"] = _median_ms(
-                lambda fn=fn: fn(patch=patch, **inputs), steps, warmup, device
+            row[f"{name}_fwd_ms"] = per_call_ms(
+                lambda fn=fn: fn(patch=patch, **inputs), device, timing
             )
 
         def fwd_bwd(fn=fn):
             torch.autograd.grad(fn(patch=patch, **inputs), list(leaves.values()), dout)
 
-        row[f"{name}_fwdbwd_ms"] = _median_ms(fwd_bwd, steps, warmup, device)
+        row[f"{name}_fwdbwd_ms"] = per_call_ms(fwd_bwd, device, timing)
     for kind in ("fwd", "fwdbwd"):
         for other in ("compiled", "eager"):
             row[f"{other}_over_fused_{kind}"] = row[f"{other}_{kind}_ms"] / row[f"fused_{kind}_ms"]
@@ -127,24 +124,29 @@ def run(
     dtype: torch.dtype,
     shapes: Iterable[Shape] = DEFAULT_SHAPES,
     *,
-    steps: int = 20,
-    warmup: int = 5,
+    timing: dict | None = None,
+    out: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per shape: median ms of each implementation, forward and forward + backward, and
-    the ratios compiled/fused and eager/fused (> 1: the fused kernel is faster). A shape that
-    runs out of memory is retried at half the batch; one that fails otherwise is skipped."""
+    """One row per shape: ms per call of each implementation (``_timing.per_call_ms``), forward
+    and forward + backward, and the ratios compiled/fused and eager/fused (> 1: the fused kernel
+    is faster); saved to ``out`` after each shape. A shape that runs out of memory is retried at
+    half the batch; one that fails otherwise is skipped."""
     dev = torch.device(device)
     rows, failed = [], []
     for s in shapes:
         row = halving_on_oom(
             s.label,
             s.batch,
-            lambda batch, s=s: _measure(s, batch, dev, dtype, steps, warmup),
+            lambda batch, s=s: _measure(s, batch, dev, dtype, timing),
             dev,
             failed,
         )
         if row is not None:
-            rows.append({**asdict(s), **row})
+            rows.append(
+                {**asdict(s), **row, **{f"timing_{k}": v for k, v in (timing or {}).items()}}
+            )
+            if out is not None:
+                save(rows, out)
     return rows
 
 
@@ -166,5 +168,5 @@ COLUMNS = [
 
 
 if __name__ == "__main__":
-    for r in run("cpu", torch.float32, SMOKE_SHAPES, steps=3, warmup=1):
+    for r in run("cpu", torch.float32, SMOKE_SHAPES):
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})

@@ -11,6 +11,8 @@ force when they are first used.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from scigpt.models.attention import register_attention
@@ -55,6 +57,23 @@ def interpreter_compat() -> None:
 
     interpreter._patch_lang_tensor = patch_lang_tensor
     interpreter._scigpt_index_compat = True
+
+
+CONFIG_SUBSETS = ("all", "first")
+
+
+def config_subset() -> str:
+    """Which shipped autotune configs the kernels try: ``SCIGPT_KERNEL_CONFIGS`` = ``all``
+    (default: every shipped config, the fastest wins) or ``first`` (one config per kernel, dtype
+    and head dim: one compilation per case, for the GPU suite's numerics stage, where the
+    every-config sweep is a separate, optional run). Read at each launch's pruning."""
+    value = os.environ.get("SCIGPT_KERNEL_CONFIGS", "all").strip().lower() or "all"
+    if value not in CONFIG_SUBSETS:
+        raise ValueError(
+            f"SCIGPT_KERNEL_CONFIGS={value!r} is not one of {CONFIG_SUBSETS}: unset it to "
+            "autotune over every shipped config, or set 'first' for one config per kernel"
+        )
+    return value
 
 
 register_attention("triton", triton_attention)

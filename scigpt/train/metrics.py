@@ -24,8 +24,35 @@ PEAK_TFLOPS_BF16 = {
 }
 
 
+# Dense fp32 peak TFLOP/s without tensor cores (vendor datasheets; AMD: FP32 matrix): the peak
+# of fp32 matmuls unless TF32 is enabled, when they run on the tensor cores at half bf16's rate.
+PEAK_TFLOPS_FP32 = {
+    "H200": 67.0,
+    "H100": 67.0,
+    "GH200": 67.0,
+    "A100": 19.5,
+    "MI250X": 47.9,  # per GCD
+    "MI300X": 163.4,
+    "L40S": 91.6,
+    "V100": 15.7,
+}
+
+
+def tf32_enabled() -> bool:
+    """Whether fp32 matmuls may run as TF32 (``torch.backends.cuda.matmul.allow_tf32`` or a
+    float32 matmul precision other than "highest")."""
+    import torch
+
+    return bool(
+        torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+    )
+
+
 def detect_peak_tflops(precision: str) -> float | None:
-    """Peak TFLOP/s of the current CUDA device, or None (CPU / unknown → no MFU reported)."""
+    """Peak TFLOP/s of the current CUDA device for ``precision``, or None (CPU / unknown → no
+    MFU reported). fp32 counts the TF32 tensor-core peak (half bf16's) only when TF32 is
+    enabled, and the plain fp32 peak otherwise, so MFU is never flattered by a peak the run
+    cannot reach."""
     import torch
 
     if not torch.cuda.is_available():
@@ -33,8 +60,9 @@ def detect_peak_tflops(precision: str) -> float | None:
     name = torch.cuda.get_device_name().upper()
     for key, peak in PEAK_TFLOPS_BF16.items():
         if key in name:
-            # fp32 uses TF32 tensor cores at half the bf16 rate on these parts.
-            return peak if precision == "bf16" else peak / 2
+            if precision == "bf16":
+                return peak
+            return peak / 2 if tf32_enabled() else PEAK_TFLOPS_FP32[key]
     return None
 
 
