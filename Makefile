@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := openmpi-bin libopenmpi-dev slurmctld slurmd slurm-client munge
 PYTEST_ARGS ?=
 
-.PHONY: demo test system-deps venv lint clean
+.PHONY: demo test system-deps venv lint clean gpu-wheelhouse
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -32,7 +32,12 @@ venv: system-deps $(STAMP)
 demo: venv
 	OMP_NUM_THREADS=2 $(VENV)/bin/scigpt demo
 
-test: venv
+# Everything the offline GPU suite installs beyond the GPU image (benchmarks/gpu_wheelhouse.py):
+# carry .whl/gpu to the GPU machine. The tests rehearse the suite's install from it.
+gpu-wheelhouse: venv
+	$(PY) benchmarks/gpu_wheelhouse.py --out .whl/gpu
+
+test: venv gpu-wheelhouse
 	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv

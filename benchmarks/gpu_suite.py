@@ -104,6 +104,8 @@ def _stages(py: str, out: Path, rehearsal: bool) -> list[Stage]:
            "--out", str(out / "model_flops")]  # fmt: skip
     if rehearsal:
         kbench.append("--cpu-smoke")
+        # the comparison the bar needs (same precision scheme) and the precision scheme's cost
+        train = [*train[: train.index("--configs") + 1], *TRAIN_CONFIGS[:3]]
         train += ["--cpu-smoke", "--budget-s", "60"]
         mfu += ["--cpu-step", "--no-compile", "--gpu-presets", "vit-tiny", "--gpu-vars", "4"]
         mfu += ["--gpu-grid", "16", "16", "--gpu-batch", "1", "--steps", "1", "--warmup", "0"]
@@ -263,6 +265,9 @@ def install(suite: Suite, wheelhouse: Path, py: str, env: dict) -> str | None:
                      "for m in sys.argv[1:]:\n    importlib.import_module(m)\nprint('imports ok')",
                      *IMPORTS], 120),
     ]  # fmt: skip
+    # Only the wheelhouse: no pip configuration (index URLs, find-links) of the machine counts.
+    env = {k: v for k, v in env.items() if not k.startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1")
     for name, cmd, budget in steps:
         res = suite.run(name, cmd, min(budget, suite.left()), env)
         if res["status"] != "ok":

@@ -101,9 +101,14 @@ def _pip(*args: str, env: dict | None = None) -> None:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
 
 
-def build(out: Path) -> dict:
-    """Fill ``out`` afresh; returns BUILD_INFO."""
+def build(out: Path, force: bool = False) -> dict:
+    """Fill ``out`` afresh (unless it already holds these sources and pins); returns BUILD_INFO."""
     pinned = pins()
+    info_path = out / "BUILD_INFO.json"
+    if not force and info_path.is_file():
+        info = json.loads(info_path.read_text())
+        if info["source_sha256"] == source_hash() and info["pins"] == pinned:
+            return info
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -202,9 +207,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / ".whl" / "gpu")
     ap.add_argument("--check", action="store_true", help="only check an existing wheelhouse")
+    ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = ap.parse_args()
     if not args.check:
-        info = build(args.out)
+        info = build(args.out, args.force)
         print(f"{args.out}: {len(info['wheels'])} wheels, sources {info['source_sha256'][:12]}")
     print(check(args.out))
     print(f"{args.out}: resolves for the GPU image with no index")
