@@ -116,7 +116,7 @@ RANGES: tuple[tuple[re.Pattern[str], PlausibleRange], ...] = tuple(
             ),
         ),
         (r"u10|v10", _WIND10),
-        (r"(u|v)(\d+(\.\d+)?|_ml\d+)", _WIND),
+        (r"(u|v)(\d+(\.\d+)?|_ml\d+)?", _WIND),
         (
             r"w(\d+(\.\d+)?|_ml\d+)?",
             _r(

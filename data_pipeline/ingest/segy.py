@@ -35,6 +35,7 @@ import segyio
 
 from ..variables import VariableInfo
 from .base import ReaderError, SeriesArray
+from .ibm import ibm_to_float32
 
 Endian = Literal["big", "little", "auto"]
 
@@ -69,23 +70,6 @@ def _open(path: Path, endian: Endian) -> tuple[Any, str]:
         f"segyio cannot open it as SEG-Y ({'; '.join(errors)}). Fix: re-download the file if it "
         "is truncated, or set endian to its byte order.",
     )
-
-
-def ibm_to_float32(words: np.ndarray) -> np.ndarray:
-    """IBM System/360 single-precision words (uint32 values) → float32, correctly rounded.
-
-    An IBM single is ``(-1)**s * 0.f * 16**(e - 64)`` with a 7-bit exponent ``e`` and a 24-bit
-    fraction ``f`` that need not be normalised (its leading hex digit may be 0). That is
-    ``f * 2**(4e - 280)`` exactly, which float64 holds for every word (|exponent| <= 280 and 24
-    bits); one cast to float32 then rounds half to even, to subnormals or to ±inf.
-    """
-    w = np.asarray(words, dtype=np.uint32)
-    fraction = (w & np.uint32(0x00FFFFFF)).astype(np.float64)
-    exponent = ((w >> np.uint32(24)) & np.uint32(0x7F)).astype(np.int32)
-    value = np.ldexp(fraction, 4 * exponent - 280)
-    value = np.where(w >> np.uint32(31) == 1, -value, value)  # -0.0 for a negative zero
-    with np.errstate(over="ignore"):
-        return value.astype(np.float32)
 
 
 def _ibm_traces(path: Path, f: Any, order: str) -> np.ndarray:

@@ -79,7 +79,7 @@ def _is_sac(head: bytes, size: int) -> bool:
     for order in "<>":
         (nvhdr,) = struct.unpack_from(f"{order}i", head, 304)
         (npts,) = struct.unpack_from(f"{order}i", head, 316)
-        if nvhdr in (6, 7) and 0 <= npts and size >= 632 + 4 * npts:
+        if nvhdr in (6, 7) and npts >= 0 and size >= 632 + 4 * npts:
             return True
     return False
 
