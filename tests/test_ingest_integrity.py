@@ -23,8 +23,8 @@ import segyio
 
 from scigpt.data_pipeline.ingest.base import ReaderError, get_reader
 from scigpt.data_pipeline.ingest.grib import read_grib
-from scigpt.data_pipeline.ingest.netcdf import read_netcdf_source
 from scigpt.data_pipeline.ingest.ibm import ibm_to_float32
+from scigpt.data_pipeline.ingest.netcdf import read_netcdf_source
 from scigpt.data_pipeline.ingest.segy import read_segy
 from scigpt.data_pipeline.ingest.seismic import read_waveforms
 from scigpt.data_pipeline.ingest.sniff import sniff
