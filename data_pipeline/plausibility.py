@@ -82,7 +82,18 @@ RANGES: tuple[tuple[re.Pattern[str], PlausibleRange], ...] = tuple(
     (re.compile(pattern, re.IGNORECASE), rng)
     for pattern, rng in (
         # ERA5 (variables._ERA5)
-        (r"(t|t2m|d2m|skt)(\d+(\.\d+)?|_ml\d+)?", _AIR_T),
+        (r"t2m|d2m|skt", _AIR_T),
+        (
+            r"t(\d+(\.\d+)?|_ml\d+)?",
+            _r(
+                120.0,
+                340.0,
+                "K",
+                "ERA5 levels reach 0.01 hPa (~80 km), where the summer polar "
+                "mesopause is ~130 K (Lübken 1999, J. Geophys. Res. 104, 9135); surface extremes "
+                f"as for t2m ({_WMO_EXTREMES})",
+            ),
+        ),
         (
             r"sst",
             _r(

@@ -219,6 +219,12 @@ def _scan(path: Path, cube: xr.Dataset) -> tuple[list[_Ref], list[str]]:
             for k, level in enumerate(levels):
                 info = era5_variable_info(short, float(level))
                 refs.append(_Ref(info, path, cube, name, k, str(units)))
+        elif level_dim == "hybrid" and cube.sizes[level_dim] == 1:
+            # One model level keeps its number ("t_ml1"), as the netCDF reader names them: a
+            # model-level field is never taken for the single-level or pressure-level one.
+            level = float(np.asarray(cube[level_dim].values).reshape(-1)[0])
+            info = era5_variable_info(short, level, "model")
+            refs.append(_Ref(info, path, cube, name, None, str(units)))
         elif level_dim is None or cube.sizes[level_dim] == 1:
             # Surface, 2 m, 10 m, mean sea level...: one level, a single-level variable.
             refs.append(_Ref(era5_variable_info(short, None), path, cube, name, None, str(units)))
