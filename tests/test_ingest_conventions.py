@@ -280,7 +280,7 @@ def test_every_registered_variable_has_a_cited_range() -> None:
         assert rng.source
     # In another unit the range is converted: t850 in °C.
     celsius = plausible_range(VariableInfo("t850", "degC", "grid"))
-    assert celsius is not None and celsius.lo == pytest.approx(170.0 - 273.15)
+    assert celsius is not None and celsius.lo == pytest.approx(120.0 - 273.15)
 
 
 def test_plausibility_units_cause() -> None:

@@ -404,7 +404,19 @@ def read_grib(
         _check_same(first, p)
 
     infos = [p.ref.info for p in pieces]
-    common: dict[str, Any] = {"files": [str(p) for p in files]}
+    decoding = {
+        p.ref.info.name: {
+            "rule": "GRIB packing decoded by ecCodes ("
+            f"{p.ref.cube[p.ref.var].attrs.get('GRIB_packingType', 'unknown')})",
+            "rule_from": "the message's data representation section",
+            "fill_value": "bitmap (section 3/6): absent points are NaN",
+            "units": p.ref.units,
+            "units_from": "ecCodes parameter tables (paramId "
+            f"{p.ref.cube[p.ref.var].attrs.get('GRIB_paramId', '?')})",
+        }
+        for p in pieces
+    }
+    common: dict[str, Any] = {"files": [str(p) for p in files], "decoding": decoding}
     source = f"era5-grib:{files[0].resolve().parent.name}"
 
     def grid(values: np.ndarray, attrs: dict[str, Any]) -> GridArray:

@@ -222,6 +222,7 @@ def read_netcdf(paths: Sequence[str | Path], variables: Sequence[str] | None = N
 
         out = np.empty((len(time), len(names), len(lat), len(lon)), dtype=np.float32)
         infos: list[VariableInfo] = []
+        decoding: dict[str, dict] = {}
         for v, name in enumerate(names):
             field, ds = available[name]
             dims = (
@@ -231,6 +232,7 @@ def read_netcdf(paths: Sequence[str | Path], variables: Sequence[str] | None = N
             )
             out[:, v] = _load(ds, field, dims)  # (T, H, W)
             infos.append(field.info)
+            decoding[name] = _decoding(ds[field.var], field)
 
     return GridArray(
         values=out,
@@ -239,7 +241,33 @@ def read_netcdf(paths: Sequence[str | Path], variables: Sequence[str] | None = N
         lon=lon,
         time=time,
         source=f"era5-netcdf:{ref_path.resolve().parent.name}",
+        attrs={"decoding": decoding},
     )
+
+
+def _decoding(da: xr.DataArray, field: _Field) -> dict:
+    """The CF unpacking xarray applied (from the variable's encoding) and the units' origin."""
+    enc = da.encoding
+
+    def num(key: str) -> float | list[float] | None:
+        value = enc.get(key)
+        if value is None:
+            return None
+        arr = np.asarray(value, dtype=np.float64).ravel()
+        return float(arr[0]) if arr.size == 1 else arr.tolist()
+
+    packed = "scale_factor" in enc or "add_offset" in enc
+    return {
+        "rule": "cf" if packed else "none (stored values)",
+        "formula": "value = raw * scale_factor + add_offset" if packed else None,
+        "rule_from": "CF conventions 1.8 §8.1 (xarray mask_and_scale)",
+        "scale_factor": num("scale_factor"),
+        "add_offset": num("add_offset"),
+        "fill_value": [x for x in (num("_FillValue"), num("missing_value")) if x is not None]
+        or None,
+        "units": field.units,
+        "units_from": "units attribute",
+    }
 
 
 def _times(ds: xr.Dataset, name: str, path: Path) -> np.ndarray:
