@@ -21,9 +21,14 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# ibm2ieee (the tests' IBM-float reference, `dev` extra) has only wheels built for numpy 1, which
+# fail to import under numpy 2, and its sdist's isolated build pins a numpy 1 toolchain that no
+# longer builds: it is compiled from its sdist against the numpy installed here, before the rest.
 $(STAMP): pyproject.toml constraints-cpu.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints-cpu.txt 'numpy>=1.26' setuptools wheel
+	$(PIP) install -q -c constraints-cpu.txt --no-build-isolation --no-binary ibm2ieee 'ibm2ieee>=1.3.3'
 	$(PIP) install -q -c constraints-cpu.txt -e '.[dev,mpi,formats,dali,kernels]'
 	@touch $(STAMP)
 

@@ -22,6 +22,7 @@ from typing import Any, get_type_hints
 import numpy as np
 
 from .ingest.base import GridArray, ReaderError, SeriesArray, format_kind, get_reader
+from .plausibility import check_arrays
 from .shards import MANIFEST, PatchSpec, build_manifest, read_record, write_record, write_unit
 
 
@@ -39,6 +40,7 @@ class SourceSpec:
     samples_per_unit: int = 64  # generated sources (pde): samples per unit
     # this source's statistics block when it has its own splits (default: the store's)
     stats_time_range: tuple[Any, Any] | None = None
+    plausibility: str = "reject"  # out-of-range values: "reject" the unit, "warn" or "off"
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes this source's output (a changed spec redoes units)."""
@@ -52,6 +54,8 @@ class SourceSpec:
         }
         if self.stats_time_range is not None:
             d["stats_time_range"] = [str(t) for t in self.stats_time_range]
+        if self.plausibility != "reject":
+            d["plausibility"] = self.plausibility
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -169,6 +173,10 @@ def run_unit(store: Path, unit: Unit, stats_time_range) -> dict[str, Any]:
         reader = get_reader(unit.source.format)
         arrays = reader(list(unit.paths), **unit.options)
         _check_arrays(arrays, unit)
+        where = unit.paths[0] if unit.paths else unit.name
+        meta["plausibility"] = check_arrays(
+            arrays, unit.source.plausibility, unit.source.format, str(where)
+        )
         rec = write_unit(store, unit.source.name, unit.name, arrays, unit.source.patch,
                          stats_time_range=unit.source.stats_time_range or stats_time_range,
                          meta=meta)  # fmt: skip
@@ -255,6 +263,7 @@ def prepare_store(
             "patch": s.patch.to_dict(),
             "options": s.options,
             "fingerprint": s.fingerprint(),
+            "plausibility": s.plausibility,
             **(
                 {"stats_time_range": [str(np.datetime64(t, "s")) for t in s.stats_time_range]}
                 if s.stats_time_range is not None

@@ -32,7 +32,9 @@ import numpy as np
 from scigpt.atomic import atomic_write, atomic_write_text, sha256_file
 
 from .ingest.base import GridArray, SeriesArray
+from .lzf import write_lzf_chunks
 from .patches import grid_token_coords, patchify_grid, patchify_series
+from .plausibility import merge_checks
 from .stats import RunningStats
 
 FORMAT = "scigpt-patch-store"
@@ -111,15 +113,30 @@ def _dataset(g: h5py.Group, name: str, data: np.ndarray, **kw: Any) -> None:
     g.create_dataset(name, data=data, track_times=False, **kw)
 
 
+def _patches(g: h5py.Group, patches: np.ndarray, spec: PatchSpec) -> None:
+    """The patches dataset, one chunk per sample (a loader reads a sample with one
+    decompression). LZF chunks are coded here, not by h5py's filter, whose output depends on
+    uninitialised memory (see lzf.py): identical input → identical bytes."""
+    if not len(patches):
+        _dataset(g, "patches", patches)
+        return
+    chunks = (1, *patches.shape[1:])
+    if spec.compression != "lzf":
+        _dataset(g, "patches", patches, chunks=chunks, **spec.h5_filters())
+        return
+    ds = g.create_dataset("patches", shape=patches.shape, dtype=patches.dtype, chunks=chunks,
+                          track_times=False, **spec.h5_filters())  # fmt: skip
+    write_lzf_chunks(ds, patches)
+
+
 def _write_grid(g: h5py.Group, arr: GridArray, spec: PatchSpec, stats: NamedStats, rng) -> dict:
     pt, ph, pw = spec.grid
     patches = patchify_grid(arr.values, spec.grid)  # (N, V, G, K)
-    n, _, ntok, k = patches.shape
+    n = patches.shape[0]
     if n == 0:
         raise ValueError(f"{arr.source}: {len(arr.time)} frames do not fill one {pt}-frame tubelet")
     times = arr.time[: n * pt : pt].astype("datetime64[ns]").astype(np.int64)  # (N,)
-    # One chunk per sample: a loader reads a sample with one decompression.
-    _dataset(g, "patches", patches, chunks=(1, patches.shape[1], ntok, k), **spec.h5_filters())
+    _patches(g, patches, spec)
     _dataset(g, "time", times)
     _dataset(g, "lat", np.asarray(arr.lat, dtype=np.float64))
     _dataset(g, "lon", np.asarray(arr.lon, dtype=np.float64))
@@ -148,8 +165,8 @@ def _write_series(g: h5py.Group, arr: SeriesArray, spec: PatchSpec, stats: Named
     rec, off = origin[:, 0], origin[:, 1]
     step = arr.step.astype("timedelta64[ns]").astype(np.int64)
     times = arr.start.astype("datetime64[ns]").astype(np.int64)[rec] + off * step  # (M,)
-    m, c, p, k = patches.shape
-    _dataset(g, "patches", patches, chunks=(1, c, p, k) if m else None, **spec.h5_filters())
+    m = patches.shape[0]
+    _patches(g, patches, spec)
     _dataset(g, "time", times)
     _dataset(g, "record", rec)
     for name in ("lat", "lon", "elevation", "depth"):
@@ -201,6 +218,8 @@ def write_unit(
                     info = _write_grid(g, arr, spec, stats, stats_time_range)
                 else:
                     info = _write_series(g, arr, spec, stats, stats_time_range)
+                if arr.attrs.get("reader_warnings"):  # harmless ones; the rest are rejects
+                    info["reader_warnings"] = list(arr.attrs["reader_warnings"])
                 infos.append({"group": f"a{i}", "variables": [v.name for v in arr.variables],
                               **info})  # fmt: skip
 
@@ -261,6 +280,7 @@ def build_manifest(
     merged = {name: NamedStats() for name in sources}
     seen_vars: dict[str, set[str]] = {name: set() for name in sources}
     rejects = []
+    done: dict[str, list[dict[str, Any]]] = {name: [] for name in sources}
     for source, unit in units:
         rec = read_record(store, source, unit)
         if rec is None:
@@ -274,10 +294,14 @@ def build_manifest(
                 seen_vars[source].add(v["name"])
                 src["variables"].append(v)
         merged[source].merge(NamedStats.from_dict(rec["stats"]))
+        done[source].append(rec)
         n = sum(a["n"] for a in rec["arrays"])
         src["n_samples"] += n
         src["units"].append({k: rec[k] for k in ("unit", "shard", "sha256", "bytes", "arrays")})
         rejects.extend(rec.get("rejects", []))
+    for name, recs in done.items():
+        # Per variable: min/max, the plausible range checked and the decoding rules applied.
+        out_sources[name]["checks"] = merge_checks(recs)
     for name, st in merged.items():
         out_sources[name]["stats"] = {
             v: {

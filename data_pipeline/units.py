@@ -50,17 +50,32 @@ _UNITS: tuple[tuple[Unit, tuple[str, ...]], ...] = (
     (Unit("m**2 s**-2", "specific_energy"), ("m**2/s**2", "J kg**-1", "J/kg")),
     # plane angle (MODIS sun/view zenith and azimuth); SI is the radian
     (Unit("degree", "angle", np.pi / 180), ("degrees", "deg")),
-    # dimensionless
+    # dimensionless: "1" is the canonical unit of every ratio, fraction, index (NDVI, EVI),
+    # emissivity, reflectance and count of events (clear-sky days); percent converts to it.
     (
         Unit("1", "dimensionless"),
-        ("", "dimensionless", "(0 - 1)", "0-1", "fraction", "~", "m**2/m**2"),
+        (
+            "",
+            "dimensionless",
+            "(0 - 1)",
+            "0-1",
+            "fraction",
+            "~",
+            "m**2/m**2",
+            "ratio",
+            "index",
+            "number",
+        ),
     ),
-    (Unit("%", "dimensionless", 1e-2), ("percent", "Percent")),
+    (Unit("%", "dimensionless", 1e-2), ("percent", "Percent", "pct")),
     # raw digitiser output (seismic waveforms, not restituted): a dimension of its own, so counts
     # never convert to, or pass for, a physical unit
     (Unit("counts", "counts"), ("count", "digital counts")),
     # station series (GHCN-D, CAMELS, FLUXNET); daily totals are kept apart from speeds
     (Unit("s", "time"), ("second", "seconds")),
+    # MODIS LST view time (local solar time of the observation) is in "hrs"
+    (Unit("h", "time", 3600.0), ("hr", "hrs", "hour", "hours")),
+    (Unit("day", "time", 86400.0), ("days",)),
     (Unit("mm day**-1", "depth_rate", 1e-3 / 86400.0), ("mm/day", "mm d**-1", "mm/d")),
     (Unit("W m**-2", "energy_flux"), ("W/m2", "W/m**2")),
     (Unit("m**3 s**-1", "volume_flow"), ("m3/s", "m**3/s")),

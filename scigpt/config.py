@@ -109,6 +109,27 @@ class SourceConfig(_Strict):
     # This source's own time blocks (e.g. a seismic catalogue from other years than the
     # reanalysis); default: data.splits. Its normalisation statistics come from its train block.
     splits: SplitsConfig | None = None
+    # Per-variable units that replace (or supply) a file's units attribute: {emis_31: "1"}.
+    # Readers with file units attributes only (modis_hdf4, hdf5_grid); names are checked at ingest.
+    units: dict[str, str] | None = None
+    # Values outside their variable's plausible physical range (> 0.1 %): reject the unit
+    # (default), warn (keep it, record the finding in its record and the manifest), or off.
+    plausibility: Literal["reject", "warn", "off"] = "reject"
+
+    @field_validator("units")
+    @classmethod
+    def _known_units(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        from scigpt.data_pipeline.units import known_units, parse_units
+
+        for name, spelling in (v or {}).items():
+            if parse_units(spelling) is None:
+                raise ValueError(
+                    f"units.{name}={spelling!r} is not a known unit; known (aliases accepted): "
+                    f"{known_units()}"
+                )
+        if v is not None and not v:
+            raise ValueError("units is empty: map variable names to units or omit the key")
+        return v
 
     @field_validator("variables")
     @classmethod
@@ -137,6 +158,12 @@ class SourceConfig(_Strict):
 
         if self.path is None and self.format != "pde":
             raise ValueError(f"source {self.name!r} (format {self.format}) needs a path")
+        if self.units is not None and self.format not in ("modis_hdf4", "hdf5_grid"):
+            raise ValueError(
+                f"source {self.name!r}: units applies to formats whose files carry units "
+                f"attributes (modis_hdf4, hdf5_grid); {self.format} takes its units from its "
+                "variable tables"
+            )
         if format_kind(self.format) == "grid":
             if self.patch is not None and len(self.patch) != 3:
                 raise ValueError(

@@ -39,6 +39,8 @@ def source_specs(loaded: LoadedConfig) -> list:
         options: dict[str, Any] = dict(src.options)
         if src.variables is not None:
             options["variables"] = list(src.variables)
+        if src.units is not None:
+            options["units"] = dict(src.units)
         try:
             check_options(src.format, options, where)
         except ImportError as e:
@@ -84,6 +86,7 @@ def source_specs(loaded: LoadedConfig) -> list:
                 require_coordinates=src.require_coordinates,
                 samples_per_unit=src.samples_per_unit,
                 stats_time_range=src.splits.train.bounds() if src.splits else None,
+                plausibility=src.plausibility,
             )
         )
     return specs

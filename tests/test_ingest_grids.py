@@ -215,9 +215,9 @@ def test_grib_bad_input_is_refused(tmp_path: Path, grib_path: Path) -> None:
 
 
 def test_readers_are_registered() -> None:
-    assert get_reader("grib") is read_grib
-    assert get_reader("zarr") is read_zarr
-    assert get_reader("geotiff") is read_geotiff
+    assert get_reader("grib").__wrapped__ is read_grib
+    assert get_reader("zarr").__wrapped__ is read_zarr
+    assert get_reader("geotiff").__wrapped__ is read_geotiff
 
 
 # --------------------------------------------------------------------------------------------

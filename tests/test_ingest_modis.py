@@ -378,8 +378,8 @@ def test_struct_metadata_fallback(mod09: Path, mcd15: Path, tmp_path: Path) -> N
 
 
 def test_variable_selection_and_registry(mod09: Path) -> None:
-    assert get_reader("modis_hdf4") is read_modis_hdf4
-    assert get_reader("hdf5_grid") is read_hdf5_grid
+    assert get_reader("modis_hdf4").__wrapped__ is read_modis_hdf4
+    assert get_reader("hdf5_grid").__wrapped__ is read_hdf5_grid
     [g] = read_modis_hdf4([mod09], variables=["sur_refl_b04", "SUR_REFL_B01"], qc=False)
     assert g.names == ["sur_refl_b04", "sur_refl_b01"]
     [g] = read_modis_hdf4([mod09], variables=["sur_refl_state_500m"], qc=False)

@@ -467,8 +467,14 @@ def test_seisbench_wc_layout_and_plain_trace_names(
 
 
 def test_registry_and_option_types() -> None:
-    assert get_reader("mseed") is read_waveforms and get_reader("sac") is read_waveforms
-    assert get_reader("segy") is read_segy and get_reader("seisbench") is read_seisbench
+    assert (
+        get_reader("mseed").__wrapped__ is read_waveforms
+        and get_reader("sac").__wrapped__ is read_waveforms
+    )
+    assert (
+        get_reader("segy").__wrapped__ is read_segy
+        and get_reader("seisbench").__wrapped__ is read_seisbench
+    )
     # Options arrive from YAML: their annotations must resolve and validate (lists → tuples).
     hints = typing.get_type_hints(read_waveforms)
     stations = TypeAdapter(hints["stations"]).validate_python({"IU.ANMO": [34.9, -106.5, 1850]})

@@ -39,9 +39,9 @@ def _days(arr: SeriesArray) -> pd.DatetimeIndex:
 
 
 def test_registry_resolves_station_readers() -> None:
-    assert get_reader("ghcn") is read_ghcn
-    assert get_reader("camels") is read_camels
-    assert get_reader("fluxnet") is read_fluxnet
+    assert get_reader("ghcn").__wrapped__ is read_ghcn
+    assert get_reader("camels").__wrapped__ is read_camels
+    assert get_reader("fluxnet").__wrapped__ is read_fluxnet
 
 
 # ----------------------------------------------------------------------------------------------

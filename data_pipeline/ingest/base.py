@@ -14,6 +14,7 @@ driver records it as a reject and carries on with the other files.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -208,12 +209,23 @@ def format_kind(fmt: str) -> str:
 
 
 def get_reader(fmt: str) -> Reader:
-    """The reader function of a source format (imported on demand)."""
+    """The reader function of a source format (imported on demand), behind a signature check:
+    a file whose first bytes name another format is refused before it is parsed (sniff.py)."""
     if fmt not in READERS:
         raise ValueError(f"unknown source format {fmt!r}: choose one of {sorted(READERS)}")
     module, func = READERS[fmt].split(":")
     mod = importlib.import_module(f"{__package__}.{module}")
-    return getattr(mod, func)
+    reader = getattr(mod, func)
+    from .sniff import check_signature
+
+    @functools.wraps(reader)
+    def checked(paths: Sequence[str | Path], **options: Any) -> list[Array]:
+        if not isinstance(paths, str | Path):
+            for path in paths:
+                check_signature(fmt, path)
+        return reader(paths, **options)
+
+    return checked
 
 
 def reader_formats() -> list[str]:

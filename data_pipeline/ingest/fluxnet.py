@@ -237,7 +237,13 @@ def _read_fluxnet_file(
         float(site.get("lon", np.nan)),
         float(site.get("elevation", np.nan)),
     )
-    attrs = {"path": str(path), "missing": n_missing, "timestamp_marks_end": marks_end}
+    attrs = {
+        "path": str(path),
+        "missing": n_missing,
+        "timestamp_marks_end": marks_end,
+        "time_stamp": "interval start: a sample's time is the start of its averaging period "
+        f"(the file's stamps mark its {'end; shifted back one step' if marks_end else 'start'})",
+    }
     return _series(values, channels, begin[0], step, coords, site_id, f"fluxnet:{site_id}", attrs)
 
 

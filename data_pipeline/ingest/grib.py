@@ -9,6 +9,7 @@ several files (time-split downloads) concatenated along time.
 
 from __future__ import annotations
 
+import mmap
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from .base import GridArray, ReaderError, select_variables
 from .netcdf import _first_difference
 
 _MEMBER_DIM = "number"
+_MAX_PADDING = 120  # bytes of zeros allowed between messages (ECMWF GRIB 1 record padding)
 _REF_TIME_DIM, _STEP_DIM = "time", "step"
 # cfgrib names the pressure axis after the GRIB typeOfLevel; levels below 1 hPa come in Pa.
 _PRESSURE_DIMS = ("isobaricInhPa", "isobaricInPa")
@@ -55,11 +57,87 @@ class _Piece:
     lon: np.ndarray
 
 
+def grib_messages(path: Path) -> list[tuple[int, int]]:
+    """(offset, length) of every message, from the file's own structure; damage is an error.
+
+    ecCodes scans for the next ``GRIB`` marker and silently skips bytes that are not a message,
+    so a message whose first bytes were zeroed disappears, and cfgrib returns the complete
+    messages of a truncated file. Here the file must be a sequence of messages, each starting
+    with ``GRIB``, of the length its section 0 declares (edition 1: 3 bytes at octet 5; edition
+    2: 8 bytes at octet 9; WMO FM 92), ending with ``7777``. Between and after messages only zero
+    padding shorter than 120 bytes may lie (ECMWF pads GRIB 1 messages to a multiple of 120).
+    """
+    with path.open("rb") as fh:
+        data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else b""
+    try:
+        size, pos, out = len(data), 0, []
+        while pos < size:
+            start = data.find(b"GRIB", pos)
+            stop = size if start < 0 else start
+            gap = data[pos:stop]
+            if start < 0 and not out:
+                raise ReaderError(
+                    path, "cannot read as GRIB: no 'GRIB' marker in the file. Fix: check it is "
+                    "GRIB 1/2 (the sniffed signature names other formats)."
+                )  # fmt: skip
+            if gap and (not out or gap.strip(b"\x00") or len(gap) >= _MAX_PADDING):
+                what = f"before message {len(out) + 1}" if start >= 0 else "after the last message"
+                raise ReaderError(
+                    path,
+                    f"bytes {pos}..{stop - 1} {what} are not part of any GRIB message (a damaged "
+                    "or zeroed message header?): ecCodes would skip them, losing a field. Fix: "
+                    "re-download the file.",
+                )
+            if start < 0:
+                break
+            if start + 16 > size:
+                raise ReaderError(path, f"message {len(out) + 1} at byte {start} is cut short")
+            edition = data[start + 7]
+            if edition == 1:
+                length = int.from_bytes(data[start + 4 : start + 7], "big")
+            elif edition == 2:
+                length = int.from_bytes(data[start + 8 : start + 16], "big")
+            else:
+                raise ReaderError(
+                    path, f"message {len(out) + 1} at byte {start}: edition {edition}"
+                )
+            end = start + length
+            if end > size:
+                raise ReaderError(
+                    path,
+                    f"message {len(out) + 1} at byte {start} declares {length} B but the file "
+                    f"ends {size - start} B after its start: the file is truncated after "
+                    f"{len(out)} complete messages. Fix: re-download it.",
+                )
+            if data[end - 4 : end] != b"7777":
+                raise ReaderError(
+                    path,
+                    f"message {len(out) + 1} at byte {start} does not end with '7777' at byte "
+                    f"{end - 4}: it is damaged. Fix: re-download the file.",
+                )
+            out.append((start, length))
+            pos = end
+        return out
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
+
+
 def _open_cubes(path: Path) -> list[xr.Dataset]:
     import cfgrib  # imported on use: ecCodes takes a second to load and is an optional extra
+    import eccodes
 
     if not path.is_file():
         raise ReaderError(path, "no such GRIB file. Fix: check the path.")
+    messages = grib_messages(path)
+    with path.open("rb") as fh:
+        counted = eccodes.codes_count_in_file(fh)
+    if counted != len(messages):
+        raise ReaderError(
+            path,
+            f"ecCodes counts {counted} messages where the file's structure has "
+            f"{len(messages)}: the file is damaged. Fix: re-download it.",
+        )
     # indexpath "": never write a .idx next to the input (shared data is read-only in CI).
     # errors "raise": cfgrib otherwise logs and skips a truncated message, returning fewer times.
     # squeeze False: every hypercube keeps (number, time, step, level, ...) dims, so one code path
@@ -141,6 +219,12 @@ def _scan(path: Path, cube: xr.Dataset) -> tuple[list[_Ref], list[str]]:
             for k, level in enumerate(levels):
                 info = era5_variable_info(short, float(level))
                 refs.append(_Ref(info, path, cube, name, k, str(units)))
+        elif level_dim == "hybrid" and cube.sizes[level_dim] == 1:
+            # One model level keeps its number ("t_ml1"), as the netCDF reader names them: a
+            # model-level field is never taken for the single-level or pressure-level one.
+            level = float(np.asarray(cube[level_dim].values).reshape(-1)[0])
+            info = era5_variable_info(short, level, "model")
+            refs.append(_Ref(info, path, cube, name, None, str(units)))
         elif level_dim is None or cube.sizes[level_dim] == 1:
             # Surface, 2 m, 10 m, mean sea level...: one level, a single-level variable.
             refs.append(_Ref(era5_variable_info(short, None), path, cube, name, None, str(units)))
@@ -186,6 +270,18 @@ def _load(ref: _Ref) -> _Piece:
         # with steps 1..12): cfgrib fills absent (time, step) messages with NaN. Drop those.
         present = ~np.all(np.isnan(values), axis=(0, 2, 3))
         values, time = values[:, present], time[present]
+    else:
+        # In an analysis hypercube an all-NaN field is a message cfgrib did not find (a file
+        # cut or damaged between messages), filled in: refuse, naming it.
+        absent = np.all(np.isnan(values), axis=(2, 3))  # (M, T)
+        if absent.any() and not absent.all():
+            m0, t0 = np.argwhere(absent)[0]
+            raise ReaderError(
+                path,
+                f"{ref.info.name}: {int(absent.sum())} of {absent.size} fields are missing from "
+                f"the file (first: member {members[m0]}, {time[t0]}): it is truncated or damaged "
+                "between messages. Fix: re-download it.",
+            )
     order = np.argsort(time, kind="stable")
     values, time = values[:, order], time[order]
     if len(time) > 1 and np.any(time[1:] == time[:-1]):
@@ -308,7 +404,19 @@ def read_grib(
         _check_same(first, p)
 
     infos = [p.ref.info for p in pieces]
-    common: dict[str, Any] = {"files": [str(p) for p in files]}
+    decoding = {
+        p.ref.info.name: {
+            "rule": "GRIB packing decoded by ecCodes ("
+            f"{p.ref.cube[p.ref.var].attrs.get('GRIB_packingType', 'unknown')})",
+            "rule_from": "the message's data representation section",
+            "fill_value": "bitmap (section 3/6): absent points are NaN",
+            "units": p.ref.units,
+            "units_from": "ecCodes parameter tables (paramId "
+            f"{p.ref.cube[p.ref.var].attrs.get('GRIB_paramId', '?')})",
+        }
+        for p in pieces
+    }
+    common: dict[str, Any] = {"files": [str(p) for p in files], "decoding": decoding}
     source = f"era5-grib:{files[0].resolve().parent.name}"
 
     def grid(values: np.ndarray, attrs: dict[str, Any]) -> GridArray:

@@ -7,23 +7,16 @@ MODIS HDF4 reader, so an HDF4 tile rewritten as HDF5 reads back identically (tes
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from .base import GridArray, ReaderError
-from .modis import (
-    ScaleConvention,
-    _check_paths,
-    _datetime,
-    _decode_field,
-    _Decoded,
-    _finish,
-    _text,
-    _time_from_name,
-)
+from .modis import _check_paths, _datetime, _finish, _time_from_name
+from .packing import Decoded, Layer, ScaleConvention, check_units_override, decode_field
+from .packing import text as _text
 
 _TIME_UNITS_NS = {
     "seconds": 10**9, "second": 10**9, "secs": 10**9, "sec": 10**9, "s": 10**9,
@@ -92,6 +85,7 @@ def read_hdf5_grid(
     time: str | None = "time",
     scale_convention: ScaleConvention = "cf",
     apply_valid_range: bool = True,
+    units: Mapping[str, str] | None = None,
 ) -> list[GridArray]:
     """Read gridded HDF5 satellite products (h5py): one :class:`GridArray` per file.
 
@@ -100,9 +94,11 @@ def read_hdf5_grid(
     ``lat``/``lon`` name 1-D ``(H,)``/``(W,)`` or 2-D ``(H, W)`` coordinate datasets in degrees.
     ``time`` names a dataset with CF units (``"days since 2017-01-01"``) or a root attribute
     holding an ISO date; ``None`` takes the ``.AYYYYDDD.`` date of the file name.
-    ``scale_convention`` is ``"cf"`` (``raw * scale + offset``) or ``"hdf4"``
-    (``scale * (raw - offset)``, MODIS products converted from HDF4). Masking, QC layers and
-    units follow the module docstring, identically to :func:`read_modis_hdf4`.
+    ``scale_convention`` is ``"cf"`` (``raw * scale + offset``), ``"hdf4"``
+    (``scale * (raw - offset)``, MODIS products converted from HDF4) or ``"divisor"``
+    (``(raw - offset) / scale``); a rule a text attribute states wins (packing.py). ``units``
+    maps dataset names to units that replace (or supply) their units attribute. Masking, QC
+    layers and units follow the module docstring, identically to :func:`read_modis_hdf4`.
     """
     paths = _check_paths(paths, "read_hdf5_grid")
     if isinstance(variables, str) or not variables:
@@ -110,8 +106,10 @@ def read_hdf5_grid(
             f"read_hdf5_grid needs variables=[dataset, ...], got {variables!r}. Fix: list the "
             "datasets to read."
         )
-    if scale_convention not in ("cf", "hdf4"):
-        raise ValueError(f"scale_convention must be 'cf' or 'hdf4', got {scale_convention!r}")
+    if scale_convention not in ("cf", "hdf4", "divisor"):
+        raise ValueError(
+            f"scale_convention must be 'cf', 'hdf4' or 'divisor', got {scale_convention!r}"
+        )
     arrays = []
     for path in paths:
         try:
@@ -126,7 +124,15 @@ def read_hdf5_grid(
             with f:
                 arrays.append(
                     _read_hdf5_file(
-                        f, path, variables, lat, lon, time, scale_convention, apply_valid_range
+                        f,
+                        path,
+                        variables,
+                        lat,
+                        lon,
+                        time,
+                        scale_convention,
+                        apply_valid_range,
+                        units,
                     )
                 )
         except (OSError, KeyError, RuntimeError) as exc:  # h5py errors on damaged data/objects
@@ -143,6 +149,7 @@ def _read_hdf5_file(
     time_name: str | None,
     convention: ScaleConvention,
     apply_valid_range: bool,
+    units: Mapping[str, str] | None,
 ) -> GridArray:
     lat = _hdf5_coord(f, lat_name, "lat", path)
     lon = _hdf5_coord(f, lon_name, "lon", path)
@@ -150,7 +157,10 @@ def _read_hdf5_file(
         raise ReaderError(path, f"lat {lat.shape} and lon {lon.shape} do not form one grid")
     hw = lat.shape if lat.ndim == 2 else (len(lat), len(lon))
     time = _hdf5_time(f, time_name, path)
-    out = _Decoded([], [], [])
+    out = Decoded([], [], [], {})
+    overrides = check_units_override(
+        units, [n.rstrip("/").rsplit("/", 1)[-1] for n in variables], path
+    )
     seen: dict[str, str] = {}
     for name in variables:
         if name not in f or not isinstance(f[name], h5py.Dataset):
@@ -172,14 +182,10 @@ def _read_hdf5_file(
                 f"{short.lower()!r}. Fix: read them in separate sources."
             )
         seen[short.lower()] = name
-        _decode_field(
-            out,
-            short,
-            raw,
-            dict(ds.attrs),
-            path=path,
-            convention=convention,
-            apply_valid_range=apply_valid_range,
+        # The option is this reader's default rule; a rule the file states still wins.
+        layer = Layer(short, None, "auto", dict(f.attrs), overrides.get(short), convention)
+        decode_field(
+            out, raw, dict(ds.attrs), layer, path=path, apply_valid_range=apply_valid_range
         )
     notes = {
         "path": str(path),

@@ -2,10 +2,13 @@
 
 Conventions (both readers):
 
-* **Packing.** HDF4/MODIS products decode as ``value = scale_factor * (raw - add_offset)``
-  (the HDF4 ``SDsetcal`` calibration, MODIS user guides); CF/netCDF files decode as
-  ``value = raw * scale_factor + add_offset``. The two agree only when ``add_offset == 0``, so
-  the convention is explicit (``read_hdf5_grid(scale_convention=...)``), never guessed.
+* **Packing.** Per layer, one of three rules turns the stored integer into a value:
+  ``hdf4`` ``scale_factor * (raw - add_offset)`` (HDF4 ``SDsetcal``; most MODIS land products),
+  ``cf`` ``raw * scale_factor + add_offset`` (MOD11/MOD21 LST, CF/netCDF files) or ``divisor``
+  ``(raw - add_offset) / scale_factor`` (MOD13 vegetation indices, whose ``scale_factor`` is
+  10000). The rule is the source option ``scale_convention`` if set, else the one a text
+  attribute of the layer or file states, else the product's documented one, else ``hdf4``
+  (packing.py); it is recorded per variable in ``attrs["decoding"]`` with where it came from.
 * **Masking.** ``_FillValue`` (and CF ``missing_value``) → NaN; raw values outside
   ``valid_range`` (or ``valid_min``/``valid_max``) → NaN. Both tests are on the *raw* stored
   values, as the MODIS products and CF (for packed attributes) define them.
@@ -14,7 +17,9 @@ Conventions (both readers):
   ``_FillValue`` → NaN (a valid range is meaningless on a bit pattern). Values are float32 in a
   :class:`GridArray`, which is exact only below 2**24, so an integer QC word wider than 16 bits
   is split into 16-bit planes ``<name>_bits00_15``, ``<name>_bits16_31`` (…), each exact.
-* **Units.** The ``units`` attribute goes through :mod:`..units`; dimensionless quantities
+* **Units.** The source config's ``units`` override, else the ``units`` attribute, else the
+  product's documented units for layers without one (MOD11 emissivity "1", percent land "%",
+  clear-sky day bits), go through :mod:`..units`; dimensionless quantities
   (reflectance, ``m^2/m^2``, percent) become ``"1"`` (fractions), angles stay ``"degree"``.
   MODIS labels some scaled fractions with the units of the *stored* integer (FPAR: ``"Percent"``
   with ``scale_factor`` 0.01, valid raw 0–100): when the decoded valid range tops out at ≤ 1 a
@@ -39,25 +44,23 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from ..units import known_units, parse_units, to_canonical
-from ..variables import VariableInfo
 from .base import GridArray, ReaderError
+from .packing import (
+    Decoded,
+    Layer,
+    ScaleOption,
+    check_units_override,
+    decode_field,
+    is_qc,
+)
 
 # Sphere of the MODIS land grids (GCTP_SNSOID ProjParams[0]); MODIS Land grid user guide.
 MODIS_SPHERE_RADIUS = 6371007.181  # m
 
-ScaleConvention = Literal["cf", "hdf4"]
-
-# units attribute spellings of bit-field layers (compared lower-case, "-"/"_" read as space).
-_QC_UNITS = frozenset({"bit field", "bitfield", "bit fields", "class flag", "flag", "flags"})
-_QC_NAME = re.compile(r"(^|_)qc(_|$)", re.IGNORECASE)
-# MODIS spellings that name a quantity rather than a unit; both are dimensionless ("Julian day"
-# is MODIS's name for the day of year 1–366 of a pixel's observation, an ordinal, not JD).
-_MODIS_UNIT_SPELLINGS = {"reflectance": "1", "Julian day": "1", "none": "1", "NDVI": "1"}
 # LP DAAC names: <product>.A<YYYY><DDD>.h<HH>v<VV>.<collection>.<production time>.hdf
 _NAME_DATE = re.compile(r"\.A(\d{4})(\d{3})\.")
 _NAME_TILE = re.compile(r"^(?P<product>[A-Z0-9]+)\.A\d{7}\.(?P<tile>h\d{2}v\d{2})\.")
@@ -266,6 +269,16 @@ def _time_from_name(path: Path) -> np.datetime64 | None:
     return start + np.timedelta64(doy - 1, "D")
 
 
+def _product(attrs: Mapping[str, Any]) -> str | None:
+    """ECS short name (``MOD13Q1``) from CoreMetadata.0, else OldCoreMetadata.0."""
+    for base in ("CoreMetadata", "OldCoreMetadata"):
+        core = _joined_attr(attrs, base)
+        name = _odl_object_value(core, "SHORTNAME") if core else None
+        if name:
+            return name
+    return None
+
+
 def _time(attrs: Mapping[str, Any], path: Path) -> tuple[np.datetime64, dict[str, Any]]:
     """Start of the composite period, and provenance notes for ``GridArray.attrs``."""
     from_name = _time_from_name(path)
@@ -301,183 +314,8 @@ def _time(attrs: Mapping[str, Any], path: Path) -> tuple[np.datetime64, dict[str
     )
 
 
-# --------------------------------------------------------------------------- decoding
-
-
-def _scalar(attrs: Mapping[str, Any], key: str) -> float | None:
-    if key not in attrs:
-        return None
-    arr = np.asarray(attrs[key]).ravel()
-    return float(arr[0]) if arr.size else None
-
-
-def _pair(attrs: Mapping[str, Any], key: str) -> tuple[float, float] | None:
-    if key not in attrs:
-        return None
-    arr = np.asarray(attrs[key], dtype=np.float64).ravel()
-    return (float(arr[0]), float(arr[1])) if arr.size == 2 else None
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes | np.bytes_):
-        return value.decode("utf-8", "replace").rstrip("\x00")
-    if isinstance(value, np.ndarray) and value.size == 1:
-        return _text(value.ravel()[0])
-    return str(value).rstrip("\x00")
-
-
-def _is_qc(name: str, attrs: Mapping[str, Any]) -> bool:
-    units = _text(attrs.get("units", "")).lower().replace("-", " ").replace("_", " ").strip()
-    return units in _QC_UNITS or bool(_QC_NAME.search(name))
-
-
-def _invalid(raw: np.ndarray, attrs: Mapping[str, Any], *, valid_range: bool) -> np.ndarray:
-    """(H, W) bool: fill/missing codes and (optionally) raw values outside the valid range."""
-    raw64 = raw.astype(np.float64)  # exact for every integer type up to 2**53
-    bad = np.isnan(raw64)
-    for key in ("_FillValue", "missing_value"):
-        if key in attrs:
-            for code in np.asarray(attrs[key], dtype=np.float64).ravel():
-                bad |= raw64 == code
-    if valid_range:
-        bounds = _pair(attrs, "valid_range")
-        lo = bounds[0] if bounds else _scalar(attrs, "valid_min")
-        hi = bounds[1] if bounds else _scalar(attrs, "valid_max")
-        if lo is not None:
-            bad |= raw64 < lo
-        if hi is not None:
-            bad |= raw64 > hi
-    return bad
-
-
-def _units(
-    attrs: Mapping[str, Any], scale: float, offset: float, convention: ScaleConvention, where: str
-) -> tuple[str, str]:
-    """(source spelling, canonical units) of a science variable."""
-    if "units" not in attrs:
-        raise ValueError(f"{where} has no units attribute. Fix: add one (e.g. '1' if unitless).")
-    spelling = _text(attrs["units"]).strip()
-    spelling = _MODIS_UNIT_SPELLINGS.get(spelling, spelling)
-    unit = parse_units(spelling)
-    if unit is None:
-        raise ValueError(
-            f"{where} has unknown units {spelling!r}; known (aliases accepted): {known_units()}. "
-            "Fix: register the spelling in scigpt.data_pipeline.units._UNITS."
-        )
-    if unit.dimension != "dimensionless":
-        return spelling, unit.symbol
-    bounds = _pair(attrs, "valid_range")
-    if unit.symbol == "%" and bounds is not None:
-        top = max(_apply_scale(np.asarray(bounds), scale, offset, convention))
-        if top <= 1.0:
-            # The label describes the stored integer (0–100 %); scale_factor has already turned
-            # it into a fraction (MOD15 FPAR). Converting again would divide by 100 twice.
-            return "1", "1"
-    return spelling, "1"
-
-
-def _apply_scale(
-    raw64: np.ndarray, scale: float, offset: float, convention: ScaleConvention
-) -> np.ndarray:
-    if convention == "hdf4":
-        # HDF4 calibration (SDgetcal): value = cal * (raw - offset); MODIS uses this, not CF.
-        return scale * (raw64 - offset)
-    return raw64 * scale + offset  # CF: unpacked = packed * scale_factor + add_offset
-
-
-def _decode_science(
-    raw: np.ndarray,
-    attrs: Mapping[str, Any],
-    *,
-    convention: ScaleConvention,
-    apply_valid_range: bool,
-    where: str,
-) -> tuple[np.ndarray, str]:
-    """Decoded float32 values (NaN where invalid) and canonical units of one science field."""
-    scale = _scalar(attrs, "scale_factor")
-    offset = _scalar(attrs, "add_offset")
-    scale = 1.0 if scale is None else scale
-    offset = 0.0 if offset is None else offset
-    spelling, canonical = _units(attrs, scale, offset, convention, where)
-    bad = _invalid(raw, attrs, valid_range=apply_valid_range)
-    # Decode and convert in float64, then round once to float32.
-    values = _apply_scale(raw.astype(np.float64), scale, offset, convention)
-    values = to_canonical(values, spelling, canonical, where=where).astype(np.float32)
-    values[bad] = np.nan
-    return values, canonical
-
-
-def _qc_planes(raw: np.ndarray, attrs: Mapping[str, Any]) -> list[tuple[str, np.ndarray]]:
-    """Raw bit-field planes (suffix, float32 values with NaN at fill) of one QC layer."""
-    bad = _invalid(raw, attrs, valid_range=False)
-    if not np.issubdtype(raw.dtype, np.integer):
-        values = raw.astype(np.float32)
-        values[bad] = np.nan
-        return [("", values)]
-    # Bits, not signed numbers: a set top bit must not read as a negative value.
-    bits = raw.view(np.dtype(f"u{raw.dtype.itemsize}")).astype(np.uint64)
-    n_planes = max(1, raw.dtype.itemsize // 2)
-    planes: list[tuple[str, np.ndarray]] = []
-    for k in range(n_planes):
-        plane = ((bits >> np.uint64(16 * k)) & np.uint64(0xFFFF)).astype(np.float32)
-        plane[bad] = np.nan
-        suffix = "" if n_planes == 1 else f"_bits{16 * k:02d}_{16 * k + 15:02d}"
-        planes.append((suffix, plane))
-    return planes
-
-
-@dataclass
-class _Decoded:
-    infos: list[VariableInfo]
-    planes: list[np.ndarray]  # each (T, H, W) float32
-    qc_names: list[str]
-
-
-def _decode_field(
-    out: _Decoded,
-    name: str,
-    raw: np.ndarray,
-    attrs: Mapping[str, Any],
-    *,
-    path: Path,
-    convention: ScaleConvention,
-    apply_valid_range: bool,
-) -> None:
-    """Append one field (raw (T, H, W)) to ``out``: decoded science values or QC planes."""
-    canonical = name.lower()
-    long_name = _text(attrs.get("long_name", name))
-    if _is_qc(name, attrs):
-        stacked = [_qc_planes(r, attrs) for r in raw]  # per time step
-        for k, (suffix, _) in enumerate(stacked[0]):
-            bits = f", bits {suffix[5:].replace('_', '-')}" if suffix else ""
-            out.infos.append(
-                VariableInfo(
-                    name=canonical + suffix,
-                    units="1",
-                    modality="grid",
-                    long_name=f"QC raw bit field{bits}: {long_name}",
-                )
-            )
-            out.planes.append(np.stack([s[k][1] for s in stacked]))
-            out.qc_names.append(canonical + suffix)
-        return
-    try:
-        decoded = [
-            _decode_science(
-                r, attrs, convention=convention, apply_valid_range=apply_valid_range, where=name
-            )
-            for r in raw
-        ]
-    except ValueError as exc:  # a units problem is a problem of this file: name it
-        raise ReaderError(path, str(exc)) from None
-    out.infos.append(
-        VariableInfo(name=canonical, units=decoded[0][1], modality="grid", long_name=long_name)
-    )
-    out.planes.append(np.stack([d[0] for d in decoded]))
-
-
 def _finish(
-    out: _Decoded,
+    out: Decoded,
     lat: np.ndarray,
     lon: np.ndarray,
     time: np.ndarray,
@@ -500,7 +338,8 @@ def _finish(
             "or off the map). Fix: drop this file (e.g. an all-water tile), or select other "
             "variables.",
         )
-    attrs = {**attrs, "qc_variables": out.qc_names, "off_map_pixels": int(off_map.sum())}
+    attrs = {**attrs, "qc_variables": out.qc_names, "off_map_pixels": int(off_map.sum()),
+             "decoding": out.decoding}  # fmt: skip
     return GridArray(
         values=values,
         variables=out.infos,
@@ -546,13 +385,18 @@ def read_modis_hdf4(
     variables: Sequence[str] | None = None,
     qc: bool = True,
     apply_valid_range: bool = True,
+    scale_convention: ScaleOption = "auto",
+    units: Mapping[str, str] | None = None,
 ) -> list[GridArray]:
     """Read MODIS HDF4-EOS2 sinusoidal tiles: one :class:`GridArray` per file and grid (T=1).
 
     ``variables`` are SDS names (as in the file, or lower-case); ``None`` takes every non-QC
     SDS that belongs to a grid, in file order. ``qc`` appends the file's QC layers (raw bits).
-    ``apply_valid_range`` masks raw values outside ``valid_range``. Canonical names are the
-    lower-case SDS names; see the module docstring for packing, units, geolocation and time.
+    ``apply_valid_range`` masks raw values outside ``valid_range``. ``scale_convention``
+    (``"auto"``, ``"hdf4"``, ``"cf"``, ``"divisor"``) forces one packing rule for every layer;
+    ``units`` maps layer names to units that replace (or supply) their units attribute; a name
+    that is not a layer read is refused. Canonical names are the lower-case SDS names; see the
+    module docstring for packing, units, geolocation and time.
     """
     paths = _check_paths(paths, "read_modis_hdf4")
     try:
@@ -574,7 +418,9 @@ def read_modis_hdf4(
                 "(re-download it if truncated).",
             ) from None
         try:
-            arrays.extend(_read_hdf4_file(sd, path, variables, qc, apply_valid_range))
+            arrays.extend(
+                _read_hdf4_file(sd, path, variables, qc, apply_valid_range, scale_convention, units)
+            )
         except HDF4Error as exc:
             raise ReaderError(path, f"HDF4 read failed ({exc}); the file is corrupt") from None
         finally:
@@ -588,6 +434,8 @@ def _read_hdf4_file(
     variables: Sequence[str] | None,
     qc: bool,
     apply_valid_range: bool,
+    scale_convention: ScaleOption,
+    units: Mapping[str, str] | None,
 ) -> list[GridArray]:
     attrs = sd.attributes()
     # The metadata of the file as written wins; a subsetter (HEG) keeps the parent tile's in
@@ -611,7 +459,9 @@ def _read_hdf4_file(
         sds = sd.select(name)
         sds_attrs[name] = sds.attributes()
         sds.endaccess()
-    qc_layers = [n for n in on_grid if _is_qc(n, sds_attrs[n])]
+    m = _NAME_TILE.match(path.name)
+    product = _product(attrs) or (m["product"] if m else None)
+    qc_layers = [n for n in on_grid if is_qc(n, sds_attrs[n], product)]
 
     if variables is None:
         chosen = [n for n in on_grid if n not in qc_layers]
@@ -623,7 +473,7 @@ def _read_hdf4_file(
         raise ReaderError(path, f"no SDS selected; grid fields are {on_grid}")
 
     time, time_notes = _time(attrs, path)
-    m = _NAME_TILE.match(path.name)
+    overrides = check_units_override(units, chosen, path)
     label = f"{m['product']}.{m['tile']}" if m else path.stem
     by_grid: dict[str, list[str]] = {}
     for name in chosen:
@@ -634,7 +484,7 @@ def _read_hdf4_file(
     arrays = []
     for grid_name, names in by_grid.items():
         grid = next(g for g in grids if g.name == grid_name)
-        out = _Decoded([], [], [])
+        out = Decoded([], [], [], {})
         for name in names:
             shape = tuple(sds_info[name][1])
             if shape != grid.shape:
@@ -648,14 +498,9 @@ def _read_hdf4_file(
             sds = sd.select(name)
             try:
                 raw = np.asarray(sds.get())[None]  # (1, H, W)
-                _decode_field(
-                    out,
-                    name,
-                    raw,
-                    sds_attrs[name],
-                    path=path,
-                    convention="hdf4",
-                    apply_valid_range=apply_valid_range,
+                layer = Layer(name, product, scale_convention, attrs, overrides.get(name))
+                decode_field(
+                    out, raw, sds_attrs[name], layer, path=path, apply_valid_range=apply_valid_range
                 )
             finally:
                 sds.endaccess()
@@ -663,7 +508,7 @@ def _read_hdf4_file(
         dx, dy = grid.pixel_size
         notes = {
             "path": str(path),
-            "product": m["product"] if m else None,
+            "product": product,
             "tile": m["tile"] if m else None,
             "grid": grid.name,
             "projection": "sinusoidal",
@@ -672,7 +517,6 @@ def _read_hdf4_file(
             "lower_right_m": grid.lower_right,
             "pixel_size_m": (dx, dy),
             "struct_metadata": f"{source}.0",
-            "scale_convention": "hdf4: value = scale_factor * (raw - add_offset)",
             **time_notes,
         }
         suffix = f":{grid.name}" if len(by_grid) > 1 else ""

@@ -59,10 +59,46 @@ def _open(path: Path) -> xr.Dataset:
         # missing_value into NaN; xarray decodes in float64 for float64 scale factors.
         return xr.open_dataset(path, mask_and_scale=True, decode_times=True, cache=False)
     except Exception as exc:  # any backend error: refuse the file, naming it
+        calendar = _calendar_problem(path)
+        if calendar is not None:
+            raise ValueError(f"{path}: {calendar}") from exc
         raise ValueError(
             f"cannot open {path} as netCDF: {type(exc).__name__}: {exc}. "
             "Fix: check the file is a complete netCDF3/netCDF4 file (re-download it if truncated)."
         ) from exc
+
+
+def _calendar_problem(path: Path) -> str | None:
+    """Why a time axis cannot be decoded, when the reason is its calendar (not damage)."""
+    import cftime
+
+    try:
+        ds = xr.open_dataset(path, decode_times=False, cache=False)
+    except Exception:
+        return None  # not a calendar problem: the file itself does not open
+    with ds:
+        for name, var in ds.variables.items():
+            units = str(var.attrs.get("units", ""))
+            if " since " not in units:
+                continue
+            calendar = str(var.attrs.get("calendar", "standard"))
+            reference = units.split(" since ", 1)[1].strip()
+            try:
+                cftime.num2date(np.asarray(var.values).ravel()[:1], units, calendar)
+            except Exception as exc:
+                default = (
+                    "" if "calendar" in var.attrs else " (no calendar attribute: the CF default)"
+                )
+                return (
+                    f"time axis {name!r} cannot be decoded in its calendar {calendar!r}{default}: "
+                    f"{exc}. The reference date {reference!r} of units {units!r} does not exist "
+                    "in that calendar (the standard calendar is mixed Julian/Gregorian and skips "
+                    "1582-10-05..14). This is a calendar problem, not a damaged file. Fix: set "
+                    f"the variable's calendar attribute (e.g. ncatted -a calendar,{name},o,c,"
+                    "proleptic_gregorian) if its dates are proleptic Gregorian, or correct the "
+                    "reference date in its units."
+                )
+    return None
 
 
 def _is_model_level(ds: xr.Dataset, name: str) -> bool:
@@ -186,6 +222,7 @@ def read_netcdf(paths: Sequence[str | Path], variables: Sequence[str] | None = N
 
         out = np.empty((len(time), len(names), len(lat), len(lon)), dtype=np.float32)
         infos: list[VariableInfo] = []
+        decoding: dict[str, dict] = {}
         for v, name in enumerate(names):
             field, ds = available[name]
             dims = (
@@ -195,6 +232,7 @@ def read_netcdf(paths: Sequence[str | Path], variables: Sequence[str] | None = N
             )
             out[:, v] = _load(ds, field, dims)  # (T, H, W)
             infos.append(field.info)
+            decoding[name] = _decoding(ds[field.var], field)
 
     return GridArray(
         values=out,
@@ -203,7 +241,33 @@ def read_netcdf(paths: Sequence[str | Path], variables: Sequence[str] | None = N
         lon=lon,
         time=time,
         source=f"era5-netcdf:{ref_path.resolve().parent.name}",
+        attrs={"decoding": decoding},
     )
+
+
+def _decoding(da: xr.DataArray, field: _Field) -> dict:
+    """The CF unpacking xarray applied (from the variable's encoding) and the units' origin."""
+    enc = da.encoding
+
+    def num(key: str) -> float | list[float] | None:
+        value = enc.get(key)
+        if value is None:
+            return None
+        arr = np.asarray(value, dtype=np.float64).ravel()
+        return float(arr[0]) if arr.size == 1 else arr.tolist()
+
+    packed = "scale_factor" in enc or "add_offset" in enc
+    return {
+        "rule": "cf" if packed else "none (stored values)",
+        "formula": "value = raw * scale_factor + add_offset" if packed else None,
+        "rule_from": "CF conventions 1.8 §8.1 (xarray mask_and_scale)",
+        "scale_factor": num("scale_factor"),
+        "add_offset": num("add_offset"),
+        "fill_value": [x for x in (num("_FillValue"), num("missing_value")) if x is not None]
+        or None,
+        "units": field.units,
+        "units_from": "units attribute",
+    }
 
 
 def _times(ds: xr.Dataset, name: str, path: Path) -> np.ndarray:

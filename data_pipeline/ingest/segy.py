@@ -4,10 +4,15 @@ Conventions
 -----------
 * **Records.** Every trace is one record (N = traces, in file order) with one channel,
   ``amplitude`` (modality ``"waveform"``, units ``"1"``: post-stack amplitudes have no physical
-  unit). Samples are float32 whatever the file's sample format: IBM float (format 1) is decoded by
-  segyio, integer formats (2, 3, 8) are converted exactly up to 2**24 in magnitude
-  (``attrs["float32_exact"]`` says whether every value was). Dead traces (trace identification
-  code 2) are all NaN.
+  unit). Samples are float32 whatever the file's sample format. IBM float (format 1) is decoded
+  here from the raw trace bytes (:func:`ibm_to_float32`), not by segyio, whose conversion gets
+  unnormalised IBM numbers (leading hexadecimal fraction digit 0) wrong by up to a factor 16**k:
+  each IBM value is exact in float64, then rounded once to float32 (round half to even,
+  float32 subnormals, overflow → inf), bit for bit as the ``ibm2ieee`` reference (tested over
+  every sign, exponent and leading-fraction pattern in both byte orders). A value beyond float32's
+  range is refused, naming the trace. Integer formats (2, 3, 8) are converted exactly up to 2**24
+  in magnitude (``attrs["float32_exact"]`` says whether every value was). Dead traces (trace
+  identification code 2) are all NaN.
 * **Time.** SEG-Y time is relative (two-way travel time for post-stack data), not absolute: each
   record starts at the Unix epoch plus its delay recording time (trace header bytes 109-110, ms),
   so ``start - 1970-01-01`` is the time of sample 0, the ``segyio`` ``samples`` axis. ``step`` is
@@ -30,6 +35,7 @@ import segyio
 
 from ..variables import VariableInfo
 from .base import ReaderError, SeriesArray
+from .ibm import ibm_to_float32
 
 Endian = Literal["big", "little", "auto"]
 
@@ -64,6 +70,18 @@ def _open(path: Path, endian: Endian) -> tuple[Any, str]:
         f"segyio cannot open it as SEG-Y ({'; '.join(errors)}). Fix: re-download the file if it "
         "is truncated, or set endian to its byte order.",
     )
+
+
+def _ibm_traces(path: Path, f: Any, order: str) -> np.ndarray:
+    """(N, L) float32 of a format-1 file, decoded from the raw trace bytes."""
+    n, ns = f.tracecount, len(f.samples)
+    first = 3600 + 3200 * int(f.ext_headers)  # after the textual + binary + extended headers
+    size = path.stat().st_size
+    if first + n * (240 + 4 * ns) > size:
+        raise ReaderError(path, f"{n} traces of {ns} samples do not fit in {size} bytes")
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=first, shape=(n, 240 + 4 * ns))
+    words = np.ascontiguousarray(raw[:, 240:]).view(">u4" if order == "big" else "<u4")
+    return ibm_to_float32(words.astype(np.uint32))
 
 
 def _scale(raw: np.ndarray, scalar: np.ndarray) -> np.ndarray:
@@ -112,7 +130,10 @@ def _read_one(
     with f:
         try:
             dt_us = float(segyio.tools.dt(f, fallback_dt=0.0))
-            data = np.asarray(f.trace.raw[:])  # (N, L), the file's sample type decoded
+            # (N, L): IBM floats decoded here (segyio mis-decodes unnormalised ones), others
+            # as segyio decodes the file's sample type
+            ibm = int(f.format) == 1
+            data = _ibm_traces(path, f, order) if ibm else np.asarray(f.trace.raw[:])
             inline = np.asarray(f.attributes(iline)[:], dtype=np.int64)
             crossline = np.asarray(f.attributes(xline)[:], dtype=np.int64)
             cdp_x = np.asarray(f.attributes(_TF.CDP_X)[:], dtype=np.int64)
@@ -132,6 +153,15 @@ def _read_one(
             path, "no sample interval in the binary or trace header. Fix: set bytes 3217-3218."
         )
     values = data.astype(np.float32)  # (N, L)
+    overflow = np.argwhere(np.isinf(values))
+    if len(overflow):
+        t, k = overflow[0]
+        raise ReaderError(
+            path,
+            f"{len(overflow)} IBM float samples exceed the float32 range (first: trace {t}, "
+            f"sample {k}): the traces are damaged or not IBM floats. Fix: check the sample format "
+            "code (binary header bytes 3225-3226) or re-download the file.",
+        )
     exact = bool(np.array_equal(values.astype(np.float64), data.astype(np.float64)))
     dead = ident == _DEAD_TRACE
     values[dead] = np.nan

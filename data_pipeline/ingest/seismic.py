@@ -27,6 +27,8 @@ Conventions
 
 from __future__ import annotations
 
+import re
+import struct
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +73,25 @@ _BENIGN_WARNINGS = (
 )
 
 
+# Warnings known to be harmless, each with why: kept in the unit's record, never a reject.
+_HARMLESS_WARNINGS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        # obspy io/sac/util.py (#3408): SAC stores delta as float32; obspy rounds the spacing to
+        # whole microseconds so that 1/delta is the intended rate. Every sample is kept.
+        re.compile(r"^Sample spacing read from SAC file .* rounded of(f)? to microsecond"),
+        "SAC delta rounded to whole microseconds by obspy (float32 header); no sample lost",
+    ),
+)
+
+
+def _harmless(message: str) -> str | None:
+    """Why a reader warning is harmless, or None when it may mean lost or damaged data."""
+    for pattern, why in _HARMLESS_WARNINGS:
+        if pattern.search(message):
+            return why
+    return None
+
+
 def waveform_variable(stem: str, component: str, quantity: str) -> VariableInfo:
     """The canonical variable of one seismic component: ``("vel", "Z")`` → ``vel_z``, counts."""
     return VariableInfo(
@@ -101,6 +122,7 @@ class _Piece:
 
     path: Path
     trace: Trace
+    warnings: list[str] = field(default_factory=list)  # harmless reader warnings of the file
 
 
 @dataclass
@@ -130,12 +152,15 @@ def _read_file(path: Path) -> list[_Piece]:
             f"obspy cannot read it as miniSEED or SAC ({type(exc).__name__}: {exc}). "
             "Fix: re-download the file; it is corrupt, truncated or in another format.",
         ) from exc
-    damage = [str(w.message) for w in caught if not issubclass(w.category, _BENIGN_WARNINGS)]
+    messages = [str(w.message) for w in caught if not issubclass(w.category, _BENIGN_WARNINGS)]
+    notes = [f"{m} ({_harmless(m)})" for m in messages if _harmless(m)]
+    damage = [m for m in messages if not _harmless(m)]
     if damage:
         raise ReaderError(
             path,
-            f"obspy warned while reading it, so parts were skipped: {damage[:3]}. "
-            "Fix: re-download the file or repair it (e.g. with dataselect).",
+            f"obspy warned while reading it, and the warning is not one known to be harmless, so "
+            f"data may be missing or damaged: {damage[:3]}. Fix: check the file (e.g. with "
+            "dataselect or msi), re-download or repair it.",
         )
     if len(stream) == 0:
         raise ReaderError(path, "no waveform data in the file")
@@ -145,16 +170,16 @@ def _read_file(path: Path) -> list[_Piece]:
             path, f"format {sorted(formats)} is not miniSEED or SAC. Fix: convert it to miniSEED."
         )
     if "MSEED" in formats:
-        # libmseed reads the complete records of a file cut mid-record and drops the rest without
-        # a word; miniSEED record lengths are powers of two, so an intact file is a whole number
-        # of its shortest records. (A cut exactly on a record boundary cannot be detected.)
-        record = min(int(tr.stats.mseed.record_length) for tr in stream)
-        size = path.stat().st_size
-        if size % record:
+        # libmseed drops a final record cut short without a word when the file holds records of
+        # several lengths, and skips records it cannot parse: walk the records' own headers and
+        # compare the samples they promise with the samples obspy decoded.
+        promised = mseed_record_samples(path)
+        decoded = sum(int(tr.stats.npts) for tr in stream)
+        if promised != decoded:
             raise ReaderError(
                 path,
-                f"size {size} B is not a whole number of {record} B miniSEED records: the file "
-                "is truncated. Fix: re-download it.",
+                f"its record headers promise {promised} samples but {decoded} were decoded: "
+                "records are damaged or missing. Fix: re-download the file or repair it.",
             )
     for tr in stream:
         idep = tr.stats.get("sac", {}).get("idep")
@@ -177,7 +202,77 @@ def _read_file(path: Path) -> list[_Piece]:
                 f"{sorted(_INSTRUMENTS)} (seismometer velocity or accelerometer). Fix: leave "
                 "other channels (mass positions, state of health) out of the file.",
             )
-    return [_Piece(path, tr) for tr in stream]
+    return [_Piece(path, tr, notes) for tr in stream]
+
+
+def _b1000_length(data: bytes, off: int, order: str, path: Path) -> int | None:
+    """Record length from blockette 1000 of the data record at ``off`` (None if it has none)."""
+    (b,) = struct.unpack_from(f"{order}H", data, off + 46)  # first blockette, from record start
+    seen = set()
+    while b and b not in seen and off + b + 7 <= len(data):
+        seen.add(b)
+        btype, nxt = struct.unpack_from(f"{order}HH", data, off + b)
+        if btype == 1000:
+            exponent = data[off + b + 6]
+            if not 7 <= exponent <= 20:
+                raise ReaderError(path, f"record at byte {off}: record length 2**{exponent}")
+            return 1 << exponent
+        b = nxt
+    return None
+
+
+def _control_length(data: bytes, off: int, path: Path) -> int:
+    """Logical record length of a full-SEED volume: blockette 010's exponent, else (a volume
+    cut from a larger one) the length of its first data record, found on a 256 B boundary."""
+    if data[off + 8 : off + 11] == b"010":  # ASCII "010", length(4), version(4), exponent(2)
+        return 1 << int(data[off + 19 : off + 21])
+    for k in range(off + 256, len(data) - 48, 256):
+        if data[k + 6 : k + 7] in (b"D", b"R", b"Q", b"M") and data[k : k + 6].isdigit():
+            order = ">" if 1900 <= struct.unpack_from(">H", data, k + 20)[0] <= 2100 else "<"
+            length = _b1000_length(data, k, order, path)
+            if length is not None:
+                return length
+    raise ReaderError(path, f"control record at byte {off}: no record length (no blockette 010)")
+
+
+def mseed_record_samples(path: Path) -> int:
+    """Walk a miniSEED 2 / full-SEED file record by record (SEED manual v2.4 ch. 8) and return
+    the number of samples its data-record headers declare. A record that runs past the end of
+    the file (truncation) or a header that is not a record header (damage) is a ReaderError."""
+    data = path.read_bytes()
+    size, off, total, control_length = len(data), 0, 0, None
+    if data[:3] == b"MS\x03":
+        raise ReaderError(path, "miniSEED 3 is not supported. Fix: convert it to miniSEED 2.")
+    while off < size:
+        if size - off < 48:
+            raise ReaderError(path, f"the last {size - off} B are a partial record: truncated")
+        kind = data[off + 6 : off + 7]
+        if kind in (b"V", b"A", b"S", b"T"):  # full-SEED control header
+            if control_length is None:
+                control_length = _control_length(data, off, path)
+            length = control_length
+        elif kind in (b"D", b"R", b"Q", b"M"):
+            # Byte order from the start year (bytes 20-21), as libmseed does.
+            order = ">" if 1900 <= struct.unpack_from(">H", data, off + 20)[0] <= 2100 else "<"
+            (nsamples,) = struct.unpack_from(f"{order}H", data, off + 30)
+            length = _b1000_length(data, off, order, path) or control_length
+            if length is None:
+                raise ReaderError(path, f"data record at byte {off} has no blockette 1000")
+            total += nsamples
+        else:
+            raise ReaderError(
+                path,
+                f"byte {off} does not start a miniSEED record (quality code {kind!r}): the file "
+                "is damaged. Fix: re-download it.",
+            )
+        if off + length > size:
+            raise ReaderError(
+                path,
+                f"the record at byte {off} is {length} B long but the file ends {size - off} B "
+                "after its start: the file is truncated. Fix: re-download it.",
+            )
+        off += length
+    return total
 
 
 def _merge(pieces: list[_Piece], component: str, step_ns: int, fill_gaps: FillGaps) -> _Channel:
@@ -309,6 +404,9 @@ def _assemble(
             # False when some count exceeded 2**24 and float32 rounded it.
             "float32_exact": bool(exact),
             "dropped_channels": list(dropped),
+            "reader_warnings": sorted(
+                {f"{p.path.name}: {w}" for ch in channels for p in ch.pieces for w in p.warnings}
+            ),
         },
     )
 

@@ -142,8 +142,10 @@ def _series(
         elevation=np.array([elevation], dtype=np.float64),
         source=source,
         record_attrs={"station_id": np.array([station_id])},
-        attrs=attrs,
-    )
+        # The time-stamp convention, recorded in the unit's record and the manifest.
+        attrs={"time_stamp": "interval start: a sample's time is the start of its interval "
+               "(00:00 of the day for daily values)", **attrs},
+    )  # fmt: skip
 
 
 def _as_paths(paths: Sequence[str | Path], reader: str) -> list[Path]:
