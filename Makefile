@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-APT_PACKAGES := openmpi-bin libopenmpi-dev slurmctld slurmd slurm-client munge
+APT_PACKAGES := openmpi-bin libopenmpi-dev slurmctld slurmd slurm-client munge gcc
 PYTEST_ARGS ?=
 
 .PHONY: demo test system-deps venv lint clean gpu-wheelhouse
