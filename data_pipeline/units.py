@@ -29,7 +29,18 @@ _UNITS: tuple[tuple[Unit, tuple[str, ...]], ...] = (
     (Unit("K", "temperature"), ("kelvin", "degK", "deg K", "degrees_K")),
     (
         Unit("degC", "temperature", 1.0, 273.15),
-        ("°C", "deg C", "degrees_C", "degrees_Celsius", "celsius", "Celsius"),
+        (
+            "°C",
+            "deg C",
+            "degrees_C",
+            "degrees_Celsius",
+            "celsius",
+            "Celsius",
+            # UDUNITS spellings (NOAA OISST, NEMO, CMIP "tos")
+            "degree_C",
+            "degree_Celsius",
+            "deg_C",
+        ),
     ),
     # pressure; "millibars" is what the CDS netCDF writer puts on the level coordinate
     (Unit("Pa", "pressure"), ("pascal", "Pascal", "N m**-2")),

@@ -484,6 +484,37 @@ def test_hdf5_cf_convention(mod09: Path, tmp_path: Path) -> None:
     assert not np.allclose(h.values, g.values, equal_nan=True)
 
 
+def test_hdf5_time_epoch_before_1678(tmp_path: Path) -> None:
+    """CF epochs before 1678 ('days since 0001-01-01', common in model output) lie outside
+    numpy's nanosecond datetimes: decoded in microseconds, checked against cftime. A pre-1582
+    epoch in the mixed Julian/Gregorian (standard) calendar was read as proleptic Gregorian on
+    7c47fe5 (days off); it is refused."""
+    import cftime
+
+    days = np.array([735234, 735265], dtype=np.float64)
+    path = tmp_path / "old_epoch.h5"
+    with h5py.File(path, "w") as f:
+        f["v"] = np.ones((2, 2, 3), dtype=np.float32)
+        f["v"].attrs["units"] = "K"
+        f["lat"], f["lon"] = np.array([1.0, 0.0]), np.array([0.0, 1.0, 2.0])
+        f["time"] = days
+        f["time"].attrs.update(units="days since 0001-01-01", calendar="proleptic_gregorian")
+    [g] = read_hdf5_grid([path], variables=["v"])
+    dates = cftime.num2date(
+        days,
+        "days since 0001-01-01",
+        "proleptic_gregorian",
+        only_use_cftime_datetimes=False,
+        only_use_python_datetimes=True,
+    )
+    assert np.array_equal(g.time, np.array(dates, dtype="datetime64[ns]"))
+    assert str(g.time[0])[:10] == "2014-01-02"
+    with h5py.File(path, "r+") as f:
+        f["time"].attrs["calendar"] = "standard"
+    with pytest.raises(ReaderError, match="before 1582-10-15, in the mixed Julian/Gregorian"):
+        read_hdf5_grid([path], variables=["v"])
+
+
 def test_hdf5_bad_files(modis_like_h5: Path, tmp_path: Path) -> None:
     data = modis_like_h5.read_bytes()
     cut = tmp_path / "cut.h5"

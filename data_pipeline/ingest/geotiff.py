@@ -106,6 +106,16 @@ def _describe(path: Path) -> tuple[list[_Band], dict[str, Any]]:
         raise ReaderError(
             path, "has no CRS (not georeferenced). Fix: assign one, e.g. 'gdal_edit.py -a_srs'."
         )
+    if not (grid["crs"].is_geographic or grid["crs"].is_projected):
+        # An engineering (local) CRS: image or site coordinates with no transformation to
+        # latitude/longitude (GDAL's LOCAL_CS); PROJ would fail on it inside the warp.
+        name = grid["crs"].to_wkt().split('"')[1] if '"' in grid["crs"].to_wkt() else "?"
+        raise ReaderError(
+            path,
+            f"its CRS is a local (engineering) one, {name!r}, not geographic or projected, so "
+            "its pixels have no latitude/longitude. Fix: georeference it "
+            "('gdal_edit.py -a_srs EPSG:...' with its true CRS) or leave it out of the source.",
+        )
     return bands, grid
 
 
@@ -152,7 +162,7 @@ def _select(
     return chosen
 
 
-def _lat_lon(grid: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _lat_lon(grid: dict[str, Any], path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre latitude/longitude: 1-D for north-up EPSG:4326, else 2-D (H, W)."""
     from rasterio.warp import transform as warp_transform
 
@@ -163,7 +173,14 @@ def _lat_lon(grid: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         return t.f + t.e * rows, t.c + t.a * cols  # (H,), (W,)
     xs = t.c + t.a * cols[None, :] + t.b * rows[:, None]  # (H, W) projected x
     ys = t.f + t.d * cols[None, :] + t.e * rows[:, None]  # (H, W) projected y
-    lon, lat = warp_transform(crs, "EPSG:4326", xs.ravel(), ys.ravel())
+    try:
+        lon, lat = warp_transform(crs, "EPSG:4326", xs.ravel(), ys.ravel())
+    except Exception as exc:  # a CRS PROJ cannot take to WGS 84: the file's problem, named
+        raise ReaderError(
+            path,
+            f"its pixel coordinates cannot be transformed to latitude/longitude "
+            f"({type(exc).__name__}: {exc}). Fix: reproject it (gdalwarp -t_srs EPSG:4326).",
+        ) from exc
     return np.asarray(lat, dtype=np.float64).reshape(h, w), np.asarray(
         lon, dtype=np.float64
     ).reshape(h, w)
@@ -315,7 +332,7 @@ def read_geotiff(
             values = to_canonical(values, unit_list[v], infos[v].units, where=where)
             out[ti, v] = values.astype(np.float32)  # (H, W)
 
-    lat, lon = _lat_lon(ref_grid)
+    lat, lon = _lat_lon(ref_grid, ref_path)
     return [
         GridArray(
             values=out,

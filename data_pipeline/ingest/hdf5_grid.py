@@ -18,6 +18,17 @@ from .modis import _check_paths, _datetime, _finish, _time_from_name
 from .packing import Decoded, Layer, ScaleConvention, check_units_override, decode_field
 from .packing import text as _text
 
+# Calendars numpy's datetime64 models (CF 1.8 §4.4.1), and the Gregorian reform date.
+_GREGORIAN = frozenset({"standard", "gregorian", "proleptic_gregorian"})
+_GREGORIAN_REFORM = np.datetime64("1582-10-15", "us")
+_NS_RANGE = (np.datetime64("1678-01-01", "us"), np.datetime64("2262-01-01", "us"))
+# CF/UDUNITS spellings of degrees (CF 1.8 §4.1, §4.2), compared lower-case.
+_DEGREE_UNITS = {
+    "lat": frozenset({"degrees_north", "degree_north", "degree_n", "degrees_n", "degreen",
+                      "degreesn", "degrees", "degree", "deg"}),
+    "lon": frozenset({"degrees_east", "degree_east", "degree_e", "degrees_e", "degreee",
+                      "degreese", "degrees", "degree", "deg"}),
+}  # fmt: skip
 _TIME_UNITS_NS = {
     "seconds": 10**9, "second": 10**9, "secs": 10**9, "sec": 10**9, "s": 10**9,
     "minutes": 60 * 10**9, "minute": 60 * 10**9, "min": 60 * 10**9,
@@ -26,21 +37,50 @@ _TIME_UNITS_NS = {
 }  # fmt: skip
 
 
-def _cf_times(values: np.ndarray, units: str, where: str, path: Path) -> np.ndarray:
-    """CF ``<unit> since <epoch>`` numbers → datetime64[ns] (standard calendar only)."""
+def _cf_times(
+    values: np.ndarray, units: str, where: str, path: Path, calendar: str | None = None
+) -> np.ndarray:
+    """CF ``<unit> since <epoch>`` numbers → datetime64[ns]: the standard or proleptic
+    Gregorian calendar only (numpy's); a model calendar is refused, not read as Gregorian."""
     m = re.fullmatch(r"\s*(\w+)\s+since\s+(.+?)\s*", units)
     if m is None or m.group(1).lower() not in _TIME_UNITS_NS:
         raise ReaderError(
             path, f"{where} units {units!r} are not '<seconds|minutes|hours|days> since <date>'"
         )
-    epoch = _datetime(m.group(2).replace(" ", "T", 1).rstrip("Z"), None, where, path)
-    step = _TIME_UNITS_NS[m.group(1).lower()]
+    if calendar is not None and calendar.lower() not in _GREGORIAN:
+        raise ReaderError(
+            path,
+            f"{where} is in the {calendar!r} calendar (CF 1.8 §4.4.1; a model calendar, e.g. "
+            "360_day has 30 February); read as Gregorian its dates would drift by about 5 "
+            "days a year from the reference date. Fix: convert the file to the standard "
+            "calendar first (e.g. xarray's ds.convert_calendar('standard', align_on='year')), "
+            "or pass time=<a root attribute holding an ISO date>.",
+        )
+    text = m.group(2).replace(" ", "T", 1).rstrip("Z")
+    try:
+        # Microseconds: numpy's nanosecond datetimes wrap silently before 1678 and after 2262.
+        epoch = np.datetime64(text, "us")
+    except ValueError:
+        raise ReaderError(path, f"{where} reference date {m.group(2)!r} is not ISO") from None
+    if epoch < _GREGORIAN_REFORM and (calendar or "standard").lower() != "proleptic_gregorian":
+        raise ReaderError(
+            path,
+            f"{where} counts from {m.group(2)!r}, before 1582-10-15, in the mixed Julian/"
+            "Gregorian calendar, which numpy does not model. Fix: set the calendar attribute "
+            "to proleptic_gregorian if that is what the dates are, or read the file as netCDF.",
+        )
+    step = _TIME_UNITS_NS[m.group(1).lower()] // 1000  # µs per unit
     values = np.asarray(values, dtype=np.float64).ravel()
     if np.all(values == np.round(values)):
-        ns = values.astype(np.int64) * step  # integer arithmetic: exact
+        us = values.astype(np.int64) * step  # integer arithmetic: exact
     else:
-        ns = np.round(values * step).astype(np.int64)
-    return epoch + ns.astype("timedelta64[ns]")
+        us = np.round(values * step).astype(np.int64)
+    times = epoch + us.astype("timedelta64[us]")
+    if len(times) and (times.min() < _NS_RANGE[0] or times.max() > _NS_RANGE[1]):
+        raise ReaderError(
+            path, f"{where} holds dates outside 1678-2262, which datetime64[ns] cannot hold"
+        )
+    return times.astype("datetime64[ns]")
 
 
 def _hdf5_time(f: h5py.File, time: str | None, path: Path) -> np.ndarray:
@@ -55,7 +95,9 @@ def _hdf5_time(f: h5py.File, time: str | None, path: Path) -> np.ndarray:
         ds = f[time]
         if "units" not in ds.attrs:
             raise ReaderError(path, f"time dataset {time!r} has no units attribute")
-        return _cf_times(ds[()], _text(ds.attrs["units"]), f"time dataset {time!r}", path)
+        calendar = _text(ds.attrs["calendar"]).strip() if "calendar" in ds.attrs else None
+        where = f"time dataset {time!r}"
+        return _cf_times(ds[()], _text(ds.attrs["units"]), where, path, calendar)
     if time in f.attrs:
         return np.array([_datetime(_text(f.attrs[time]), None, f"attribute {time!r}", path)])
     raise ReaderError(
@@ -65,11 +107,35 @@ def _hdf5_time(f: h5py.File, time: str | None, path: Path) -> np.ndarray:
     )
 
 
+def _check_geographic(ds: h5py.Dataset, name: str, what: str, path: Path) -> None:
+    """Refuse a coordinate dataset whose CF attributes say it is not geographic latitude or
+    longitude in degrees: a rotated-pole ``grid_latitude`` or a projection ``x``/``y`` read as
+    latitude/longitude would put every value in the wrong place without a word."""
+    wanted = "latitude" if what == "lat" else "longitude"
+    standard = _text(ds.attrs["standard_name"]).strip() if "standard_name" in ds.attrs else None
+    units = _text(ds.attrs["units"]).strip() if "units" in ds.attrs else None
+    bad = []
+    if standard is not None and standard != wanted:
+        bad.append(f"standard_name {standard!r}")
+    if units is not None and units.lower() not in _DEGREE_UNITS[what]:
+        bad.append(f"units {units!r}")
+    if bad:
+        rotated = standard in ("grid_latitude", "grid_longitude")
+        kind = "rotated-pole grid coordinates" if rotated else "not geographic degrees"
+        raise ReaderError(
+            path,
+            f"{what} dataset {name!r} has {' and '.join(bad)}: {kind}, not {wanted} in degrees "
+            "(CF 1.8 §4.1-4.2, §5.6). Fix: pass lat=/lon= datasets of true latitude/longitude "
+            "(2-D, e.g. computed from the grid mapping), or regrid the file first.",
+        )
+
+
 def _hdf5_coord(f: h5py.File, name: str, what: str, path: Path) -> np.ndarray:
     if name not in f or not isinstance(f[name], h5py.Dataset):
         raise ReaderError(
             path, f"no {what} dataset {name!r}; the file has {list(f)}. Fix: pass {what}=..."
         )
+    _check_geographic(f[name], name, what, path)
     values = np.asarray(f[name][()], dtype=np.float64)
     if values.ndim not in (1, 2):
         raise ReaderError(path, f"{what} dataset {name!r} has shape {values.shape}; need 1-D/2-D")

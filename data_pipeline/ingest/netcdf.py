@@ -24,6 +24,8 @@ _LEVEL_NAMES = ("level", "pressure_level", "isobaricInhPa", "plev", "hybrid", "m
 _MODEL_LEVEL_NAMES = ("hybrid", "model_level")
 # Units assumed when the level coordinate has no units attribute: CMIP's plev is in Pa, the
 # ECMWF-derived names are in hPa.
+# Calendars whose dates xarray decodes to datetime64 (CF 1.8 §4.4.1); others are model calendars.
+_DATETIME64_CALENDARS = frozenset({"standard", "gregorian", "proleptic_gregorian"})
 _LEVEL_DEFAULT_UNITS = {
     "level": "hPa",
     "pressure_level": "hPa",
@@ -41,6 +43,8 @@ class _Field:
     var: str
     level_index: int | None
     units: str
+    # Extra dimensions of length 1 (OISST's zlev, CMIP's height), read at their only index.
+    squeezed: tuple[str, ...] = ()
 
 
 def _find_coord(ds: xr.Dataset, names: Sequence[str], what: str, path: Path) -> str:
@@ -137,7 +141,10 @@ def _scan(ds: xr.Dataset, path: Path) -> tuple[list[_Field], list[str]]:
             continue
         level_dims = [d for d in dims if d in _LEVEL_NAMES]
         allowed = {lat, lon, time, *level_dims}
-        extra = [d for d in dims if d not in allowed]
+        # A length-1 extra dimension (a depth or height of 0 or 2 m, one member) holds one
+        # value per point: it is dropped losslessly and named in the decoding record.
+        squeezed = tuple(d for d in dims if d not in allowed and ds.sizes[d] == 1)
+        extra = [d for d in dims if d not in allowed and d not in squeezed]
         if extra or time not in dims or len(level_dims) > 1:
             raise ValueError(
                 f"{path}:{var_name} has dims {dims}; the reader takes (time, [level,] lat, lon). "
@@ -154,16 +161,16 @@ def _scan(ds: xr.Dataset, path: Path) -> tuple[list[_Field], list[str]]:
             levels, level_type = _levels(ds, level_dims[0], path)
             for k, level in enumerate(levels):
                 info = era5_variable_info(str(var_name), float(level), level_type)
-                fields.append(_Field(info, path, str(var_name), k, str(units)))
+                fields.append(_Field(info, path, str(var_name), k, str(units), squeezed))
         else:
             info = era5_variable_info(str(var_name), None)
-            fields.append(_Field(info, path, str(var_name), None, str(units)))
+            fields.append(_Field(info, path, str(var_name), None, str(units), squeezed))
     return fields, unknown
 
 
 def _load(ds: xr.Dataset, field: _Field, dims: tuple[str, str, str]) -> np.ndarray:
     """(T, H, W) float32 values of one field, converted to canonical units."""
-    da = ds[field.var]
+    da = ds[field.var].isel(dict.fromkeys(field.squeezed, 0))
     if field.level_index is not None:
         level_dim = next(d for d in da.dims if d in _LEVEL_NAMES)
         da = da.isel({level_dim: field.level_index})
@@ -267,12 +274,30 @@ def _decoding(da: xr.DataArray, field: _Field) -> dict:
         or None,
         "units": field.units,
         "units_from": "units attribute",
+        "squeezed": {d: _coordinate_value(da, d) for d in field.squeezed} or None,
     }
+
+
+def _coordinate_value(da: xr.DataArray, dim: str) -> float | str | None:
+    """The one value of a length-1 dimension (its coordinate), for the decoding record."""
+    if dim not in da.coords:
+        return None
+    value = np.asarray(da.coords[dim].values).ravel()[0]
+    return float(value) if np.issubdtype(type(value), np.number) else str(value)
 
 
 def _times(ds: xr.Dataset, name: str, path: Path) -> np.ndarray:
     values = np.asarray(ds[name].values)
     if not np.issubdtype(values.dtype, np.datetime64):
+        calendar = ds[name].encoding.get("calendar", ds[name].attrs.get("calendar"))
+        if calendar is not None and str(calendar).lower() not in _DATETIME64_CALENDARS:
+            raise ValueError(
+                f"{path}: time coordinate {name!r} is in the {calendar!r} calendar (a model "
+                "calendar: e.g. 360_day has 30 February, noleap has no 29 February), which has "
+                "no exact equivalent in the standard calendar the shards use. Fix: convert it "
+                "to the standard calendar first and say how days are matched, e.g. xarray's "
+                "ds.convert_calendar('standard', align_on='year'), then write the file out."
+            )
         raise ValueError(
             f"{path}: time coordinate {name!r} did not decode to datetimes (dtype {values.dtype}). "
             "Fix: give it CF units such as 'hours since 1900-01-01' and a standard calendar."

@@ -141,6 +141,9 @@ def _read_file(path: Path) -> list[_Piece]:
 
     if not path.is_file():
         raise ReaderError(path, "no such file. Fix: check the path in the source config.")
+    with path.open("rb") as fh:
+        if fh.read(3) == _MSEED3:  # obspy would call it an unknown format (damage, re-download)
+            raise ReaderError(path, _MSEED3_REFUSAL)
     try:
         # A file object (not the name) so obspy never treats the path as a glob or URL.
         with warnings.catch_warnings(record=True) as caught, path.open("rb") as fh:
@@ -182,6 +185,12 @@ def _read_file(path: Path) -> list[_Piece]:
                 "records are damaged or missing. Fix: re-download the file or repair it.",
             )
     for tr in stream:
+        if tr.data.dtype.kind == "S":  # encoding 0 (ASCII): log or console text, not samples
+            raise ReaderError(
+                path,
+                f"{tr.id}: its records hold text (miniSEED encoding 0, ASCII: log messages), not "
+                "waveform samples. Fix: leave the log channels out of the source.",
+            )
         idep = tr.stats.get("sac", {}).get("idep")
         if idep in _SAC_PHYSICAL_IDEP:
             raise ReaderError(
@@ -203,6 +212,50 @@ def _read_file(path: Path) -> list[_Piece]:
                 "other channels (mass positions, state of health) out of the file.",
             )
     return [_Piece(path, tr, notes) for tr in stream]
+
+
+_MSEED3 = b"MS\x03"
+_MSEED3_REFUSAL = (
+    "is miniSEED 3 (it starts with 'MS' and format version 3), which this reader does not "
+    "support. Fix: convert it to miniSEED 2 (e.g. with EarthScope's mseedconvert, or by "
+    "reading it with pymseed and writing format version 2) and ingest that."
+)
+
+
+def _is_data_header(data: bytes, off: int) -> bool:
+    """A plausible miniSEED 2 fixed data header at ``off`` (libmseed's MS2_ISVALIDHEADER):
+    sequence number of digits/spaces, quality D/R/Q/M, a space, and a valid start time."""
+    if off + 48 > len(data):
+        return False
+    if not all(c in b"0123456789 \x00" for c in data[off : off + 6]):
+        return False
+    if data[off + 6 : off + 7] not in (b"D", b"R", b"Q", b"M") or data[off + 7] not in b" \x00":
+        return False
+    for order in "><":
+        year, day = struct.unpack_from(f"{order}HH", data, off + 20)
+        hour, minute, second = data[off + 24], data[off + 25], data[off + 26]
+        if 1900 <= year <= 2100 and 1 <= day <= 366 and hour < 24 and minute < 60 and second < 61:
+            return True
+    return False
+
+
+def _detected_length(data: bytes, off: int, path: Path) -> int:
+    """Length of a data record without blockette 1000, as libmseed finds it: the distance to
+    the next record header, searched at 64-byte steps; the last record runs to the end of the
+    file. Either way a record length is a power of two from 128 B (SEED manual v2.4 ch. 8)."""
+    size = len(data)
+    k = off + 64
+    while k + 48 <= size and not _is_data_header(data, k):
+        k += 64
+    length = (k if k + 48 <= size else size) - off
+    if length < 128 or length & (length - 1):
+        raise ReaderError(
+            path,
+            f"data record at byte {off} has no blockette 1000 and no record header follows it "
+            f"at a power-of-two distance ({length} B): the file is damaged or truncated. Fix: "
+            "re-download it.",
+        )
+    return length
 
 
 def _b1000_length(data: bytes, off: int, order: str, path: Path) -> int | None:
@@ -241,8 +294,8 @@ def mseed_record_samples(path: Path) -> int:
     the file (truncation) or a header that is not a record header (damage) is a ReaderError."""
     data = path.read_bytes()
     size, off, total, control_length = len(data), 0, 0, None
-    if data[:3] == b"MS\x03":
-        raise ReaderError(path, "miniSEED 3 is not supported. Fix: convert it to miniSEED 2.")
+    if data[:3] == _MSEED3:
+        raise ReaderError(path, _MSEED3_REFUSAL)
     while off < size:
         if size - off < 48:
             raise ReaderError(path, f"the last {size - off} B are a partial record: truncated")
@@ -256,8 +309,8 @@ def mseed_record_samples(path: Path) -> int:
             order = ">" if 1900 <= struct.unpack_from(">H", data, off + 20)[0] <= 2100 else "<"
             (nsamples,) = struct.unpack_from(f"{order}H", data, off + 30)
             length = _b1000_length(data, off, order, path) or control_length
-            if length is None:
-                raise ReaderError(path, f"data record at byte {off} has no blockette 1000")
+            if length is None:  # no blockette 1000 (SEED 2.3 and older writers)
+                length = _detected_length(data, off, path)
             total += nsamples
         else:
             raise ReaderError(
