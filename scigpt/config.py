@@ -66,6 +66,12 @@ class SplitsConfig(_Strict):
     # neighbouring samples of different splits are this far apart (ISO 8601 "PT6H" or seconds).
     gap: timedelta = timedelta(0)
 
+    def gap_ns(self) -> Any:
+        """``gap`` as a ``numpy.timedelta64[ns]`` (what the datasets take)."""
+        import numpy as np
+
+        return np.timedelta64(round(self.gap.total_seconds() * 1e9), "ns")
+
     @model_validator(mode="after")
     def _ordered_blocks(self) -> SplitsConfig:
         blocks = [("train", self.train), ("val", self.val), ("test", self.test)]
