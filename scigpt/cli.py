@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read INPUT files with SciGPT's readers (names and units as in training), "
         "normalise with the package's statistics, roll the model out to each --lead and write "
         "the forecasts as CF-1.8 netCDF (time, prediction_timedelta, latitude, longitude; "
-        "valid_time; units; provenance attributes).",
+        "valid_time; units; provenance attributes). Inputs lacking any of the package's "
+        "variables are refused (exit 2, naming them) unless --allow-missing.",
     )
     p.add_argument("package", type=Path, metavar="PACKAGE", help="model package directory")
     p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="input files")
@@ -275,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, help="initial time, ISO 8601 (default: the last)")
     p.add_argument("--variables", default=None, help="comma-separated variables to read")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument(
+        "--allow-missing", action="store_true",
+        help="forecast even when the inputs lack some of the package's variables (refused by "
+        "default, exit 2); the missing ones are recorded in the netCDF's attributes",
+    )  # fmt: skip
 
     p = sub.add_parser(
         "transfer",
@@ -515,6 +521,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.package, args.inputs, args.out, leads=args.leads, fmt=args.fmt, init=args.init,
         options=options, device=args.device, progress=True,
         command="scigpt " + " ".join(shlex.quote(a) for a in args.argv),
+        allow_missing=args.allow_missing,
     )  # fmt: skip
     print(f"forecast: {out}")
     return EXIT_OK
