@@ -251,8 +251,12 @@ def build_manifest(
     *,
     producer: dict[str, Any],
     stats_time_range: tuple[Any, Any] | None,
+    skipped: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
-    """Merge the unit records (in unit order) into ``manifest.json``; returns the manifest."""
+    """Merge the unit records (in unit order) into ``manifest.json``; returns the manifest.
+
+    ``skipped``: entries of source folders that were not read (``{"source", "path",
+    "reason"}``), listed as they are."""
     out_sources: dict[str, dict[str, Any]] = {
         name: {**meta, "variables": [], "units": [], "n_samples": 0, "stats": {}}
         for name, meta in sources.items()
@@ -265,7 +269,10 @@ def build_manifest(
         if rec is None:
             raise RuntimeError(f"unit {unit} of source {source} has no record: ingest incomplete")
         if rec["status"] != "done":
-            rejects.append({k: rec.get(k) for k in ("source", "unit", "paths", "reason")})
+            rej = {k: rec.get(k) for k in ("source", "unit", "paths", "reason")}
+            if rec.get("failure"):  # the reader crashed or hung (isolate.py)
+                rej["failure"] = rec["failure"]
+            rejects.append(rej)
             continue
         src = out_sources[source]
         for v in rec["variables"]:
@@ -294,6 +301,7 @@ def build_manifest(
         else [str(np.datetime64(t, "s")) for t in stats_time_range],
         "sources": out_sources,
         "rejects": rejects,
+        "skipped": list(skipped),
         "producer": producer,
     }
     atomic_write_text(store / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")

@@ -412,6 +412,17 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         )
     for rej in manifest["rejects"]:
         print(f"  rejected {rej['source']}/{rej['unit']}: {rej['reason']}")
+    skipped = manifest.get("skipped", [])
+    if skipped:
+        per_source: dict[str, int] = {}
+        for entry in skipped:
+            per_source[entry["source"]] = per_source.get(entry["source"], 0) + 1
+        counts = ", ".join(f"{n} in {name}" for name, n in per_source.items())
+        print(f"  skipped {len(skipped)} folder entries ({counts}): not inputs of their "
+              "source; listed with the reason under 'skipped' in manifest.json")  # fmt: skip
+    logs = sorted((store / "logs").glob("prepare-rank*.log"))
+    if logs:
+        print(f"  readers' log: {', '.join(str(p) for p in logs)}")
     ok_units = sum(len(s["units"]) for s in manifest["sources"].values())
     return EXIT_OK if ok_units else EXIT_FAIL
 

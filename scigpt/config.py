@@ -109,6 +109,9 @@ class SourceConfig(_Strict):
     partial: Literal["pad", "drop"] = "pad"  # series: trailing partial window
     require_coordinates: bool = True  # refuse series without lat/lon (the tokenizer needs them)
     samples_per_unit: PositiveInt = 64  # generated sources: samples per work unit
+    # A unit (file) whose read gives no result within this many seconds is stopped and
+    # rejected (a hung read); each unit is read in its own worker process (scigpt prepare).
+    unit_timeout_s: PositiveFloat = 3600.0
     weight: Annotated[float, Field(ge=0)] = 1.0  # share of micro-batches drawn from this source
     # Shard filter: lzf reads back fastest; gzip is readable by any HDF5 tool; none is largest.
     compression: Literal["lzf", "gzip", "none"] = "lzf"

@@ -49,12 +49,13 @@ def source_specs(loaded: LoadedConfig) -> list:
         except ValueError as e:
             raise ConfigError(str(loaded.path), [str(e)]) from None
         paths: list[Path] = []
+        skipped: list[dict[str, str]] = []  # folder entries not read, recorded in the manifest
         if src.path is not None:
             root = loaded.resolve_path(src.path)
             if src.format == "zarr":
                 paths = [root]  # a Zarr store is a folder, not a folder of inputs
             else:
-                paths = expand_paths(root, SUFFIXES.get(src.format, ()))
+                paths = expand_paths(root, SUFFIXES.get(src.format, ()), skipped)
             if not paths:
                 raise ConfigError(
                     str(loaded.path),
@@ -84,6 +85,8 @@ def source_specs(loaded: LoadedConfig) -> list:
                 require_coordinates=src.require_coordinates,
                 samples_per_unit=src.samples_per_unit,
                 stats_time_range=src.splits.train.bounds() if src.splits else None,
+                unit_timeout_s=src.unit_timeout_s,
+                skipped=skipped,
             )
         )
     return specs
