@@ -16,28 +16,42 @@ So ``prepare`` hands each unit to a worker process and waits for its record:
   terminal. (No :mod:`faulthandler`: dumping the Python stack from a smashed C stack can fault
   again and turn an honest SIGABRT into a SIGBUS.)
 
-Workers are started with the ``spawn`` method (a fresh interpreter, never ``fork``): the parent
-may hold an initialised MPI (``mpirun … scigpt prepare`` discovers ranks through mpi4py), and
-OpenMPI does not support ``fork()`` after ``MPI_Init``; nor are library threads or locks copied.
-One worker serves many units, so its imports (xarray, obspy, …) are paid once per rank.
+Workers are fresh interpreters (``subprocess`` with ``sys.executable``; fork is followed at once
+by exec), never ``fork``ed copies: the parent may hold an initialised MPI (``mpirun … scigpt
+prepare`` discovers ranks through mpi4py), and OpenMPI does not support ``fork()`` after
+``MPI_Init``; nor are library threads or locks copied. Unlike ``multiprocessing``'s ``spawn``
+the worker never re-runs the caller's ``__main__`` (a user script without a main guard would
+start workers recursively). It gets the parent's ``sys.path``, no MPI/PMIx variables (it is
+not a rank), and talks over a socket pair with :class:`multiprocessing.connection.Connection`
+(records are pickled between our own two processes; no user input is unpickled). One worker
+serves many units, so its imports (xarray, obspy, …) are paid once per rank.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-import multiprocessing
 import os
 import signal
+import socket
+import subprocess
 import sys
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-_CTX = multiprocessing.get_context("spawn")
 LOG_DIR = "logs"
 _STARTUP_TIMEOUT_S = 600.0  # a fresh interpreter importing numpy and h5py on a loaded machine
 _UNIT_MARK = "=== unit "  # the worker writes one such line before each unit it reads
+# Environment a worker does not inherit: it is no MPI rank (a library calling MPI_Init there
+# must not join the parent's job).
+_NOT_INHERITED = ("OMPI_", "PMIX_", "PMI_")
+_BOOT = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from scigpt.data_pipeline.isolate import serve; serve(int(sys.argv[2]))"
+)
 
 
 def log_path(store: Path, rank: int) -> Path:
@@ -45,16 +59,12 @@ def log_path(store: Path, rank: int) -> Path:
     return store / LOG_DIR / f"prepare-rank{rank}.log"
 
 
-def _serve(conn, log: str) -> None:
-    """Worker main loop: read units from ``conn``, answer with their records."""
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
-    # glibc writes fatal messages ("stack smashing detected") to /dev/tty unless told otherwise.
-    os.environ["LIBC_FATAL_STDERR_"] = "1"
+def serve(fd: int) -> None:
+    """Worker main loop (``python -c _BOOT``): read units from the socket ``fd``, answer with
+    their records. Its stdout and stderr are the rank's log (set up by the parent)."""
+    conn = Connection(fd)
+    sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
+    sys.stderr.reconfigure(line_buffering=True, errors="backslashreplace")
     fmt = "%(asctime)s %(name)s %(levelname)s: %(message)s"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=fmt)
     from .prepare import run_unit
@@ -100,7 +110,8 @@ def _describe_exit(code: int | None) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        return f"killed by {name} (exit status {128 - code})"
+        oom = " — out of memory? the kernel's OOM killer sends it" if name == "SIGKILL" else ""
+        return f"killed by {name} (exit status {128 - code}){oom}"
     return f"exited with status {code} without a result"
 
 
@@ -118,49 +129,54 @@ class UnitWorker:
 
     def _start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        parent, child = _CTX.Pipe()
-        proc = _CTX.Process(
-            target=_serve, args=(child, str(self.log)), daemon=True, name="scigpt-ingest"
-        )
-        proc.start()
-        child.close()
-        self._proc, self._conn = proc, parent
+        ours, theirs = socket.socketpair()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
+        # glibc writes fatal messages ("stack smashing detected") to /dev/tty unless told not to.
+        env["LIBC_FATAL_STDERR_"] = "1"
+        cmd = [sys.executable, "-c", _BOOT, json.dumps(sys.path), str(theirs.fileno())]
+        with theirs, self.log.open("ab") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    pass_fds=(theirs.fileno(),), env=env)  # fmt: skip
+        self._proc, self._conn = proc, Connection(ours.detach())
         try:
-            ready = parent.poll(_STARTUP_TIMEOUT_S) and parent.recv() == "ready"
+            ready = self._conn.poll(_STARTUP_TIMEOUT_S) and self._conn.recv() == "ready"
         except (EOFError, OSError):
             ready = False
         if not ready:
             code = self._stop(kill=True)
             raise RuntimeError(
-                f"the ingest worker process did not start ({_describe_exit(code)}): see "
-                f"{self.log}. Fix: check that scigpt imports in a fresh `python -c 'import "
-                "scigpt.data_pipeline.prepare'`"
+                f"the ingest worker process did not start ({_describe_exit(code)}); its output "
+                f"is in {self.log}. Fix: check that `{sys.executable} -c 'import "
+                "scigpt.data_pipeline.prepare'` works"
             )
+
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     def _stop(self, kill: bool) -> int | None:
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
         if proc is None:
             return None
-        if kill and proc.is_alive():
+        if kill and proc.poll() is None:
             proc.kill()
         elif not kill:
             with contextlib.suppress(OSError, ValueError):
                 conn.send(None)  # asks the worker to leave
-        proc.join(timeout=30)
-        if proc.is_alive():  # did not leave when asked
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # did not leave when asked
             proc.kill()
-            proc.join()
+            proc.wait()
         conn.close()
-        return proc.exitcode
+        return proc.returncode
 
     def run(self, store: Path, unit, stats_time_range, timeout_s: float) -> dict[str, Any]:
         """Run ``unit`` in the worker; a crash or a hang becomes its reject record."""
         from .prepare import reject_unit
 
-        if self._proc is None or not self._proc.is_alive():
-            if self._proc is not None:
-                self._stop(kill=True)
+        if not self._alive():
+            self._stop(kill=True)
             self._start()
         offset = self.log.stat().st_size if self.log.exists() else 0
         t0 = time.perf_counter()
@@ -170,7 +186,7 @@ class UnitWorker:
                 return self._conn.recv()
         except (EOFError, OSError):
             pass  # the worker died mid-unit
-        hung = self._proc.is_alive() and time.perf_counter() - t0 >= timeout_s
+        hung = self._alive() and time.perf_counter() - t0 >= timeout_s
         code = self._stop(kill=True)
         rel = self.log.relative_to(store) if self.log.is_relative_to(store) else self.log
         # The reason names no rank's log, so the manifest is the same whatever the rank count.
@@ -186,10 +202,12 @@ class UnitWorker:
             )
             failure: dict[str, Any] = {"kind": "timeout", "timeout_s": timeout_s}
         else:
+            record = f"units/{unit.source.name}/{unit.name}.json"
             reason = (
                 f"the reader crashed: its process was {_describe_exit(code)}{said}. The file is "
                 f"most likely corrupt (e.g. a damaged length field): re-download or repair it; "
-                f"details in {where}"
+                f"details in {where}. A rerun reads it again only once it changed (or delete "
+                f"{record})"
             )
             failure = {"kind": "crash", "exit_status": code}
         _remove_partial(store, unit)
