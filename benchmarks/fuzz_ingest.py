@@ -95,7 +95,8 @@ class Layout:
 
     payload: list[tuple[int, int, int]]  # (start, end, values a flipped byte may change)
     lengths: list[tuple[int, bytes, str]]  # (offset, huge bytes to write, label)
-    total_values: int
+    total_values: int  # the footprint of any other byte (file-level metadata)
+    headers: tuple[tuple[int, int, int], ...] = ()  # per-record/message headers, as payload
 
 
 # ---- layouts --------------------------------------------------------------------------------
@@ -139,15 +140,16 @@ def _grib1_messages(data: bytes):
 
 
 def _layout_grib(path: Path, data: bytes) -> Layout:
-    payload, lengths, total = [], [], 0
+    payload, lengths, headers, total = [], [], [], 0
     for k, (off, _total, _s1, bds, lbds, bits, nvals) in enumerate(_grib1_messages(data)):
         total += nvals
         per_byte = -(-8 // bits) + 1 if bits else 1  # values a byte's bits may touch
         payload.append((bds + 11, bds + lbds, per_byte))
+        headers.append((off, bds + 11, nvals))  # a message's header: its values
         if k in (0, 37):
             lengths += [(off + 4, b"\xff\xff\xff", f"message {k} total length"),
                         (bds, b"\xff\xff\xff", f"message {k} data section length")]  # fmt: skip
-    return Layout(payload=payload, lengths=lengths, total_values=total)
+    return Layout(payload=payload, lengths=lengths, total_values=total, headers=tuple(headers))
 
 
 def _hdf4_dds(data: bytes):
@@ -180,7 +182,7 @@ def _layout_modis(path: Path, data: bytes) -> Layout:
 
 
 def _layout_mseed(path: Path, data: bytes) -> Layout:
-    payload, total = [], 0
+    payload, headers, total = [], [], 0
     rec = 512
     for r in range(0, len(data), rec):
         nsamp = int.from_bytes(data[r + 30 : r + 32], "big")
@@ -188,6 +190,9 @@ def _layout_mseed(path: Path, data: bytes) -> Layout:
         total += nsamp
         # Steim frames: a flipped bit changes the differences of the rest of the record.
         payload.append((r + begin, r + rec, nsamp))
+        # a record header (time, rate, counts): the record's samples, where they were and
+        # where they land
+        headers.append((r, r + begin, 2 * nsamp))
     b1000 = int.from_bytes(data[46:48], "big")
     return Layout(
         payload=payload,
@@ -197,6 +202,7 @@ def _layout_mseed(path: Path, data: bytes) -> Layout:
             (44, b"\xff\xff", "record 0 beginning of data"),
         ],
         total_values=total,
+        headers=tuple(headers),
     )
 
 
@@ -207,6 +213,7 @@ def _layout_segy(path: Path, data: bytes) -> Layout:
     tlen = 240 + ns * width
     ntr = (len(data) - 3600) // tlen
     payload = [(3600 + k * tlen + 240, 3600 + (k + 1) * tlen, 1) for k in range(ntr)]
+    headers = tuple((3600 + k * tlen, 3600 + k * tlen + 240, ns) for k in range(ntr))
     return Layout(
         payload=payload,
         lengths=[
@@ -215,6 +222,7 @@ def _layout_segy(path: Path, data: bytes) -> Layout:
             (3504, b"\x7f\xff", "extended textual header count"),
         ],
         total_values=ntr * ns,
+        headers=headers,
     )
 
 
@@ -264,7 +272,8 @@ def make_mutants(sample: Sample, n_flips: int = 12, seed: int = 0, small: bool =
             off = int(off)
             blob = bytearray(data)
             blob[off] ^= 0xFF
-            foot = next((f for a, b, f in lay.payload if a <= off < b), lay.total_values)
+            foot = next((f for a, b, f in (*lay.payload, *lay.headers) if a <= off < b),
+                        lay.total_values)  # fmt: skip
             add(kind, bytes(blob), offset=off, footprint=foot, detail=f"byte {off}")
     if extras:
         add("directory", None, detail="a folder named like an input")
