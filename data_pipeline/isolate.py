@@ -38,6 +38,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ _UNIT_MARK = "=== unit "  # the worker writes one such line before each unit it 
 _NOT_INHERITED = ("OMPI_", "PMIX_", "PMI_")
 _BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "from scigpt.data_pipeline.isolate import serve; serve(int(sys.argv[2]))"
+    "from scigpt.data_pipeline.isolate import serve; serve(int(sys.argv[2]), sys.argv[3:])"
 )
 
 
@@ -59,16 +60,21 @@ def log_path(store: Path, rank: int) -> Path:
     return store / LOG_DIR / f"prepare-rank{rank}.log"
 
 
-def serve(fd: int) -> None:
+def serve(fd: int, preload: Sequence[str] = ()) -> None:
     """Worker main loop (``python -c _BOOT``): read units from the socket ``fd``, answer with
-    their records. Its stdout and stderr are the rank's log (set up by the parent)."""
+    their records. Its stdout and stderr are the rank's log (set up by the parent). The readers
+    of the ``preload`` formats are imported first (while the parent resolves the config)."""
     conn = Connection(fd)
     sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
     sys.stderr.reconfigure(line_buffering=True, errors="backslashreplace")
     fmt = "%(asctime)s %(name)s %(levelname)s: %(message)s"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=fmt)
+    from .ingest.base import get_reader
     from .prepare import run_unit
 
+    for fmt_name in preload:
+        with contextlib.suppress(Exception):  # a reader that cannot import says so per unit
+            get_reader(fmt_name)
     conn.send("ready")  # imports done: unit timeouts count from here
     while True:
         try:
@@ -122,22 +128,34 @@ class UnitWorker:
     written here when the worker died or timed out. Use as a context manager.
     """
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, preload: Sequence[str] = ()) -> None:
         self.log = Path(log)
+        self.preload = list(preload)  # reader formats the worker imports before it is ready
         self._proc: Any = None
         self._conn: Any = None
+        self._ready = False
 
-    def _start(self) -> None:
+    def boot(self) -> UnitWorker:
+        """Start the worker without waiting for it: it imports while the caller works on."""
+        if self._proc is not None:
+            return self
         self.log.parent.mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair()
         env = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
         # glibc writes fatal messages ("stack smashing detected") to /dev/tty unless told not to.
         env["LIBC_FATAL_STDERR_"] = "1"
-        cmd = [sys.executable, "-c", _BOOT, json.dumps(sys.path), str(theirs.fileno())]
+        cmd = [sys.executable, "-c", _BOOT, json.dumps(sys.path), str(theirs.fileno()),
+               *self.preload]  # fmt: skip
         with theirs, self.log.open("ab") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     pass_fds=(theirs.fileno(),), env=env)  # fmt: skip
-        self._proc, self._conn = proc, Connection(ours.detach())
+        self._proc, self._conn, self._ready = proc, Connection(ours.detach()), False
+        return self
+
+    def _start(self) -> None:
+        self.boot()
+        if self._ready:
+            return
         try:
             ready = self._conn.poll(_STARTUP_TIMEOUT_S) and self._conn.recv() == "ready"
         except (EOFError, OSError):
@@ -149,6 +167,7 @@ class UnitWorker:
                 f"is in {self.log}. Fix: check that `{sys.executable} -c 'import "
                 "scigpt.data_pipeline.prepare'` works"
             )
+        self._ready = True
 
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -156,6 +175,7 @@ class UnitWorker:
     def _stop(self, kill: bool) -> int | None:
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
+        self._ready = False
         if proc is None:
             return None
         if kill and proc.poll() is None:
@@ -177,7 +197,7 @@ class UnitWorker:
 
         if not self._alive():
             self._stop(kill=True)
-            self._start()
+        self._start()
         offset = self.log.stat().st_size if self.log.exists() else 0
         t0 = time.perf_counter()
         try:
@@ -215,7 +235,8 @@ class UnitWorker:
                            seconds=time.perf_counter() - t0)  # fmt: skip
 
     def close(self) -> None:
-        self._stop(kill=False)
+        """Let the worker leave; one booted but never used is killed (still importing)."""
+        self._stop(kill=not self._ready)
 
     def __enter__(self) -> UnitWorker:
         return self

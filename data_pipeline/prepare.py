@@ -277,12 +277,15 @@ def prepare_store(
     progress: bool = True,
     wait_timeout_s: float = 24 * 3600,
     isolate: bool = True,
+    worker: UnitWorker | None = None,
 ) -> dict[str, Any] | None:
     """Ingest ``sources`` into the store at ``out``. Rank 0 returns the manifest, others None.
 
-    ``isolate``: read each unit in a worker process (``isolate.py``; the default). ``False``
-    reads in this process — for debugging a reader, or measuring what isolation costs; a
-    native crash then takes the ingest down and library messages reach the terminal.
+    ``isolate``: read each unit that reads files in a worker process (``isolate.py``; the
+    default; generated sources read no file and run here). ``False`` reads in this process —
+    for debugging a reader, or measuring what isolation costs; a native crash then takes the
+    ingest down and library messages reach the terminal. ``worker``: one the caller booted
+    early (``UnitWorker.boot``) and closes; default: one started here when needed.
     """
     from tqdm import tqdm
 
@@ -298,12 +301,14 @@ def prepare_store(
     bar = tqdm(total=len(todo), desc=f"prepare[rank {rank}]", unit="unit",
                disable=not progress or not todo, dynamic_ncols=True)  # fmt: skip
     start, nbytes, nsamples, nrej, nfiles = time.perf_counter(), 0, 0, 0, 0
-    worker = UnitWorker(log_path(store, rank)) if isolate else None
+    own = worker is None
+    if own and isolate:
+        worker = UnitWorker(log_path(store, rank))
     try:
         for unit in todo:
-            if worker is not None:
+            if isolate and unit.paths:
                 rec = worker.run(store, unit, stats_time_range, unit.source.unit_timeout_s)
-            else:
+            else:  # a generated source (pde) reads no file: nothing to isolate
                 rec = run_unit(store, unit, stats_time_range)
             nbytes += rec.get("input_bytes", 0)
             nfiles += len(unit.paths)
@@ -317,7 +322,7 @@ def prepare_store(
                             samples=nsamples, rejects=nrej, MBps=f"{rate:.1f}")  # fmt: skip
             bar.update(1)
     finally:
-        if worker is not None:
+        if own and worker is not None:
             worker.close()
         bar.close()
     if rank != 0:

@@ -100,19 +100,30 @@ def stats_range(loaded: LoadedConfig) -> tuple[np.datetime64, np.datetime64]:
 def prepare_from_config(
     loaded: LoadedConfig, out: Path, *, rank: int = 0, world_size: int = 1, progress: bool = True
 ) -> dict[str, Any] | None:
+    from scigpt.data_pipeline.isolate import UnitWorker, log_path
     from scigpt.data_pipeline.prepare import prepare_store
 
-    specs = source_specs(loaded)
-    producer = {"config": loaded.resolved_dict()["data"], "scigpt": _version()}
-    return prepare_store(
-        specs,
-        out,
-        rank=rank,
-        world_size=world_size,
-        stats_time_range=stats_range(loaded),
-        producer=producer,
-        progress=progress,
-    )
+    # The reader worker boots (and imports the readers) while this process resolves the
+    # sources, which imports the same reader modules to check their options.
+    formats = sorted({s.format for s in loaded.config.data.sources if s.path is not None})
+    worker = UnitWorker(log_path(Path(out), rank), preload=formats)
+    if formats:
+        worker.boot()
+    try:
+        specs = source_specs(loaded)
+        producer = {"config": loaded.resolved_dict()["data"], "scigpt": _version()}
+        return prepare_store(
+            specs,
+            out,
+            rank=rank,
+            world_size=world_size,
+            stats_time_range=stats_range(loaded),
+            producer=producer,
+            progress=progress,
+            worker=worker,
+        )
+    finally:
+        worker.close()
 
 
 def _version() -> str:
