@@ -232,13 +232,14 @@ def reject_unit(store: Path, unit: Unit, reason: str, **extra: Any) -> dict[str,
 def run_unit(store: Path, unit: Unit, stats_time_range) -> dict[str, Any]:
     """Read, check, patchify and write one unit; bad input becomes a reject record."""
     t0 = time.perf_counter()
+    meta = unit_meta(unit)
     try:
         reader = get_reader(unit.source.format)
         arrays = reader(list(unit.paths), **unit.options)
         _check_arrays(arrays, unit)
         rec = write_unit(store, unit.source.name, unit.name, arrays, unit.source.patch,
                          stats_time_range=unit.source.stats_time_range or stats_time_range,
-                         meta=unit_meta(unit))  # fmt: skip
+                         meta=meta)  # fmt: skip
     except Exception as e:
         # Anything a bad file makes a library raise is a reject, recorded with the path and the
         # reason; the traceback goes to the worker's log (logs/prepare-rank<r>.log).
