@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from .splits import inside_block, window_last_ns
 from .store import GridStore
 from .variables import modality_id
 
@@ -273,9 +274,11 @@ class SeriesWindowDataset(torch.utils.data.Dataset):
     An item is one stored window: ``fields`` (C, L) normalised with the source's statistics
     (NaN → 0, ``mask`` records where), the window's start ``time``, the record's ``lat``/``lon``
     (and ``depth`` when known), and numeric per-record attributes as ``targets`` (e.g. a
-    SeisBench event's magnitude) for pooled regression heads. Windows whose start lies outside
-    ``time_range`` (inclusive; ``None`` = all) are left out. ``var_ids``: the channels' ids in
-    the run's variable registry.
+    SeisBench event's magnitude) for pooled regression heads. A window is in the dataset only
+    if all of it lies inside ``time_range`` (inclusive; ``None`` = all) and it starts at least
+    ``gap`` after the range's start (``data_pipeline.splits``, the rule the store's statistics
+    use), so a window straddling a split boundary belongs to no split. ``var_ids``: the
+    channels' ids in the run's variable registry.
     """
 
     def __init__(
@@ -286,6 +289,7 @@ class SeriesWindowDataset(torch.utils.data.Dataset):
         time_range: tuple[np.datetime64, np.datetime64] | None = None,
         targets: Sequence[str] = (),
         var_ids: Sequence[int] | None = None,
+        gap: np.timedelta64 | None = None,
     ) -> None:
         src = store.sources[source]
         if src.get("kind") != "series":
@@ -298,13 +302,13 @@ class SeriesWindowDataset(torch.utils.data.Dataset):
         self.std32 = std.astype(np.float32)[:, None]
         self.step_ns = 0
         self._rows: list[tuple[str, str, int, list[int]]] = []  # shard, group, row, channel map
+        window = int(src["patch"]["window"])
+        gap_ns = 0 if gap is None else int(np.timedelta64(gap, "ns").astype(np.int64))
         for unit in src["units"]:
             for a in unit["arrays"]:
-                times = np.array(a["times"], dtype="datetime64[ns]")
-                keep = np.ones(len(times), bool)
-                if time_range is not None:
-                    t0, t1 = (np.datetime64(t, "ns") for t in time_range)
-                    keep = (times >= t0) & (times <= t1)
+                times = np.array(a["times"], dtype="datetime64[ns]").astype(np.int64)
+                last = window_last_ns(times, window, int(a["step_ns"]))
+                keep = inside_block(times, last, time_range, gap_ns=gap_ns)
                 chans = [names.index(n) for n in a["variables"]]
                 self.step_ns = self.step_ns or int(a["step_ns"])
                 self._rows += [

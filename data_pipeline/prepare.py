@@ -5,7 +5,10 @@ samples) numbered in a fixed order; rank r of W takes units r, r+W, r+2W, ... Ra
 through the store's files alone — each writes its units' shards and records, and rank 0 waits for
 every record, then merges them into the manifest — so the same code runs under mpirun, srun,
 torchrun or as one process, with no communication library. Bad input becomes a reject record
-(path and reason) and never stops the other units.
+(path and reason) and never stops the other units: each unit is read in a worker process
+(``isolate.py``), so a native crash or a hang inside a format library is a reject too, and what
+the libraries print goes to the store's log. Entries of a source folder that are not read
+(subfolders, other suffixes, hidden files) are listed in the manifest with the reason.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,8 +26,11 @@ from typing import Any, get_type_hints
 import numpy as np
 
 from .ingest.base import GridArray, ReaderError, SeriesArray, format_kind, get_reader
+from .isolate import UnitWorker, log_path
 from .plausibility import check_arrays
 from .shards import MANIFEST, PatchSpec, build_manifest, read_record, write_record, write_unit
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +48,10 @@ class SourceSpec:
     # this source's statistics block when it has its own splits (default: the store's)
     stats_time_range: tuple[Any, Any] | None = None
     plausibility: str = "reject"  # out-of-range values: "reject" the unit, "warn" or "off"
+    # a unit whose read gives no result within this many seconds is stopped and rejected
+    unit_timeout_s: float = 3600.0
+    # entries of the source folder that are not read, with the reason ({"path", "reason"})
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes this source's output (a changed spec redoes units)."""
@@ -68,12 +79,42 @@ class Unit:
     options: dict[str, Any]  # reader options of this unit (ranges for generated sources)
 
 
-def expand_paths(pattern: str | Path, suffixes: Sequence[str] = ()) -> list[Path]:
-    """A file, a folder (its files, optionally filtered by suffix) or a glob; sorted."""
+def _skip_reason(f: Path, suffixes: Sequence[str]) -> str | None:
+    """Why an entry of a source folder is not read (None: it is read)."""
+    if f.name.startswith("."):
+        return "hidden (the name starts with '.')"
+    if f.is_dir():
+        return (
+            "a folder: a source reads the files directly inside its folder. Fix: give this "
+            "folder (or a glob) as a source's path to ingest it"
+        )
+    if not f.is_file():
+        return "not a regular file (a pipe, socket, device or broken link)"
+    if suffixes and f.suffix.lower() not in suffixes:
+        return (
+            f"suffix {f.suffix or '(none)'!r} is not one of this format's {list(suffixes)}. "
+            "Fix: rename the file, or give it as the source's path"
+        )
+    return None
+
+
+def expand_paths(
+    pattern: str | Path,
+    suffixes: Sequence[str] = (),
+    skipped: list[dict[str, str]] | None = None,
+) -> list[Path]:
+    """A file, a folder (its files, optionally filtered by suffix) or a glob; sorted. Entries of
+    a folder that are not taken are appended to ``skipped`` as ``{"path", "reason"}``."""
     p = Path(pattern)
     if p.is_dir():
-        files = [f for f in sorted(p.iterdir()) if f.is_file() and not f.name.startswith(".")]
-        return [f for f in files if not suffixes or f.suffix.lower() in suffixes]
+        files = []
+        for f in sorted(p.iterdir()):
+            why = _skip_reason(f, suffixes)
+            if why is None:
+                files.append(f)
+            elif skipped is not None:
+                skipped.append({"path": str(f), "reason": why})
+        return files
     if p.is_file():
         return [p]
     return [Path(f) for f in sorted(glob.glob(str(p)))]
@@ -159,16 +200,43 @@ def _check_arrays(arrays: list, unit: Unit) -> None:
                 raise ReaderError(where, "valid values at pixels without coordinates")
 
 
-def run_unit(store: Path, unit: Unit, stats_time_range) -> dict[str, Any]:
-    """Read, check, patchify and write one unit; bad input becomes a reject record."""
-    t0 = time.perf_counter()
-    nbytes = sum(p.stat().st_size for p in unit.paths if p.exists())
-    meta = {
+def _input_stamp(unit: Unit) -> list[list[int]]:
+    """(size, mtime in ns) of each input: a reject is retried once its input changes."""
+    out = []
+    for p in unit.paths:
+        try:
+            st = p.stat()
+            out.append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append([-1, -1])
+    return out
+
+
+def unit_meta(unit: Unit) -> dict[str, Any]:
+    """What every record of ``unit`` carries: its inputs and the spec it was made with."""
+    stamp = _input_stamp(unit)
+    return {
         "index": unit.index,
         "paths": [str(p) for p in unit.paths],
         "fingerprint": unit.source.fingerprint(),
-        "input_bytes": nbytes,
+        "input_bytes": sum(max(size, 0) for size, _ in stamp),
+        "input_stamp": stamp,
     }
+
+
+def reject_unit(store: Path, unit: Unit, reason: str, **extra: Any) -> dict[str, Any]:
+    """Write ``unit``'s reject record (and drop a shard of an earlier ingest); returns it."""
+    rec = {"unit": unit.name, "source": unit.source.name, "status": "rejected",
+           "reason": reason, **unit_meta(unit), **extra}  # fmt: skip
+    (store / "shards" / unit.source.name / f"{unit.name}.h5").unlink(missing_ok=True)
+    write_record(store, unit.source.name, unit.name, rec)
+    return rec
+
+
+def run_unit(store: Path, unit: Unit, stats_time_range) -> dict[str, Any]:
+    """Read, check, patchify and write one unit; bad input becomes a reject record."""
+    t0 = time.perf_counter()
+    meta = unit_meta(unit)
     try:
         reader = get_reader(unit.source.format)
         arrays = reader(list(unit.paths), **unit.options)
@@ -180,13 +248,12 @@ def run_unit(store: Path, unit: Unit, stats_time_range) -> dict[str, Any]:
         rec = write_unit(store, unit.source.name, unit.name, arrays, unit.source.patch,
                          stats_time_range=unit.source.stats_time_range or stats_time_range,
                          meta=meta)  # fmt: skip
-    except (ReaderError, OSError, ValueError, KeyError, IndexError, RuntimeError) as e:
-        # Anything a bad file can raise is a reject, recorded with the path and the reason.
-        reason = f"{type(e).__name__}: {e}"
-        rec = {"unit": unit.name, "source": unit.source.name, "status": "rejected",
-               "reason": reason, **meta}  # fmt: skip
-        (store / "shards" / unit.source.name / f"{unit.name}.h5").unlink(missing_ok=True)
-        write_record(store, unit.source.name, unit.name, rec)
+    except Exception as e:
+        # Anything a bad file makes a library raise is a reject, recorded with the path and the
+        # reason; the traceback goes to the worker's log (logs/prepare-rank<r>.log).
+        if not isinstance(e, (ValueError, OSError)):  # not a reader's own verdict: keep where
+            _log.info("unit %s: %s raised", unit.name, type(e).__name__, exc_info=True)
+        rec = reject_unit(store, unit, f"{type(e).__name__}: {e}")
     rec["seconds"] = time.perf_counter() - t0
     return rec
 
@@ -196,7 +263,13 @@ def _is_done(store: Path, unit: Unit) -> bool:
     if rec is None or rec.get("fingerprint") != unit.source.fingerprint():
         return False
     if rec["status"] == "rejected":
-        # Retried only if the input changed since (a fixed file gets another chance).
+        failure = rec.get("failure") or {}
+        if failure.get("kind") == "timeout" and unit.source.unit_timeout_s > failure["timeout_s"]:
+            return False  # a longer timeout gives a slow read another chance
+        # Otherwise retried only if the input changed since (a fixed file gets another
+        # chance); a file that crashed the reader is not read again as it is.
+        if "input_stamp" in rec:
+            return rec["input_stamp"] == _input_stamp(unit)
         return rec.get("input_bytes") == sum(p.stat().st_size for p in unit.paths if p.exists())
     shard = store / rec["shard"]
     return shard.is_file() and shard.stat().st_size == rec["bytes"]
@@ -212,8 +285,17 @@ def prepare_store(
     producer: dict[str, Any] | None = None,
     progress: bool = True,
     wait_timeout_s: float = 24 * 3600,
+    isolate: bool = True,
+    worker: UnitWorker | None = None,
 ) -> dict[str, Any] | None:
-    """Ingest ``sources`` into the store at ``out``. Rank 0 returns the manifest, others None."""
+    """Ingest ``sources`` into the store at ``out``. Rank 0 returns the manifest, others None.
+
+    ``isolate``: read each unit that reads files in a worker process (``isolate.py``; the
+    default; generated sources read no file and run here). ``False`` reads in this process —
+    for debugging a reader, or measuring what isolation costs; a native crash then takes the
+    ingest down and library messages reach the terminal. ``worker``: one the caller booted
+    early (``UnitWorker.boot``) and closes; default: one started here when needed.
+    """
     from tqdm import tqdm
 
     store = Path(out)
@@ -228,20 +310,30 @@ def prepare_store(
     bar = tqdm(total=len(todo), desc=f"prepare[rank {rank}]", unit="unit",
                disable=not progress or not todo, dynamic_ncols=True)  # fmt: skip
     start, nbytes, nsamples, nrej, nfiles = time.perf_counter(), 0, 0, 0, 0
-    for unit in todo:
-        rec = run_unit(store, unit, stats_time_range)
-        nbytes += rec.get("input_bytes", 0)
-        nfiles += len(unit.paths)
-        if rec["status"] == "done":
-            nsamples += sum(a["n"] for a in rec["arrays"])
-        else:
-            nrej += 1
-            bar.write(f"rejected {unit.name}: {rec['reason']}")
-        rate = nbytes / 1e6 / max(time.perf_counter() - start, 1e-9)
-        bar.set_postfix(files=nfiles,
-                        samples=nsamples, rejects=nrej, MBps=f"{rate:.1f}")  # fmt: skip
-        bar.update(1)
-    bar.close()
+    own = worker is None
+    if own and isolate:
+        worker = UnitWorker(log_path(store, rank))
+    try:
+        for unit in todo:
+            if isolate and unit.paths:
+                rec = worker.run(store, unit, stats_time_range, unit.source.unit_timeout_s)
+            else:  # a generated source (pde) reads no file: nothing to isolate
+                rec = run_unit(store, unit, stats_time_range)
+            nbytes += rec.get("input_bytes", 0)
+            nfiles += len(unit.paths)
+            if rec["status"] == "done":
+                nsamples += sum(a["n"] for a in rec["arrays"])
+            else:
+                nrej += 1
+                bar.write(f"rejected {unit.name}: {rec['reason']}")
+            rate = nbytes / 1e6 / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(files=nfiles,
+                            samples=nsamples, rejects=nrej, MBps=f"{rate:.1f}")  # fmt: skip
+            bar.update(1)
+    finally:
+        if own and worker is not None:
+            worker.close()
+        bar.close()
     if rank != 0:
         return None
     # Rank 0 waits for the other ranks' records (files are the only channel between ranks).
@@ -272,5 +364,7 @@ def prepare_store(
         }
         for s in sources
     }
+    skipped = [{"source": s.name, **entry} for s in sources for entry in s.skipped]
     return build_manifest(store, meta, [(u.source.name, u.name) for u in units],
-                          producer=producer or {}, stats_time_range=stats_time_range)  # fmt: skip
+                          producer=producer or {}, stats_time_range=stats_time_range,
+                          skipped=skipped)  # fmt: skip

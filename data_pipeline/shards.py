@@ -35,6 +35,7 @@ from .ingest.base import GridArray, SeriesArray
 from .lzf import write_lzf_chunks
 from .patches import grid_token_coords, patchify_grid, patchify_series
 from .plausibility import merge_checks
+from .splits import inside_block, window_last_ns
 from .stats import RunningStats
 
 FORMAT = "scigpt-patch-store"
@@ -102,13 +103,6 @@ def _iso(times_ns: np.ndarray) -> list[str]:
     return [str(s) for s in np.datetime_as_string(times, unit=unit)]
 
 
-def _in_range(times_ns: np.ndarray, time_range: tuple[Any, Any] | None) -> np.ndarray:
-    if time_range is None:
-        return np.ones(len(times_ns), dtype=bool)
-    t0, t1 = (np.datetime64(t, "ns").astype(np.int64) for t in time_range)
-    return (times_ns >= t0) & (times_ns <= t1)
-
-
 def _dataset(g: h5py.Group, name: str, data: np.ndarray, **kw: Any) -> None:
     g.create_dataset(name, data=data, track_times=False, **kw)
 
@@ -144,12 +138,16 @@ def _write_grid(g: h5py.Group, arr: GridArray, spec: PatchSpec, stats: NamedStat
         tlat, tlon = grid_token_coords(arr.lat, arr.lon, ph, pw)
         _dataset(g, "token_lat", tlat)
         _dataset(g, "token_lon", tlon)
-    keep = _in_range(times, rng)
-    for j, var in enumerate(arr.variables):
-        stats.update(var.name, patches[keep, j])
     h, w = arr.values.shape[-2:]
     all_t = arr.time.astype("datetime64[ns]").astype(np.int64)
     frame_step = int(all_t[1] - all_t[0]) if len(all_t) > 1 else 0
+    # Statistics over the frames inside the block only: a tubelet of pt frames that straddles
+    # its end contributes its inside frames (token values are time-major, ph·pw per frame).
+    frame_t = all_t[: n * pt].reshape(n, pt)  # (N, pt)
+    inside = inside_block(frame_t, frame_t, rng)  # (N, pt)
+    keep = np.repeat(inside, ph * pw, axis=1)  # (N, K)
+    for j, var in enumerate(arr.variables):
+        stats.update(var.name, np.where(keep[:, None, :], patches[:, j], np.nan))
     return {"kind": "grid", "n": int(n), "height": int(h), "width": int(w), "coords": arr.coords,
             "frame_step_ns": frame_step, "times": _iso(times)}  # fmt: skip
 
@@ -165,7 +163,7 @@ def _write_series(g: h5py.Group, arr: SeriesArray, spec: PatchSpec, stats: Named
     rec, off = origin[:, 0], origin[:, 1]
     step = arr.step.astype("timedelta64[ns]").astype(np.int64)
     times = arr.start.astype("datetime64[ns]").astype(np.int64)[rec] + off * step  # (M,)
-    m = patches.shape[0]
+    m, _, p, k = patches.shape
     _patches(g, patches, spec)
     _dataset(g, "time", times)
     _dataset(g, "record", rec)
@@ -180,7 +178,8 @@ def _write_series(g: h5py.Group, arr: SeriesArray, spec: PatchSpec, stats: Named
             _dataset(attrs, key, col)
         else:
             _dataset(attrs, key, col.astype(str).astype(object), dtype=h5py.string_dtype())
-    keep = _in_range(times, rng)
+    # A window counts for the statistics only if all of it lies in the block (data_pipeline.splits).
+    keep = inside_block(times, window_last_ns(times, p * k, step), rng)
     for j, var in enumerate(arr.variables):
         stats.update(var.name, patches[keep, j])
     return {"kind": "series", "n": int(m), "dropped_empty_windows": int((~valid).sum()),
@@ -271,8 +270,12 @@ def build_manifest(
     *,
     producer: dict[str, Any],
     stats_time_range: tuple[Any, Any] | None,
+    skipped: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
-    """Merge the unit records (in unit order) into ``manifest.json``; returns the manifest."""
+    """Merge the unit records (in unit order) into ``manifest.json``; returns the manifest.
+
+    ``skipped``: entries of source folders that were not read (``{"source", "path",
+    "reason"}``), listed as they are."""
     out_sources: dict[str, dict[str, Any]] = {
         name: {**meta, "variables": [], "units": [], "n_samples": 0, "stats": {}}
         for name, meta in sources.items()
@@ -286,7 +289,10 @@ def build_manifest(
         if rec is None:
             raise RuntimeError(f"unit {unit} of source {source} has no record: ingest incomplete")
         if rec["status"] != "done":
-            rejects.append({k: rec.get(k) for k in ("source", "unit", "paths", "reason")})
+            rej = {k: rec.get(k) for k in ("source", "unit", "paths", "reason")}
+            if rec.get("failure"):  # the reader crashed or hung (isolate.py)
+                rej["failure"] = rec["failure"]
+            rejects.append(rej)
             continue
         src = out_sources[source]
         for v in rec["variables"]:
@@ -319,6 +325,7 @@ def build_manifest(
         else [str(np.datetime64(t, "s")) for t in stats_time_range],
         "sources": out_sources,
         "rejects": rejects,
+        "skipped": list(skipped),
         "producer": producer,
     }
     atomic_write_text(store / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")

@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read INPUT files with SciGPT's readers (names and units as in training), "
         "normalise with the package's statistics, roll the model out to each --lead and write "
         "the forecasts as CF-1.8 netCDF (time, prediction_timedelta, latitude, longitude; "
-        "valid_time; units; provenance attributes).",
+        "valid_time; units; provenance attributes). Inputs lacking any of the package's "
+        "variables are refused (exit 2, naming them) unless --allow-missing.",
     )
     p.add_argument("package", type=Path, metavar="PACKAGE", help="model package directory")
     p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="input files")
@@ -275,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, help="initial time, ISO 8601 (default: the last)")
     p.add_argument("--variables", default=None, help="comma-separated variables to read")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument(
+        "--allow-missing", action="store_true",
+        help="forecast even when the inputs lack some of the package's variables (refused by "
+        "default, exit 2); the missing ones are recorded in the netCDF's attributes",
+    )  # fmt: skip
 
     p = sub.add_parser(
         "transfer",
@@ -406,6 +412,17 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         )
     for rej in manifest["rejects"]:
         print(f"  rejected {rej['source']}/{rej['unit']}: {rej['reason']}")
+    skipped = manifest.get("skipped", [])
+    if skipped:
+        per_source: dict[str, int] = {}
+        for entry in skipped:
+            per_source[entry["source"]] = per_source.get(entry["source"], 0) + 1
+        counts = ", ".join(f"{n} in {name}" for name, n in per_source.items())
+        print(f"  skipped {len(skipped)} folder entries ({counts}): not inputs of their "
+              "source; listed with the reason under 'skipped' in manifest.json")  # fmt: skip
+    logs = sorted((store / "logs").glob("prepare-rank*.log"))
+    if logs:
+        print(f"  readers' log: {', '.join(str(p) for p in logs)}")
     ok_units = sum(len(s["units"]) for s in manifest["sources"].values())
     return EXIT_OK if ok_units else EXIT_FAIL
 
@@ -515,6 +532,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.package, args.inputs, args.out, leads=args.leads, fmt=args.fmt, init=args.init,
         options=options, device=args.device, progress=True,
         command="scigpt " + " ".join(shlex.quote(a) for a in args.argv),
+        allow_missing=args.allow_missing,
     )  # fmt: skip
     print(f"forecast: {out}")
     return EXIT_OK

@@ -66,6 +66,12 @@ class SplitsConfig(_Strict):
     # neighbouring samples of different splits are this far apart (ISO 8601 "PT6H" or seconds).
     gap: timedelta = timedelta(0)
 
+    def gap_ns(self) -> Any:
+        """``gap`` as a ``numpy.timedelta64[ns]`` (what the datasets take)."""
+        import numpy as np
+
+        return np.timedelta64(round(self.gap.total_seconds() * 1e9), "ns")
+
     @model_validator(mode="after")
     def _ordered_blocks(self) -> SplitsConfig:
         blocks = [("train", self.train), ("val", self.val), ("test", self.test)]
@@ -103,6 +109,9 @@ class SourceConfig(_Strict):
     partial: Literal["pad", "drop"] = "pad"  # series: trailing partial window
     require_coordinates: bool = True  # refuse series without lat/lon (the tokenizer needs them)
     samples_per_unit: PositiveInt = 64  # generated sources: samples per work unit
+    # A unit (file) whose read gives no result within this many seconds is stopped and
+    # rejected (a hung read); each unit is read in its own worker process (scigpt prepare).
+    unit_timeout_s: PositiveFloat = 3600.0
     weight: Annotated[float, Field(ge=0)] = 1.0  # share of micro-batches drawn from this source
     # Shard filter: lzf reads back fastest; gzip is readable by any HDF5 tool; none is largest.
     compression: Literal["lzf", "gzip", "none"] = "lzf"

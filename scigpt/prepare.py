@@ -51,12 +51,13 @@ def source_specs(loaded: LoadedConfig) -> list:
         except ValueError as e:
             raise ConfigError(str(loaded.path), [str(e)]) from None
         paths: list[Path] = []
+        skipped: list[dict[str, str]] = []  # folder entries not read, recorded in the manifest
         if src.path is not None:
             root = loaded.resolve_path(src.path)
             if src.format == "zarr":
                 paths = [root]  # a Zarr store is a folder, not a folder of inputs
             else:
-                paths = expand_paths(root, SUFFIXES.get(src.format, ()))
+                paths = expand_paths(root, SUFFIXES.get(src.format, ()), skipped)
             if not paths:
                 raise ConfigError(
                     str(loaded.path),
@@ -87,6 +88,8 @@ def source_specs(loaded: LoadedConfig) -> list:
                 samples_per_unit=src.samples_per_unit,
                 stats_time_range=src.splits.train.bounds() if src.splits else None,
                 plausibility=src.plausibility,
+                unit_timeout_s=src.unit_timeout_s,
+                skipped=skipped,
             )
         )
     return specs
@@ -100,19 +103,30 @@ def stats_range(loaded: LoadedConfig) -> tuple[np.datetime64, np.datetime64]:
 def prepare_from_config(
     loaded: LoadedConfig, out: Path, *, rank: int = 0, world_size: int = 1, progress: bool = True
 ) -> dict[str, Any] | None:
+    from scigpt.data_pipeline.isolate import UnitWorker, log_path
     from scigpt.data_pipeline.prepare import prepare_store
 
-    specs = source_specs(loaded)
-    producer = {"config": loaded.resolved_dict()["data"], "scigpt": _version()}
-    return prepare_store(
-        specs,
-        out,
-        rank=rank,
-        world_size=world_size,
-        stats_time_range=stats_range(loaded),
-        producer=producer,
-        progress=progress,
-    )
+    # The reader worker boots (and imports the readers) while this process resolves the
+    # sources, which imports the same reader modules to check their options.
+    formats = sorted({s.format for s in loaded.config.data.sources if s.path is not None})
+    worker = UnitWorker(log_path(Path(out), rank), preload=formats)
+    if formats:
+        worker.boot()
+    try:
+        specs = source_specs(loaded)
+        producer = {"config": loaded.resolved_dict()["data"], "scigpt": _version()}
+        return prepare_store(
+            specs,
+            out,
+            rank=rank,
+            world_size=world_size,
+            stats_time_range=stats_range(loaded),
+            producer=producer,
+            progress=progress,
+            worker=worker,
+        )
+    finally:
+        worker.close()
 
 
 def _version() -> str:

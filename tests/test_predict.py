@@ -167,12 +167,21 @@ def test_two_step_rollout_equals_two_model_calls(pkg_dir, pm, inputs, tmp_path):
     assert not np.allclose(got, one, rtol=1e-5, atol=0)
 
 
-def test_variable_subset_warns_and_forecasts_what_is_there(pkg_dir, pm, inputs, tmp_path):
+def test_variable_subset_is_refused_unless_allowed_and_then_recorded(pkg_dir, pm, inputs,
+                                                                     tmp_path):  # fmt: skip
+    subset = {"variables": ["u10", "v10", "sp"]}
+    with pytest.raises(ValueError, match=r"lack 11 of the package's 14 variables: \['d2m', 'tcw'"):
+        predict(pkg_dir, inputs, tmp_path / "fc.nc", leads=["1h"], init=str(INIT),
+                options=subset)  # fmt: skip
+    assert not (tmp_path / "fc.nc").exists()
     with pytest.warns(UserWarning, match=r"lack package variables \['d2m', 'tcw'"):
         out = predict(pkg_dir, inputs, tmp_path / "fc.nc", leads=["1h"], init=str(INIT),
-                      options={"variables": ["u10", "v10", "sp"]})  # fmt: skip
+                      options=subset, allow_missing=True)  # fmt: skip
     with xr.open_dataset(out) as ds:
         assert list(ds.data_vars) == ["sp", "u10", "v10"]  # the package's order
+        missing = [n for n in pm.var_names if n not in ("sp", "u10", "v10")]
+        assert ds.attrs["scigpt_missing_variables"] == ", ".join(missing)
+        assert ds.attrs["scigpt_model_variables"] == ", ".join(pm.var_names)
         got = np.stack([ds[n].values[0, 0] for n in ds.data_vars])
     variables = [v for v in pm.variables if v["name"] in ("sp", "u10", "v10")]
     fields, lat, lon = _xarray_fields(inputs, variables, INIT, pm.history)
@@ -247,3 +256,26 @@ def test_cli_writes_the_netcdf(pkg_dir, inputs, tmp_path):
         assert ds["time"].values[0] == INIT
     assert main(["predict", str(pkg_dir), *map(str, inputs), "--lead", "90min",
                  "--out", str(tmp_path / "x.nc")]) == 2  # fmt: skip
+    with xr.open_dataset(out) as ds:
+        assert ds.attrs["scigpt_missing_variables"] == ""  # every variable given
+
+
+def test_cli_refuses_inputs_missing_variables(pkg_dir, pm, inputs, tmp_path, capsys):
+    """Inputs holding 1 of the package's 14 variables: exit 2 naming the 13 missing ones and no
+    file; --allow-missing forecasts and records them in the netCDF's global attributes."""
+    from scigpt.cli import main
+
+    one = [p for p in inputs if p.name.endswith("_u10.nc")]
+    out = tmp_path / "one.nc"
+    args = ["predict", str(pkg_dir), *map(str, one), "--lead", "1h", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    missing = [n for n in pm.var_names if n != "u10"]
+    assert len(missing) == 13 and f"lack 13 of the package's 14 variables: {missing}" in err
+    assert "--allow-missing" in err and not out.exists()
+    with pytest.warns(UserWarning, match="lack package variables"):
+        assert main([*args, "--allow-missing"]) == 0
+    with xr.open_dataset(out) as ds:
+        assert list(ds.data_vars) == ["u10"]
+        assert ds.attrs["scigpt_missing_variables"].split(", ") == missing
+        assert "--allow-missing" in ds.attrs["history"]

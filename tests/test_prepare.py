@@ -45,7 +45,8 @@ def _tree(store: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(store)): p.read_bytes()
         for p in sorted(store.rglob("*"))
-        if p.is_file() and p.relative_to(store).parts[0] != "units"  # records carry timings
+        # records carry timings; logs hold what each rank's readers printed
+        if p.is_file() and p.relative_to(store).parts[0] not in ("units", "logs")
     }
 
 

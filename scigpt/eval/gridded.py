@@ -265,8 +265,10 @@ def evaluate_rollouts(
     geographic: bool = True,
     batch_size: int = 8,
     progress: bool = False,
+    gap=None,
 ) -> dict[str, Any]:
     """Forecast autoregressively ``horizon`` model calls from every anchor in ``time_range``
+    (at least ``gap`` after its start, as the trainer's test samples)
     whose inputs and all ``horizon`` targets are consecutive store frames inside it, and score
     each lead against the truth: RMSE, bias, ACC (with ``climatology``), persistence (and
     climatology) RMSE as baselines, and per-grid-point RMSE maps.
@@ -294,7 +296,7 @@ def evaluate_rollouts(
             f"forecasts {step} steps ahead, so its forecasts cannot be fed back; use horizon 1"
         )
     ds = ForecastDataset(store, time_range=time_range, history=hist, lead=horizon * step,
-                         normalise=False, variables=names)  # fmt: skip
+                         normalise=False, variables=names, gap=gap)  # fmt: skip
     vidx = np.array([store.names.index(n) for n in names])
     lat, lon = np.asarray(store.lat), np.asarray(store.lon)
     w = (lat_weights(torch.as_tensor(lat)).double().numpy() if geographic

@@ -358,6 +358,7 @@ def predict(
     device: str = "cpu",
     progress: bool = False,
     command: str | None = None,
+    allow_missing: bool = False,
 ) -> Path:
     """Forecast from ``inputs`` with a model package and write the forecasts as CF-1.8 netCDF.
 
@@ -369,7 +370,10 @@ def predict(
     input time); the ``history`` frames ending at it are the model's input. The model is
     called autoregressively, in normalised space, up to the longest lead. ``command``: the
     command line recorded in the ``history`` attribute (default: a description of this call).
-    Writes ``out`` atomically and returns its path.
+    Inputs that lack some of the package's variables are refused (the model was trained with
+    all of them, and a forecast without them is not what it was scored on) unless
+    ``allow_missing``: then the missing ones are listed in the ``scigpt_missing_variables``
+    attribute of the output. Writes ``out`` atomically and returns its path.
     """
     from tqdm import tqdm
 
@@ -413,9 +417,18 @@ def predict(
             f"knows {pm.var_names}"
         )
     absent = [n for n in pm.var_names if n not in grid.names]
+    if absent and not allow_missing:
+        raise ValueError(
+            f"the inputs lack {len(absent)} of the package's {len(pm.var_names)} variables: "
+            f"{absent} (they hold {names}). The model was trained and scored with all of them; "
+            "a forecast without them is of unknown quality. Fix: add input files holding "
+            "them, or pass --allow-missing (allow_missing=True) to forecast anyway; the "
+            "missing variables are then recorded in the output's attributes"
+        )
     if absent:
         warnings.warn(
-            f"the inputs lack package variables {absent}: forecasting only {names}",
+            f"the inputs lack package variables {absent}: forecasting only {names} "
+            "(recorded in the output's scigpt_missing_variables attribute)",
             stacklevel=2,
         )
     info = {v["name"]: v for v in pm.variables}
@@ -508,6 +521,9 @@ def predict(
         "scigpt_input_files": ", ".join(str(p.resolve()) for p in paths),
         "scigpt_input_format": fmt,
         "scigpt_version": __version__,
+        # what the model did not see (allow_missing); empty when every variable was given
+        "scigpt_missing_variables": ", ".join(absent),
+        "scigpt_model_variables": ", ".join(pm.var_names),
     }
     ds, enc = _build_dataset(fields, [info[n] for n in names], lat, lon, t0, lead_ns, attrs)
 

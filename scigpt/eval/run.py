@@ -97,6 +97,7 @@ def evaluate(
     result = evaluate_rollouts(
         pm, store, block.bounds(), horizon=ev.horizon, climatology=clim, variables=names,
         geographic=first.format != "pde", progress=progress,
+        gap=None if ev.split == "train" else splits.gap_ns(),
     )  # fmt: skip
     files = write_gridded_report(result, out)
     if clim is not None and not ev.climatology:
@@ -149,6 +150,7 @@ def _series_rows(pm, loaded, store_dir: Path, src, split: str) -> list[dict[str,
     ds = SeriesWindowDataset(
         store, src.name, time_range=block.bounds(),
         targets=pooled["targets"] if pooled else (), var_ids=pm.var_ids(channels).tolist(),
+        gap=None if split == "train" else splits.gap_ns(),
     )  # fmt: skip
     if not len(ds):
         return []

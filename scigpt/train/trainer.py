@@ -379,7 +379,6 @@ def train(
             )
         return outs
 
-    gap = np.timedelta64(int(cfg.data.splits.gap.total_seconds() * 1e9), "ns")
     oc = cfg.objectives
     pooled_targets = oc.pooled_targets if oc.pooled else []
 
@@ -389,6 +388,7 @@ def train(
             patch_store, src.name, time_range=getattr(splits, block).bounds(),
             targets=pooled_targets,
             var_ids=[reg_names.index(v.name) for v in src_vars[src.name][0]],
+            gap=None if block == "train" else splits.gap_ns(),
         )  # fmt: skip
 
     train_dss, collates = [], []
@@ -420,6 +420,7 @@ def train(
         train_dss = [_subset(d, cfg.data.train_fraction) for d in train_dss]
     train_ds = train_dss[0]
     first_splits = cfg.data.sources[0].splits or cfg.data.splits
+    gap = first_splits.gap_ns()  # val/test samples start this long after their block's start
     store_ids = [reg_names.index(n) for n in store.names]  # registry ids (fine-tunes reorder)
     test_ds = ForecastDataset(
         store, time_range=first_splits.test.bounds(), history=history, lead=lead, gap=gap,
