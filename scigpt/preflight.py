@@ -52,17 +52,21 @@ def validate_target(
     *,
     gpus: int | None = None,
     gpu_mem: float | None = None,
-    cluster: str | None = None,
+    cluster: Any = None,
     nodes: int | None = None,
 ) -> Target:
-    """The target ``scigpt validate`` judges memory against: ``--gpus``/``--gpu-mem``, else the
-    cluster profile's nodes x tasks and ``gpu_mem_gib``, else one rank per model-parallel
-    group (dp 1) on an 80 GiB GPU."""
+    """The target ``scigpt validate`` (and ``scigpt submit``) judges memory against:
+    ``--gpus``/``--gpu-mem``, else the cluster profile's (a name, a .yaml or a ``Profile``)
+    nodes x tasks and ``gpu_mem_gib``, else one rank per model-parallel group (dp 1) on an
+    80 GiB GPU."""
     for flag, value in (("--gpus", gpus), ("--gpu-mem", gpu_mem), ("--nodes", nodes)):
         if value is not None and value <= 0:
             raise ValueError(f"{flag}={value} must be positive")
     profile = None
-    if cluster is not None:
+    label = f"profile {cluster}"
+    if cluster is not None and not isinstance(cluster, str):
+        profile, label = cluster, "the job's profile"
+    elif cluster is not None:
         from scigpt.slurm.submit import load_profile
 
         profile = load_profile(cluster)
@@ -71,7 +75,7 @@ def validate_target(
         world, how = gpus, f"{gpus} rank(s) (--gpus)"
     elif profile is not None:
         n = nodes or profile.nodes
-        world, how = n * profile.tasks, f"{n} node(s) x {profile.tasks} of profile {cluster}"
+        world, how = n * profile.tasks, f"{n} node(s) x {profile.tasks} ranks ({label})"
     else:
         world = cfg.parallel.tp * cfg.parallel.pp
         how = f"{world} rank(s), data parallel 1 (pass --gpus N or --cluster for your job)"
@@ -79,7 +83,7 @@ def validate_target(
         mem, where = gpu_mem, f"{gpu_mem:g} GiB per rank (--gpu-mem)"
     elif profile is not None and profile.gpu_mem_gib is not None:
         unit = "GPU" if profile.gpus_per_node else "task"
-        mem, where = profile.gpu_mem_gib, f"{profile.gpu_mem_gib:g} GiB per {unit} ({cluster})"
+        mem, where = profile.gpu_mem_gib, f"{profile.gpu_mem_gib:g} GiB per {unit}"
     else:
         mem = DEFAULT_GPU_MEM_GIB
         where = f"{mem:g} GiB per rank (default; pass --gpu-mem or --cluster)"

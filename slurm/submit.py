@@ -230,8 +230,14 @@ def prepare_job(
             config = args[0] if args else None
             if not config or config.startswith("-"):
                 raise ValueError("scigpt submit -- train CONFIG: the config is missing")
+            from scigpt.preflight import check_run, validate_target
+
             overrides = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--set"]
-            base = load_config(config, overrides).config.name
+            loaded = load_config(config, overrides)
+            # What the job would refuse, refused now: sources, variables, and memory per rank
+            # against this profile's devices and the job's size (not the login node's).
+            check_run(loaded, target=validate_target(loaded.config, cluster=profile, nodes=nodes))
+            base = loaded.config.name
         else:
             base = "demo"
         name = _flag_value(args, "--run-name")

@@ -348,7 +348,7 @@ def test_validate_refuses_what_train_refuses(capsys, case):
         assert frag in err, f"{frag!r} not in:\n{err}"
 
 
-def test_memory_is_judged_against_the_target_not_this_machine(capsys):
+def test_memory_is_judged_against_the_target_not_this_machine(capsys, tmp_path):
     """A 6.5B-parameter model fits 8 ZeRO-3 ranks of 80 GiB, not one 40 GiB GPU nor a node of
     4 such GPUs with ZeRO-1 (the perlmutter profile); the target is the flags or a cluster
     profile, never the login node validate runs on."""
@@ -359,9 +359,18 @@ def test_memory_is_judged_against_the_target_not_this_machine(capsys):
     zero3 = [*big, "--set", "parallel.zero_stage=3", "--set", "schedule.micro_batch_size=1"]
     assert main(["validate", str(DEMO), "-q", *zero3, "--gpus", "8", "--gpu-mem", "80"]) == 0
     assert main(["validate", str(DEMO), "-q", *big, "--cluster", "perlmutter"]) == 2
-    assert "40 GiB per GPU (perlmutter), 1 node(s) x 4 of profile perlmutter" in (
-        capsys.readouterr().err
-    )
+    assert "40 GiB per GPU, 1 node(s) x 4 ranks (profile perlmutter)" in (capsys.readouterr().err)
+    from scigpt.slurm.submit import load_profile, prepare_job
+
+    job = ["train", str(DEMO), *big]
+    with pytest.raises(ConfigError, match=r"needs 78\.0 GiB per rank.*the job's profile"):
+        prepare_job(job, load_profile("perlmutter"), nodes=None, time=None, runs_dir=tmp_path)
+    assert (
+        prepare_job(
+            job, load_profile("generic-gpu"), nodes=None, time=None, runs_dir=tmp_path
+        ).nodes
+        == 1
+    )  # 8 x 80 GiB: fits
 
 
 _TRAIN_CASES = """
