@@ -149,10 +149,14 @@ class Segment:
             self.record["updated_utc"] = _utc()
             self.run._write_segments(self._records)
 
-    def close(self, state: str) -> None:
-        """Stop the clock and record how the segment ended (completed, preempted, failed)."""
+    def stop(self) -> None:
+        """Stop the clock (the segment's seconds are final; it is still running)."""
         self.flush()
         self._t0 = None
+
+    def close(self, state: str) -> None:
+        """Stop the clock and record how the segment ended (completed, preempted, failed)."""
+        self.stop()
         self.record["state"] = state
         self.flush()
 

@@ -196,3 +196,20 @@ def test_predict_takes_trusted_keys(signed, sample_era5_dir, tmp_path, capsys):
                  str(signed / "other.key.pub")]) == 2  # fmt: skip
     assert "not one of the trusted keys" in capsys.readouterr().err
     assert not (tmp_path / "b.nc").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_signed_package_and_leaves_it_signed(signed, tmp_path, capsys):
+    """`scigpt evaluate` would rewrite the card and its checksum, breaking the signature: for a
+    signed package it writes its tables beside it and leaves the package as it is."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(signed / "pkg", pkg)
+    before = {p.name: p.read_bytes() for p in pkg.iterdir()}
+    key = str(signed / "site.key.pub")
+    code = main(["evaluate", str(pkg), str(DEMO), "--set", "eval.acc=false", "--trusted-key", key,
+                 "--set", "logging.progress=false"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err[-3000:]
+    assert "is signed: its MODEL_CARD.md is left as it is" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in pkg.iterdir()} == before
+    assert (tmp_path / "pkg-eval" / "metrics.csv").is_file()
+    load_pretrained(pkg, trusted_keys=[key])

@@ -966,7 +966,7 @@ def _train(
     files: dict[str, Path] = {"checkpoint": ckpt}
     if is_main:
         assert logger is not None and held.segment is not None
-        held.segment.close("completed")
+        held.segment.stop()  # its seconds count in the test record's device-hours
         files.update(_write_outputs(run, store, test, cfg, run.metrics()))
         samples = steps * accum * cfg.schedule.micro_batch_size * topo.dp
         # The test record comes last: a run that has one has finished (a resume does nothing).
@@ -992,6 +992,7 @@ def _train(
             steps,
         )
         logger.close()
+        held.segment.close("completed")  # after the test record: a kill before it is "killed"
     barrier(world)
     return TrainResult(
         run_dir=run.path, steps=steps, final_loss=loss, test=test, files=files, main=is_main
