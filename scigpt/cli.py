@@ -114,9 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "validate",
-        help="check a run config and print it resolved",
-        description="Load, compose, override, interpolate and validate a config. Exit code 2 "
-        "and one line per problem when it is invalid.",
+        help="check a run config as train will and print it resolved",
+        description="Load, compose, override, interpolate and validate a config, then check "
+        "what train would refuse: sources (reader options, paths, the variables the files "
+        "hold), the run name, a fine-tune package, and memory per rank against the target "
+        "(--gpus/--gpu-mem or --cluster; default one 80 GiB GPU per model-parallel group). "
+        "Exit code 2 and one line per problem when it is invalid.",
     )
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
