@@ -1,7 +1,8 @@
 """SciGPT: one transformer trained on many kinds of Earth data.
 
 The package keeps heavy imports (torch, deepspeed, xarray) out of this module so that
-``scigpt --help`` and ``scigpt validate`` start fast and work without them.
+``scigpt --help`` starts fast and ``import scigpt`` costs nothing (``scigpt validate`` imports
+torch: it sizes the model's memory with the planner).
 """
 
 __version__ = "0.1.0"

@@ -52,6 +52,20 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="root of run directories (default: $SCIGPT_RUNS or ./runs)",
     )
+    p.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take the run directory's lock even if its holder looks alive (only when you know "
+        "it is gone: two writers corrupt a run)",
+    )
+
+
+def _add_trusted_keys(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trusted-key", dest="trusted_keys", action="append", default=None, type=Path,
+        metavar="KEY.pub",
+        help="accept the package only if signed by this public key (scigpt keygen; repeatable)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,13 +114,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "validate",
-        help="check a run config and print it resolved",
-        description="Load, compose, override, interpolate and validate a config. Exit code 2 "
-        "and one line per problem when it is invalid.",
+        help="check a run config as train will and print it resolved",
+        description="Load, compose, override, interpolate and validate a config, then check "
+        "what train would refuse: sources (reader options, paths, the variables the files "
+        "hold), the run name, a fine-tune package, and memory per rank against the target "
+        "(--gpus/--gpu-mem or --cluster; default one 80 GiB GPU per model-parallel group). "
+        "Exit code 2 and one line per problem when it is invalid.",
     )
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing when valid")
+    p.add_argument(
+        "--cluster",
+        default=None,
+        help="judge memory per rank against this cluster profile (name or .yaml)",
+    )
+    p.add_argument("--nodes", type=int, default=None, help="nodes of the job (with --cluster)")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="ranks of the job (default: the profile's, else tp x pp)",
+    )
+    p.add_argument(
+        "--gpu-mem",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="memory of one GPU in GiB (default: the profile's, else 80)",
+    )
+    p.add_argument(
+        "--no-data",
+        action="store_true",
+        help="do not open the sources' files (their variables are checked at ingest)",
+    )
 
     p = sub.add_parser(
         "submit",
@@ -239,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("package", type=Path, metavar="PACKAGE", help="model package directory")
     _add_config_args(p)
     _add_run_args(p)
+    _add_trusted_keys(p)
 
     p = sub.add_parser(
         "evaluate",
@@ -256,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: RUN/eval/evaluate or PACKAGE-eval)")  # fmt: skip
     p.add_argument("--no-card", action="store_true", help="leave the package's card as it is")
+    _add_trusted_keys(p)
 
     p = sub.add_parser(
         "predict",
@@ -281,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="forecast even when the inputs lack some of the package's variables (refused by "
         "default, exit 2); the missing ones are recorded in the netCDF's attributes",
     )  # fmt: skip
+    _add_trusted_keys(p)
 
     p = sub.add_parser(
         "transfer",
@@ -313,6 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--best", action="store_true", help="the best (validation) checkpoint")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights dtype")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument(
+        "--sign",
+        type=Path,
+        default=None,
+        metavar="KEY",
+        help="sign the package with this Ed25519 private key (scigpt keygen)",
+    )
+
+    p = sub.add_parser(
+        "keygen",
+        help="make an Ed25519 key pair for signing packages (scigpt export --sign)",
+        description="Write a new Ed25519 private key to KEY (PEM, readable by you only) and its "
+        "public key to KEY.pub. Sign packages with `scigpt export --sign KEY`; receivers load "
+        "them with `--trusted-key KEY.pub` (or load_pretrained(..., trusted_keys=[...])). "
+        "Checksums alone detect accidents, not tampering.",
+    )
+    p.add_argument("key", type=Path, metavar="KEY", help="private key file to create")
     return parser
 
 
@@ -320,8 +381,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     import yaml
 
     from scigpt.config_loader import load_config
+    from scigpt.preflight import check_run, validate_target
 
     loaded = load_config(args.config, args.overrides)
+    target = validate_target(
+        loaded.config, gpus=args.gpus, gpu_mem=args.gpu_mem, cluster=args.cluster,
+        nodes=args.nodes,
+    )  # fmt: skip
+    check_run(loaded, target=target, data=not args.no_data)
     if args.quiet:
         return EXIT_OK
     resolved = loaded.resolved_dict()
@@ -341,6 +408,8 @@ def _run_training(loaded, args: argparse.Namespace, *, demo: bool) -> int:
         run_name=args.run_name,
         root=args.runs_dir.resolve() if args.runs_dir else None,
         resume=args.resume,
+        break_lock=args.break_lock,
+        trusted_keys=getattr(args, "trusted_keys", None),
     )
     s = result.test.get("summary", {})
     if not s or not result.main:  # rank 0 reports for the run; a preempted run has no test
@@ -498,11 +567,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from scigpt.export.package import export_run
 
     out = export_run(
-        args.run_dir, args.out, step=args.step, best=args.best, dtype=args.dtype, force=args.force
-    )
+        args.run_dir, args.out, step=args.step, best=args.best, dtype=args.dtype,
+        force=args.force, sign=args.sign,
+    )  # fmt: skip
     print(f"package: {out}")
     for f in sorted(out.iterdir()):
         print(f"  {f.name:20s} {f.stat().st_size:>12,d} B")
+    return EXIT_OK
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from scigpt.export.signing import generate_key
+
+    private, public, kid = generate_key(args.key)
+    print(f"private key {private} (keep it secret; sign with: scigpt export --sign {private})")
+    print(f"public key  {public} (give it to receivers: --trusted-key {public})")
+    print(f"key id      {kid}")
     return EXIT_OK
 
 
@@ -511,7 +591,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from scigpt.eval.run import evaluate
 
     loaded = load_config(args.config, args.overrides)
-    res = evaluate(args.target, loaded, out=args.out, card=not args.no_card)
+    res = evaluate(
+        args.target, loaded, out=args.out, card=not args.no_card, trusted_keys=args.trusted_keys
+    )
     rows = res["summary"]["gridded"]
     print(f"{res['summary']['n_forecasts']} forecasts per lead; RMSE (ACC) by lead:")
     for r in rows:
@@ -530,7 +612,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     options = {"variables": args.variables.split(",")} if args.variables else {}
     out = predict(
         args.package, args.inputs, args.out, leads=args.leads, fmt=args.fmt, init=args.init,
-        options=options, device=args.device, progress=True,
+        options=options, device=args.device, progress=True, trusted_keys=args.trusted_keys,
         command="scigpt " + " ".join(shlex.quote(a) for a in args.argv),
         allow_missing=args.allow_missing,
     )  # fmt: skip
@@ -571,6 +653,7 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "export": _cmd_export,
     "finetune": _cmd_finetune,
+    "keygen": _cmd_keygen,
     "plan": _cmd_plan,
     "predict": _cmd_predict,
     "submit": _cmd_submit,
@@ -586,12 +669,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded by predict
     from scigpt.config_loader import ConfigError
+    from scigpt.prepare import IngestRejected
+    from scigpt.runlock import RunLocked, RunLockLost
 
     try:
         return COMMANDS[args.command](args)
     except ConfigError as e:
         print(f"scigpt: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except (RunLocked, RunLockLost, IngestRejected) as e:
+        # Runtime refusals with their own clear message: another writer, rejected inputs.
+        if os.environ.get("SCIGPT_DEBUG"):
+            raise
+        print(f"scigpt {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_FAIL
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         # User-facing problems (bad layout, missing data, existing run dir): message, no
         # traceback. SCIGPT_DEBUG=1 shows it, for when the problem is ours.

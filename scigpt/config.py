@@ -17,14 +17,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from scigpt.rundir import MAX_RUN_NAME, STAMP_CHARS
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+MAX_SEED = 2**63 - 2**20  # torch.manual_seed takes < 2**64; leave room for seed + rank
 
 
 class _Strict(BaseModel):
     # strict=True: no silent "3" -> 3 coercion; YAML already gives real ints/floats/bools.
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    # allow_inf_nan=False: YAML's .inf/.nan are never a valid learning rate, weight or ratio.
+    model_config = ConfigDict(
+        extra="forbid", strict=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 def _divisors(n: int) -> list[int]:
@@ -256,6 +262,16 @@ class ModelConfig(_Strict):
     patch_embed: Literal["reference", "triton"] = "reference"
     series_patch: PositiveInt = 50  # samples per token of waveform/series windows
 
+    @field_validator("attention")
+    @classmethod
+    def _known_attention(cls, v: str) -> str:
+        import scigpt.kernels  # noqa: F401  (registers "triton"; imports no Triton)
+        from scigpt.models.attention import available_attention
+
+        if v not in available_attention():
+            raise ValueError(f"unknown attention {v!r}: choose one of {available_attention()}")
+        return v
+
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
         if self.embed_dim % self.heads:
@@ -430,13 +446,27 @@ def check_trainable(cfg: RunConfig) -> None:
         )
     if "series" in kinds and cfg.data.loader.backend == "dali":
         raise ValueError("data.loader.backend=dali reads grids only: use torch")
+    if len(cfg.data.sources) > 1 and cfg.data.loader.backend == "dali":
+        raise ValueError("data.loader.backend=dali reads one source: use torch to mix sources")
+    if cfg.data.train_fraction < 1 and cfg.data.loader.backend == "dali":
+        raise ValueError("data.train_fraction < 1 needs data.loader.backend=torch")
+    first = cfg.data.sources[0].splits or cfg.data.splits
+    if cfg.eval.every and first.val is None:
+        raise ValueError(
+            f"eval.every={cfg.eval.every} validates on the first source, whose own splits "
+            "have no val block: add data.sources.0.splits.val"
+        )
 
 
 class RunConfig(_Strict):
     """A whole run: everything needed to reproduce it lives in this one object."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    seed: NonNegInt = 0
+    # The default run name is <name>-<UTC time>: one directory name of at most MAX_RUN_NAME.
+    name: str = Field(
+        min_length=1, max_length=MAX_RUN_NAME - STAMP_CHARS, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )
+    # Seeds torch, NumPy and Python; torch takes 64 bits and each rank adds its rank.
+    seed: Annotated[int, Field(ge=0, lt=MAX_SEED)] = 0
     precision: Literal["fp32", "bf16"] = "fp32"
     data: DataConfig
     model: ModelConfig = ModelConfig()

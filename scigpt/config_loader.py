@@ -29,9 +29,41 @@ from pydantic import BaseModel, ValidationError
 
 from scigpt.config import RunConfig
 
+# Bounds on what a config may make the loader do. A config is a few hundred values; these stop
+# hostile or broken files before they cost time, memory or the interpreter's stack: "billion
+# laughs" (aliases of aliases expand exponentially in the interpolation that follows), anchors
+# that refer to themselves, and nesting deeper than the recursive composer can follow.
+MAX_YAML_BYTES = 4 << 20
+MAX_YAML_DEPTH = 64
+MAX_YAML_VALUES = 100_000  # scalars and collections, with every alias expanded
+
+
+class YAMLRefused(ValueError):
+    """A YAML text the config loader will not load (too large, too deep, aliases that expand
+    too far or into themselves, a duplicate key); ``line`` is 1-based when known."""
+
+    def __init__(self, problem: str, line: int | None = None):
+        self.problem, self.line = problem, line
+        super().__init__(f"line {line}: {problem}" if line else problem)
+
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.2 floats like ``3e-4`` (YAML 1.1 reads a string)."""
+    """SafeLoader that also reads YAML 1.2 floats like ``3e-4`` (YAML 1.1 reads a string) and
+    refuses duplicate keys (YAML forbids them; PyYAML would silently keep the last)."""
+
+    def compose_mapping_node(self, anchor):  # type: ignore[no-untyped-def]
+        node = super().compose_mapping_node(anchor)
+        seen: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *base" then a key of base overrides it, as YAML intends
+            ident, line = (key.tag, key.value), key.start_mark.line + 1
+            if ident in seen:
+                raise YAMLRefused(
+                    f"duplicate key {key.value!r} (first at line {seen[ident]}): keep one", line
+                )
+            seen[ident] = line
+        return node
 
 
 _Loader.add_implicit_resolver(
@@ -48,8 +80,62 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _check_bounds(text: str) -> None:
+    """Walk the YAML event stream (PyYAML's parser keeps its own stack, no recursion) and
+    refuse the text before anything is built: nesting deeper than ``MAX_YAML_DEPTH``, more than
+    ``MAX_YAML_VALUES`` values once aliases are expanded, an alias inside its own anchor."""
+    if len(text) > MAX_YAML_BYTES:
+        raise YAMLRefused(
+            f"the file is {len(text)} characters, more than a config may have "
+            f"({MAX_YAML_BYTES}): is it the right file?"
+        )
+    open_: list[list[Any]] = []  # per open collection: [expanded values so far, its anchor]
+    sizes: dict[str, int] = {}  # anchor -> expanded values of its node
+
+    def add(n: int, line: int) -> None:
+        if open_:
+            open_[-1][0] += n
+            if open_[-1][0] > MAX_YAML_VALUES:
+                raise YAMLRefused(
+                    f"the document expands to more than {MAX_YAML_VALUES} values through "
+                    "aliases (*name): a config needs no such nesting of anchors; write the "
+                    "values out or use fewer aliases",
+                    line,
+                )
+
+    for ev in yaml.parse(text, Loader=_Loader):
+        line = ev.start_mark.line + 1 if ev.start_mark else None
+        if isinstance(ev, yaml.CollectionStartEvent):
+            if len(open_) >= MAX_YAML_DEPTH:
+                raise YAMLRefused(
+                    f"nesting deeper than {MAX_YAML_DEPTH} levels: a config is a few levels "
+                    "deep; check the brackets and indentation",
+                    line,
+                )
+            open_.append([1, ev.anchor])
+        elif isinstance(ev, yaml.CollectionEndEvent):
+            n, anchor = open_.pop()
+            if anchor is not None:
+                sizes[anchor] = n
+            add(n, line)
+        elif isinstance(ev, yaml.ScalarEvent):
+            if ev.anchor is not None:
+                sizes[ev.anchor] = 1
+            add(1, line)
+        elif isinstance(ev, yaml.AliasEvent):
+            if any(anchor == ev.anchor for _, anchor in open_):
+                raise YAMLRefused(
+                    f"alias *{ev.anchor} refers to its own anchor &{ev.anchor} (a value that "
+                    "contains itself): replace the alias by the values it should repeat",
+                    line,
+                )
+            add(sizes.get(ev.anchor, 1), line)  # an undefined alias: the composer says so
+
+
 def safe_load(text: str) -> Any:
-    """``yaml.safe_load`` with YAML 1.2 floats; never constructs Python objects."""
+    """``yaml.safe_load`` with YAML 1.2 floats, duplicate keys refused and bounded size, depth
+    and alias expansion (``YAMLRefused``); never constructs Python objects."""
+    _check_bounds(text)
     return yaml.load(text, Loader=_Loader)
 
 
@@ -64,6 +150,10 @@ class ConfigError(ValueError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"invalid config {source}:\n{lines}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # Sent from rank 0 to the other ranks (broadcast_object_list pickles it).
+        return (ConfigError, (self.source, self.problems))
 
 
 @dataclass
@@ -116,6 +206,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), [f"cannot read the file: {e.strerror}"]) from None
     try:
         data = safe_load(text)
+    except YAMLRefused as e:
+        raise ConfigError(str(path), [str(e)]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -182,6 +274,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError("--set", [f"--set {item!r}: empty key segment in {key!r}"])
     try:
         value = safe_load(text) if text.strip() else ""
+    except YAMLRefused as e:
+        raise ConfigError("--set", [f"--set {item!r}: {e}"]) from None
     except yaml.YAMLError:
         value = text
     return parts, value
@@ -246,7 +340,7 @@ def interpolate(value: Any, env: Mapping[str, str], where: str = "") -> Any:
     if out != value and _ENV_RE.fullmatch(value):
         try:
             parsed = safe_load(out)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, YAMLRefused):
             return out
         if isinstance(parsed, (int, float, bool)):
             return parsed
@@ -305,8 +399,25 @@ def format_validation_error(err: ValidationError) -> list[str]:
             else:
                 problems.append(f"{key}={e.get('input')!r}: {msg}")
         else:
-            problems.append(f"{key}={e.get('input')!r}: {msg}")
+            hint = _HINTS.get(typ, "")
+            if typ == "string_too_long":
+                msg = f"{len(e['input'])} characters, at most {e['ctx']['max_length']} allowed"
+            problems.append(f"{key}={_shown(e.get('input'))}: {msg}{hint}")
     return problems
+
+
+# The fix for pydantic's generic messages (its message already says what is wrong).
+_HINTS = {
+    "finite_number": ": .inf and .nan are not allowed here, give a finite value",
+    "less_than": ": use a smaller value",
+    "less_than_equal": ": use a smaller value",
+    "string_too_long": ": shorten it",
+}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...{text[-8:]}"
 
 
 def _json_default(o: Any) -> str:

@@ -27,6 +27,23 @@ SUFFIXES: dict[str, tuple[str, ...]] = {
 }
 
 
+class IngestRejected(RuntimeError):
+    """Inputs a run needs were rejected at ingest (bad files, or variables they do not hold);
+    the message lists each with its source, unit, path and reason. Exit code 1."""
+
+    @classmethod
+    def of(cls, rejects: list[dict[str, Any]]) -> IngestRejected:
+        lines = [
+            f"  - source {r['source']}, unit {r['unit']} ({', '.join(r.get('paths') or []) or '-'})"
+            f": {r['reason']}"
+            for r in rejects
+        ]
+        return cls(
+            f"ingest rejected {len(rejects)} unit(s); fix or remove those inputs (or the "
+            "source's variables/options) and run again:\n" + "\n".join(lines)
+        )
+
+
 def source_specs(loaded: LoadedConfig) -> list:
     """Resolve every configured source: paths expanded, reader options checked."""
     from scigpt.data_pipeline.ingest.base import format_kind

@@ -35,6 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scigpt.atomic import atomic_write_text
+from scigpt.rundir import check_run_name, default_run_name
 
 TRAINING = ("train", "demo")  # subcommands that resume a run directory
 
@@ -49,6 +50,9 @@ class Profile(BaseModel):
     account: str | None = None
     qos: str | None = None
     gpus_per_node: Annotated[int, Field(ge=0)] = 0  # 0: CPU tasks
+    # Memory of one GPU (for CPU tasks: what one task may use), GiB: the target `scigpt validate
+    # --cluster` and `scigpt submit` judge a model's memory per rank against.
+    gpu_mem_gib: Annotated[float, Field(gt=0)] | None = None
     tasks_per_node: Annotated[int, Field(ge=1)] | None = None  # default: gpus_per_node or 1
     cpus_per_task: Annotated[int, Field(ge=1)] = 1
     nodes: Annotated[int, Field(ge=1)] = 1
@@ -106,19 +110,6 @@ def _sbatch_value(key: str, value: object) -> str:
     if not _SBATCH_SAFE.match(text):
         raise ValueError(f"#SBATCH --{key}: {text!r} contains a newline or control character")
     return shlex.quote(text) if re.search(r"[\s'\"\\$`]", text) else text
-
-
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def check_run_name(name: str) -> str:
-    """A run name is one directory name: letters, digits, ``.``, ``_``, ``-``."""
-    if not _RUN_NAME.match(name):
-        raise ValueError(
-            f"--run-name {name!r}: use letters, digits, '.', '_' and '-' only (it names one "
-            "directory under the runs root)"
-        )
-    return name
 
 
 def _job_name(text: str) -> str:
@@ -226,8 +217,6 @@ def prepare_job(
     """The job for ``command`` (``train CONFIG …``, ``demo …``, ``prepare CONFIG …``). Training
     commands are validated now (a bad config fails here, not in the queue) and get a fixed run
     name plus ``--resume``, so a requeued job continues where it stopped."""
-    from scigpt.rundir import default_run_name
-
     if not command:
         raise ValueError("nothing to submit: scigpt submit [options] -- train CONFIG ...")
     sub, args = command[0], list(command[1:])
@@ -241,8 +230,14 @@ def prepare_job(
             config = args[0] if args else None
             if not config or config.startswith("-"):
                 raise ValueError("scigpt submit -- train CONFIG: the config is missing")
+            from scigpt.preflight import check_run, validate_target
+
             overrides = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--set"]
-            base = load_config(config, overrides).config.name
+            loaded = load_config(config, overrides)
+            # What the job would refuse, refused now: sources, variables, and memory per rank
+            # against this profile's devices and the job's size (not the login node's).
+            check_run(loaded, target=validate_target(loaded.config, cluster=profile, nodes=nodes))
+            base = loaded.config.name
         else:
             base = "demo"
         name = _flag_value(args, "--run-name")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -265,3 +266,150 @@ def test_cli_process_exit_code_and_no_traceback(tmp_path):
     )
     assert ok.returncode == 0, ok.stderr
     assert '"preset": "vit-tiny"' in ok.stdout
+
+
+# ---- hostile YAML: refused fast, with one line, never a hang, a RecursionError or a silent pick --
+def _laughs(levels: int = 10) -> str:
+    lines = ['lol0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"  # 9**10 values once expanded (the original ran past 120 s)
+
+
+HOSTILE = {
+    "billion_laughs": (lambda base: base + _laughs(), "expands to more than 100000 values"),
+    "self_reference": (
+        lambda base: base.replace("name: demo", "name: &n [demo, *n]"),
+        "alias *n refers to its own anchor &n",
+    ),
+    "deep_nesting": (
+        lambda base: base + "deep: " + "[" * 20000 + "]" * 20000 + "\n",
+        "nesting deeper than 64 levels",
+    ),
+    "duplicate_key": (
+        lambda base: base + "seed: 1\nseed: 2\n",
+        "duplicate key 'seed' (first at line",
+    ),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_yaml_is_refused_with_one_line(tmp_path, capsys, case):
+    make, fragment = HOSTILE[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(make(DEMO.read_text()))
+    assert main(["validate", str(path), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err, err
+    assert err.splitlines()[0] == f"scigpt: invalid config {path}:" and len(err.splitlines()) == 2
+    with pytest.raises(ConfigError, match=re.escape(fragment)):  # the API, as the CLI
+        load_config(path)
+
+
+def test_merge_keys_still_override():
+    """YAML merge keys (<<: *base, then a key of base) are not duplicate keys."""
+    from scigpt.config_loader import safe_load
+
+    assert safe_load("b: &b {x: 1, y: 2}\nc:\n  <<: *b\n  y: 3\n")["c"] == {"x": 1, "y": 3}
+    with pytest.raises(ConfigError, match="duplicate key 'steps'"):  # --set values too
+        load_config(DEMO, ["schedule={steps: 5, steps: 6}"])
+
+
+# ---- everything train would refuse, validate refuses first (exit 2, the key, the fix) ----------
+LONG_NAME = "n" * 300
+MISMATCHES = {
+    "lr_inf": (["optim.lr=.inf"], ["optim.lr=inf", "finite"]),
+    "seed_huge": (["seed=100000000000000000000000"], ["seed=100000000000000000000000", "less"]),
+    "attention": (["model.attention=flash3"], ["unknown attention 'flash3'", "'sdpa'"]),
+    "reader_option": (
+        ["data.sources.0.options={chunks: 4}"],
+        ["data.sources.0.options.chunks: unknown option of format 'netcdf'", "['variables']"],
+    ),
+    "name_300": ([f"name={LONG_NAME}"], ["300 characters, at most 184 allowed: shorten it"]),
+    "memory": (
+        ["model.embed_dim=262144"],
+        ["model: this model needs", "GiB per rank", "the target has", "model.embed_dim"],
+    ),
+    "variable": (
+        ["data.sources.0.variables=[d2m, t850]"],
+        ["data.sources.0.variables: ['t850'] are not in", "list only variables the files hold"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISMATCHES))
+def test_validate_refuses_what_train_refuses(capsys, case):
+    sets, fragments = MISMATCHES[case]
+    args = ["validate", str(DEMO), "-q", *[a for s in sets for a in ("--set", s)]]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for frag in fragments:
+        assert frag in err, f"{frag!r} not in:\n{err}"
+
+
+def test_memory_is_judged_against_the_target_not_this_machine(capsys, tmp_path):
+    """A 6.5B-parameter model fits 8 ZeRO-3 ranks of 80 GiB, not one 40 GiB GPU nor a node of
+    4 such GPUs with ZeRO-1 (the perlmutter profile); the target is the flags or a cluster
+    profile, never the login node validate runs on."""
+    big = ["--set", "model.embed_dim=4096", "--set", "model.heads=32", "--set", "model.depth=32"]
+    assert main(["validate", str(DEMO), "-q", *big, "--gpu-mem", "40"]) == 2
+    assert "needs 154.9 GiB per rank" in (err := capsys.readouterr().err)
+    assert "of 40 GiB per rank (--gpu-mem), 1 rank(s)" in err
+    zero3 = [*big, "--set", "parallel.zero_stage=3", "--set", "schedule.micro_batch_size=1"]
+    assert main(["validate", str(DEMO), "-q", *zero3, "--gpus", "8", "--gpu-mem", "80"]) == 0
+    assert main(["validate", str(DEMO), "-q", *big, "--cluster", "perlmutter"]) == 2
+    assert "40 GiB per GPU, 1 node(s) x 4 ranks (profile perlmutter)" in (capsys.readouterr().err)
+    from scigpt.slurm.submit import load_profile, prepare_job
+
+    job = ["train", str(DEMO), *big]
+    with pytest.raises(ConfigError, match=r"needs 78\.0 GiB per rank.*the job's profile"):
+        prepare_job(job, load_profile("perlmutter"), nodes=None, time=None, runs_dir=tmp_path)
+    assert (
+        prepare_job(
+            job, load_profile("generic-gpu"), nodes=None, time=None, runs_dir=tmp_path
+        ).nodes
+        == 1
+    )  # 8 x 80 GiB: fits
+
+
+_TRAIN_CASES = """
+import contextlib, io, json, sys
+from scigpt.cli import main
+out = []
+for args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(args)
+    out.append({"code": code, "err": err.getvalue()})
+print("RESULTS " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_train_refuses_the_same_before_writing(tmp_path, torch_extensions_dir):
+    """`scigpt train` refuses each mismatch with exit 2 and the same message, before it writes
+    anything (one process runs every case: each refusal comes before training starts)."""
+    import json
+
+    from tests.conftest import job_env
+
+    runs = tmp_path / "runs"
+    cases = [
+        ["train", str(DEMO), "--runs-dir", str(runs), "--run-name", f"r-{case}",
+         *[a for s in MISMATCHES[case][0] for a in ("--set", s)]]
+        for case in sorted(MISMATCHES)
+    ]  # fmt: skip
+    cases.append(["train", str(DEMO), "--runs-dir", str(runs), "--run-name", LONG_NAME])
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRAIN_CASES, json.dumps(cases)], capture_output=True, text=True,
+        timeout=600, env=job_env(torch_extensions_dir), cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout.split("RESULTS ", 1)[1])
+    for case, res in zip([*sorted(MISMATCHES), "run_name_300"], results, strict=True):
+        assert res["code"] == 2 and "Traceback" not in res["err"], (case, res)
+        frags = MISMATCHES[case][1] if case in MISMATCHES else ["300 characters: use at most"]
+        for frag in frags:
+            assert frag in res["err"], (case, frag, res["err"])
+    assert not runs.exists() or not any(runs.iterdir())  # nothing written

@@ -5,6 +5,7 @@ retention, validation with best checkpoint, numerical guards, and data paralleli
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -77,6 +78,101 @@ def test_resume_after_sigkill_is_bitwise(uninterrupted, tmp_path, torch_extensio
     assert a == b  # bitwise: same model, optimizer, scheduler, data stream and RNG
     prov = json.loads((tmp_path / "B" / "provenance.json").read_text())
     assert prov["restarts"][0]["step"] == 20
+
+
+def _steps(run: Path) -> list[tuple]:
+    """(step, loss, grad norm, lr) of every train record, in file order."""
+    recs = read_metrics(run / "metrics.jsonl")
+    return [(r["step"], r["loss"], r["grad_norm"], r["lr"]) for r in recs if r["kind"] == "train"]
+
+
+def _snapshot(run: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(run)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(run.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_concurrent_resumes_leave_one_writer(uninterrupted, tmp_path, torch_extensions_dir):
+    """Two `--resume` of one run started together (a requeue racing the job it replaces, a
+    double submission): one trains, the other refuses naming it; the run is the uninterrupted
+    one, each step once, one test record."""
+    cmd = [sys.executable, "-m", "scigpt", "demo", "--steps", "30", "--runs-dir", str(tmp_path),
+           "--run-name", "C", *COMMON, "--resume"]  # fmt: skip
+    procs = [subprocess.Popen(cmd, env=job_env(torch_extensions_dir), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert sorted(p.returncode for p in procs) == [0, 1], [o[1][-3000:] for o in outs]
+    winner = next(p for p in procs if p.returncode == 0)
+    refusal = next(err for p, (_, err) in zip(procs, outs, strict=True) if p.returncode == 1)
+    assert f"is in use by pid {winner.pid}" in refusal and "Traceback" not in refusal
+    run = tmp_path / "C"
+    assert _steps(run) == _steps(uninterrupted)  # bitwise, each step once
+    recs = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in recs if r["kind"] == "test"] == [30]
+    assert not (run / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_kill_before_first_checkpoint_then_resume_then_resume_finished(
+    uninterrupted, tmp_path, torch_extensions_dir
+):
+    """A kill before the first checkpoint (with the default checkpoint.every: 0, every mid-run
+    kill is one) then --resume: the run restarts from step 0 and its metrics are the
+    uninterrupted run's, bitwise, each step once; device-hours add both segments. Resuming the
+    finished run exits 0 and writes nothing."""
+    env = {**job_env(torch_extensions_dir), "SCIGPT_LOCK_HEARTBEAT_S": "0.2",
+           "SCIGPT_LOCK_STALE_S": "30"}  # fmt: skip
+    cmd = [sys.executable, "-m", "scigpt", "demo", "--steps", "30", "--runs-dir", str(tmp_path),
+           "--run-name", "K", *COMMON]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "K"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").is_file() and len(_steps(run)) >= 5:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert 5 <= len(_steps(run)) < 10 and not (run / "checkpoints" / "latest").exists()
+    resumed = _demo(tmp_path, "K", torch_extensions_dir, "--resume", env=env)
+    assert "resumed K from step 0" in resumed.stdout
+    assert _steps(run) == _steps(uninterrupted)
+    recs = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in recs if r["kind"] == "val"] == [10, 20, 30]
+    (test,) = [r for r in recs if r["kind"] == "test"]
+    segs = json.loads((run / "segments.json").read_text())["segments"]
+    assert [s["state"] for s in segs] == ["killed", "completed"]
+    assert segs[0]["train_s"] > 0  # the killed segment counts, up to its last heartbeat
+    assert test["segments"] == 2
+    assert test["device_hours"] * 3600 == pytest.approx(sum(s["train_s"] for s in segs), 1e-12)
+    before = _snapshot(run)
+    again = _demo(tmp_path, "K", torch_extensions_dir, "--resume", env=env)
+    assert "has finished (step 30" in again.stdout
+    assert _snapshot(run) == before  # not a byte, not a timestamp
+
+
+@pytest.mark.slow
+def test_a_refused_lock_stops_every_rank(tmp_path, torch_extensions_dir):
+    """Rank 0 holds the lock for the job; when another writer has it, every rank exits with the
+    refusal and nothing is written."""
+    from scigpt.runlock import RunLock
+
+    run = tmp_path / "L"
+    lock = RunLock(run, heartbeat_s=0.5, stale_s=60).acquire()  # a live writer: this process
+    try:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(free_port()), "-m", "scigpt", "demo", "--steps", "10",
+               "--runs-dir", str(tmp_path), "--run-name", "L", *DP_COMMON, "--resume"]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                              env=job_env(torch_extensions_dir))  # fmt: skip
+        assert proc.returncode != 0
+        out = proc.stdout + proc.stderr
+        assert out.count(f"is in use by pid {os.getpid()}") == 2, out[-4000:]  # both ranks
+        assert "scigpt/train/" not in out  # refused, not crashed
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+        assert lock.verify()
+    finally:
+        lock.release()
 
 
 @pytest.mark.slow

@@ -225,8 +225,8 @@ def test_multi_step_model_rollout_limits(pkg_dir, inputs, tmp_path, monkeypatch)
     refused; without a recorded time step, the inputs' spacing is used."""
     import scigpt.export.package as package
 
-    def fake_load(path, device="cpu"):
-        m = load_pretrained(path, device=device)
+    def fake_load(path, device="cpu", **kw):
+        m = load_pretrained(path, device=device, **kw)
         m.config["data"] = {**m.config["data"], "lead": 2, "time_step_ns": None}
         return m
 

@@ -198,6 +198,27 @@ READERS: dict[str, str] = {
 }
 
 
+# format → "module:function" that lists the canonical variables a unit's inputs offer and their
+# grid (H, W) from metadata alone, without reading values: ``scigpt validate`` checks a source's
+# ``variables`` with it before anything is ingested. Other formats are checked at ingest.
+PROBES: dict[str, str] = {
+    "netcdf": "netcdf:probe_netcdf",
+    "grib": "grib:probe_grib",
+    "zarr": "zarr_store:probe_zarr",
+}
+
+
+def probe(
+    fmt: str, paths: Sequence[Path], options: dict[str, Any]
+) -> tuple[list[str], tuple[int, int]] | None:
+    """(variables, (H, W)) that ``paths`` offer, or None when the format has no probe."""
+    if fmt not in PROBES or not paths:
+        return None
+    module, func = PROBES[fmt].split(":")
+    fn = getattr(importlib.import_module(f"{__package__}.{module}"), func)
+    return fn(list(paths), **{k: v for k, v in options.items() if k != "variables"})
+
+
 SERIES_FORMATS = frozenset({"mseed", "sac", "segy", "seisbench", "ghcn", "camels", "fluxnet"})
 
 

@@ -22,7 +22,7 @@ import xarray as xr
 from ..units import to_canonical
 from ..variables import ERA5_VARIABLES, VariableInfo, era5_variable_info
 from .base import GridArray, ReaderError, select_variables
-from .netcdf import _first_difference
+from .netcdf import _first_difference, _grid_shape
 
 _MEMBER_DIM = "number"
 _MAX_PADDING = 120  # bytes of zeros allowed between messages (ECMWF GRIB 1 record padding)
@@ -358,6 +358,23 @@ def _check_same(ref: _Piece, p: _Piece) -> None:
 def _where(files: list[Path]) -> str:
     """How an error names a set of files: the file, or all of them."""
     return ", ".join(str(p) for p in files)
+
+
+def probe_grib(
+    paths: Sequence[str | Path], **_options: object
+) -> tuple[list[str], tuple[int, int]]:
+    """The canonical variables ``paths`` offer and their grid (H, W), from the GRIB headers
+    alone (cfgrib's index; no values decoded)."""
+    names: list[str] = []
+    shape: tuple[int, int] | None = None
+    for path in map(Path, paths):
+        for cube in _open_cubes(path):
+            refs, _ = _scan(path, cube)
+            names += [r.info.name for r in refs if r.info.name not in names]
+            if shape is None:
+                shape = _grid_shape(cube["latitude"], cube["longitude"])
+    assert shape is not None, "probe_grib needs at least one path"
+    return names, shape
 
 
 def read_grib(

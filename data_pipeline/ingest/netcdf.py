@@ -335,6 +335,29 @@ def _first_difference(a: np.ndarray, b: np.ndarray) -> str:
     return f"lengths differ after step {min(len(a), len(b)) - 1}"
 
 
+def _grid_shape(lat: xr.DataArray, lon: xr.DataArray) -> tuple[int, int]:
+    """(H, W) of a grid with 1-D axes or 2-D (curvilinear) coordinates."""
+    return tuple(lat.shape) if lat.ndim == 2 else (int(lat.size), int(lon.size))  # type: ignore[return-value]
+
+
+def probe_netcdf(
+    paths: Sequence[str | Path], **_options: object
+) -> tuple[list[str], tuple[int, int]]:
+    """The canonical variables ``paths`` offer and their grid (H, W), from metadata alone (no
+    values are read): what ``scigpt validate`` checks a source's ``variables`` against."""
+    names: list[str] = []
+    shape: tuple[int, int] | None = None
+    for path in map(Path, paths):
+        with _open(path) as ds:
+            fields, _ = _scan(ds, path)
+            names += [f.info.name for f in fields if f.info.name not in names]
+            if shape is None:
+                lat = ds[_find_coord(ds, _LAT_NAMES, "latitude", path)]
+                shape = _grid_shape(lat, ds[_find_coord(ds, _LON_NAMES, "longitude", path)])
+    assert shape is not None, "probe_netcdf needs at least one path"
+    return names, shape
+
+
 def read_netcdf_source(
     paths: Sequence[str | Path], *, variables: Sequence[str] | None = None
 ) -> list[GridArray]:

@@ -32,6 +32,7 @@ from .netcdf import (
     _check_axes,
     _Field,
     _find_coord,
+    _grid_shape,
     _load,
     _scan,
     _times,
@@ -200,6 +201,26 @@ def _check_chunks(
             "or pass missing_chunks='fill' if it was written with write_empty_chunks=False and "
             "absent chunks are truly all-missing.",
         )
+
+
+def probe_zarr(
+    paths: Sequence[str | Path], *, level_names: Sequence[str] = (), **_options: object
+) -> tuple[list[str], tuple[int, int]]:
+    """The canonical variables the stores offer and their grid (H, W), from their metadata
+    alone (no chunk is read)."""
+    names: list[str] = []
+    shape: tuple[int, int] | None = None
+    for path in map(Path, paths):
+        with _open(path) as raw:
+            view, _, _ = _canonical_view(raw, path, level_names)
+            with _as_reader_error(path):
+                fields, _ = _scan(view, path)
+                if shape is None:
+                    lat = view[_find_coord(view, _LAT_NAMES, "latitude", path)]
+                    shape = _grid_shape(lat, view[_find_coord(view, _LON_NAMES, "lon", path)])
+            names += [f.info.name for f in fields if f.info.name not in names]
+    assert shape is not None, "probe_zarr needs at least one path"
+    return names, shape
 
 
 def read_zarr(

@@ -359,8 +359,10 @@ def predict(
     progress: bool = False,
     command: str | None = None,
     allow_missing: bool = False,
+    trusted_keys: Sequence | None = None,
 ) -> Path:
     """Forecast from ``inputs`` with a model package and write the forecasts as CF-1.8 netCDF.
+    ``trusted_keys``: the package must be signed by one of these public keys.
 
     ``package``: a model package (``scigpt export``). ``inputs``: files (or a Zarr store) that
     SciGPT's ingest reader of ``fmt`` reads as one grid (default format: from the suffix);
@@ -395,7 +397,7 @@ def predict(
         raise IsADirectoryError(f"{out} is a directory: give the netCDF file to write")
     options = dict(options or {})
 
-    pm = load_pretrained(package, device=device)  # PackageError on a bad package
+    pm = load_pretrained(package, device=device, trusted_keys=trusted_keys)  # PackageError
     task = (pm.config.get("run_config") or {}).get("data", {}).get("task", "forecast")
     if task != "forecast":
         raise ValueError(

@@ -44,14 +44,17 @@ def evaluate(
     out: str | Path | None = None,
     card: bool = True,
     progress: bool = True,
+    trusted_keys: list | None = None,
 ) -> dict[str, Any]:
     """Evaluate a package or run directory ``target`` on the data of ``loaded`` (a
-    ``LoadedConfig``); returns the written files and the summary."""
+    ``LoadedConfig``); returns the written files and the summary. ``trusted_keys``: a package
+    must be signed by one of these public keys. A signed package's card is left as it is (a
+    change would break its signature): the tables are in ``out``."""
     from scigpt.atomic import atomic_write_text
     from scigpt.data_pipeline.ingest.base import format_kind
     from scigpt.data_pipeline.store import GridStore
     from scigpt.export.package import PackageError, export_run, load_pretrained
-    from scigpt.prepare import prepare_from_config
+    from scigpt.prepare import IngestRejected, prepare_from_config
 
     target = Path(target).resolve()
     cfg = loaded.config
@@ -67,7 +70,7 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".pkg-") as tmp:
         pkg_path = target if is_pkg else export_run(target, Path(tmp) / "pkg")
-        pm = load_pretrained(pkg_path)
+        pm = load_pretrained(pkg_path, trusted_keys=trusted_keys if is_pkg else None)
     task = (pm.config.get("run_config") or {}).get("data", {}).get("task", "forecast")
     if "operator" in (task, cfg.data.task):
         raise ValueError(
@@ -77,7 +80,7 @@ def evaluate(
     store_dir = loaded.resolve_path(cfg.data.store) if cfg.data.store else out / "store"
     manifest = prepare_from_config(loaded, store_dir, progress=progress)
     if manifest and manifest["rejects"]:
-        raise RuntimeError(f"ingest rejected inputs: {manifest['rejects']}")
+        raise IngestRejected.of(manifest["rejects"])
 
     ev = cfg.eval
     first = cfg.data.sources[0]
@@ -124,7 +127,11 @@ def evaluate(
     }
     files["eval_json"] = out / "eval.json"
     atomic_write_text(files["eval_json"], json.dumps(summary, indent=1, default=float) + "\n")
-    if card and is_pkg:
+    from scigpt.export.signing import is_signed
+
+    if card and is_pkg and is_signed(target):
+        print(f"{target} is signed: its MODEL_CARD.md is left as it is; the scores are in {out}")
+    elif card and is_pkg:
         update_package_card(target, result["rows"], series_rows)
         files["model_card"] = target / "MODEL_CARD.md"
     return {"files": files, "summary": summary, "out": out}

@@ -9,6 +9,13 @@ A package is a directory::
     MODEL_CARD.md       data sources and licences, training summary, evaluation, intended use
     format.json         {"format": "scigpt-model", "version": 1}
     checksums.sha256    sha256 of every other file (written last)
+    signature.json      optional: an Ed25519 signature of checksums.sha256 (``export --sign``)
+
+Checksums detect accidents (a truncated copy, a flipped bit), not tampering: whoever edits a
+file can rewrite its checksum. ``config.json`` and ``variables.json`` are checked field by field
+on load (``scigpt.export.schema``), so an edited package fails with a ``PackageError`` naming the
+file and field; against tampering, sign packages and load them with ``trusted_keys``
+(``scigpt.export.signing``).
 
 Loading never unpickles anything (DESIGN.md §9): weights come through safetensors, everything
 else is JSON. The load path imports nothing from ``scigpt.parallel``, DeepSpeed, Slurm or
@@ -32,40 +39,30 @@ import torch
 from torch import nn
 
 from scigpt.atomic import sha256_file
-
-FORMAT_NAME = "scigpt-model"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
-
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-VARIABLES = "variables.json"
-PROVENANCE = "provenance.json"
-CARD = "MODEL_CARD.md"
-FORMAT = "format.json"
-CHECKSUMS = "checksums.sha256"
-# Every file a package must hold, besides checksums.sha256 itself.
-REQUIRED = (FORMAT, CONFIG, VARIABLES, PROVENANCE, CARD, WEIGHTS)
+from scigpt.export import signing
+from scigpt.export.errors import PackageError
+from scigpt.export.verify import (
+    CARD,
+    CHECKSUMS,
+    CONFIG,
+    FORMAT,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    PROVENANCE,
+    REQUIRED,
+    VARIABLES,
+    WEIGHTS,
+    check_provenance,
+    read_json,
+    read_package,
+)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-class PackageError(ValueError):
-    """A model package is invalid: missing file, checksum mismatch, unknown format, bad weights."""
 
 
 # ---- helpers --------------------------------------------------------------------------------
 def _json_dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
-
-
-def _read_json(pkg: Path, name: str) -> Any:
-    try:
-        return json.loads((pkg / name).read_text())
-    except FileNotFoundError:
-        raise PackageError(f"{pkg}: the package has no {name}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PackageError(f"{pkg / name}: not valid JSON ({e})") from None
 
 
 def _test_record(run_dir: Path) -> dict[str, Any] | None:
@@ -201,9 +198,11 @@ def export_run(
     best: bool = False,
     dtype: str = "fp32",
     force: bool = False,
+    sign: str | Path | None = None,
 ) -> Path:
     """Write the package of a run's checkpoint (``step``, ``best`` or the latest) to ``out``,
-    atomically: built in ``OUT.tmp-XXXX`` beside it, then renamed. Returns ``out``."""
+    atomically: built in ``OUT.tmp-XXXX`` beside it, then renamed. ``sign``: a private key
+    file (``scigpt keygen``) to sign it with. Returns ``out``."""
     from safetensors.torch import save_file
 
     from scigpt.export.card import render_card
@@ -214,6 +213,7 @@ def export_run(
         raise ValueError(f"--dtype {dtype!r}: choose one of {sorted(DTYPES)}")
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists: choose another OUT or pass --force")
+    key = signing.load_private_key(sign) if sign is not None else None  # before the work
     ckpt = resolve_checkpoint(run_dir, step=step, best=best)
     state = client_state(ckpt)
     if "config" not in state:
@@ -309,7 +309,10 @@ def export_run(
         (tmp / FORMAT).write_text(_json_dump({"format": FORMAT_NAME, "version": FORMAT_VERSION}))
         lines = [f"{sha256_file(tmp / name)}  {name}\n" for name in sorted(REQUIRED)]
         (tmp / CHECKSUMS).write_text("".join(lines))
-        for name in (*REQUIRED, CHECKSUMS):
+        written = [*REQUIRED, CHECKSUMS]
+        if key is not None:
+            written.append(signing.sign_package(tmp, key).name)
+        for name in written:
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o755)
@@ -337,54 +340,6 @@ def _version() -> str:
 
 
 # ---- load -----------------------------------------------------------------------------------
-def _read_checksums(pkg: Path) -> dict[str, str]:
-    path = pkg / CHECKSUMS
-    if not path.is_file():
-        raise PackageError(f"{pkg}: the package has no {CHECKSUMS}")
-    sums: dict[str, str] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        digest, _, name = line.partition("  ")
-        name = name.strip()
-        if len(digest) != 64 or not name or "/" in name or "\\" in name or name.startswith("."):
-            raise PackageError(f"{path}: line {n} is not '<sha256>  <file name>'")
-        sums[name] = digest.lower()
-    return sums
-
-
-def verify_package(path: str | Path) -> dict[str, Any]:
-    """Check format name and version, that every file is there, and every checksum; returns
-    format.json. Raises ``PackageError`` naming the file at fault."""
-    pkg = Path(path)
-    if not pkg.is_dir():
-        raise PackageError(f"{pkg} is not a directory: a model package is a folder")
-    fmt = _read_json(pkg, FORMAT)
-    if not isinstance(fmt, dict) or fmt.get("format") != FORMAT_NAME:
-        got = fmt.get("format") if isinstance(fmt, dict) else fmt
-        raise PackageError(f"{pkg / FORMAT}: format {got!r} is not a {FORMAT_NAME!r} package")
-    if fmt.get("version") not in SUPPORTED_VERSIONS:
-        raise PackageError(
-            f"{pkg / FORMAT}: {FORMAT_NAME} version {fmt.get('version')!r} is not supported; "
-            f"this scigpt reads version {', '.join(map(str, SUPPORTED_VERSIONS))} "
-            "(upgrade scigpt, or re-export the model with this one)"
-        )
-    sums = _read_checksums(pkg)
-    for name in REQUIRED:
-        if not (pkg / name).is_file():
-            raise PackageError(f"{pkg}: the package has no {name} (missing file)")
-        if name not in sums:
-            raise PackageError(f"{pkg / CHECKSUMS} lists no checksum for {name}")
-    for name, digest in sums.items():
-        if not (pkg / name).is_file():
-            raise PackageError(f"{pkg}: {name} is listed in {CHECKSUMS} but missing")
-        if sha256_file(pkg / name) != digest:
-            raise PackageError(
-                f"{pkg / name}: checksum mismatch (the file is corrupt or was modified)"
-            )
-    return fmt
-
-
 def _load_weights(pkg: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -581,18 +536,21 @@ def load_pretrained(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     verify: bool = True,
+    trusted_keys: Sequence[Any] | None = None,
 ) -> PretrainedModel:
-    """Load a model package: verify format and checksums, build the model from config.json,
-    load model.safetensors (strict). ``dtype``: cast the weights (default: as stored).
-    Returns a ``PretrainedModel`` in eval mode."""
+    """Load a model package: verify format and checksums (and with ``trusted_keys``, public
+    Ed25519 keys, that one of them signed it), check config.json and variables.json field by
+    field, build the model, load model.safetensors (strict). ``dtype``: cast the weights
+    (default: as stored). Returns a ``PretrainedModel`` in eval mode; every problem with the
+    package is a ``PackageError`` naming the file."""
     pkg = Path(path)
-    if verify:
-        verify_package(pkg)
-    config = _read_json(pkg, CONFIG)
-    variables = _read_json(pkg, VARIABLES)["variables"]
-    provenance = _read_json(pkg, PROVENANCE)
+    config, variables = read_package(pkg, trusted_keys=trusted_keys, verify=verify)
+    provenance = check_provenance(pkg / PROVENANCE, read_json(pkg, PROVENANCE))
     weights = _load_weights(pkg, device)
-    model = build_from_config(config, "meta", target=device)
+    try:
+        model = build_from_config(config, "meta", target=device)
+    except (ValueError, KeyError, TypeError) as e:
+        raise PackageError(f"{pkg / CONFIG}: cannot build its model: {e}") from None
     try:
         model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as e:

@@ -27,6 +27,11 @@ def register_attention(name: str, fn: AttentionFn) -> None:
     _REGISTRY[name] = fn
 
 
+def available_attention() -> list[str]:
+    """The names ``model.attention`` may take (kernels add theirs when imported)."""
+    return sorted(_REGISTRY)
+
+
 def get_attention(name: str) -> AttentionFn:
     if name not in _REGISTRY:
         raise ValueError(

@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from scigpt.slurm.submit import check_run_name
+from scigpt.rundir import check_run_name
 
 
 class SlurmSweep(BaseModel):

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from scigpt.atomic import atomic_write_text
 from scigpt.config import RunConfig
-from scigpt.config_loader import LoadedConfig
-from scigpt.rundir import RunDir, default_run_name, provenance, runs_root
+from scigpt.config_loader import ConfigError, LoadedConfig
+from scigpt.rundir import RunDir, Segment, default_run_name, provenance, runs_root
+from scigpt.runlock import RunLocked, RunLockLost
 from scigpt.train.checkpoint import barrier
 
 
@@ -35,6 +35,15 @@ class TrainResult:
     files: dict[str, Path] = field(default_factory=dict)
     preempted: bool = False  # stopped by SIGUSR1 after checkpointing; resume with --resume
     main: bool = True  # this process is rank 0 (it reports for the run)
+    finished_before: bool = False  # resumed a run that had finished: nothing was done
+
+
+@dataclass
+class _Held:
+    """What rank 0 holds while it trains: the run directory (and its lock), its segment."""
+
+    run: RunDir | None = None
+    segment: Segment | None = None
 
 
 def _seed_everything(seed: int) -> None:
@@ -50,15 +59,6 @@ def _to_device(
         k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
         for k, v in batch.items()
     }
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records after ``step`` (written by the killed run past its last checkpoint), so the
-    resumed run's metrics continue one clean curve."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 class _Preemption:
@@ -78,15 +78,19 @@ class _Preemption:
     def _on_signal(self, signum, frame) -> None:
         self.requested = True
 
-    def agreed(self, world: int, device: torch.device) -> bool:
-        """Whether any rank was signalled: all ranks stop at the same step."""
-        if world == 1:
-            return self.requested
-        import torch.distributed as dist
+    def agreed(
+        self, world: int, device: torch.device, lock_lost: bool = False
+    ) -> tuple[bool, bool]:
+        """(any rank was signalled, rank 0 lost the run directory's lock), agreed by all
+        ranks: all stop at the same step."""
+        flags = [float(self.requested), float(lock_lost)]
+        if world > 1:
+            import torch.distributed as dist
 
-        t = torch.tensor([float(self.requested)], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+            t = torch.tensor(flags, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flags = t.tolist()
+        return bool(flags[0]), bool(flags[1])
 
     def restore(self) -> None:
         import signal
@@ -202,18 +206,94 @@ def _test_nan_steps() -> set[int]:
     return {int(x) for x in raw.split(",") if x.strip()}
 
 
+def _on_rank0(fn, *, is_main: bool, world: int):
+    """Run ``fn`` on rank 0 only; every rank returns its result, or raises what it raised (a
+    refusal on rank 0 stops every rank cleanly instead of leaving them in a collective)."""
+    from scigpt.export.errors import PackageError
+    from scigpt.prepare import IngestRejected
+
+    out: tuple[str, Any] = ("ok", None)
+    if is_main:
+        try:
+            out = ("ok", fn())
+        except (ConfigError, RunLocked, ValueError, OSError, IngestRejected, PackageError) as e:
+            if world == 1:
+                raise
+            out = ("error", e)
+    if world > 1:
+        import torch.distributed as dist
+
+        box = [out]
+        dist.broadcast_object_list(box, src=0)
+        out = box[0]
+    if out[0] == "error":
+        raise out[1]
+    return out[1]
+
+
 def train(
     loaded: LoadedConfig,
     *,
     run_name: str | None = None,
     root: Path | None = None,
     resume: bool = False,
+    break_lock: bool = False,
+    trusted_keys: list | None = None,
 ) -> TrainResult:
     """Train the configured model; returns where everything went and the test scores.
 
     ``resume``: continue the run directory ``run_name`` from its latest checkpoint (exactly:
-    model, optimizer, scheduler, data stream and RNG states), or start it if it has none.
+    model, optimizer, scheduler, data stream and RNG states), or start it if it has none; a run
+    that has finished is left as it is. Rank 0 holds the run directory's lock while it trains
+    (``scigpt.runlock``; ``break_lock`` takes it from a holder judged alive). ``trusted_keys``:
+    a fine-tune package must be signed by one of these public keys.
     """
+    held = _Held()
+    try:
+        return _train(
+            loaded, run_name=run_name, root=root, resume=resume, break_lock=break_lock,
+            trusted_keys=trusted_keys, held=held,
+        )  # fmt: skip
+    finally:
+        if held.segment is not None and held.segment.record["state"] == "running":
+            held.segment.close("failed")
+        if held.run is not None:
+            held.run.unlock()
+
+
+def _open_run(
+    loaded: LoadedConfig, run: RunDir, resolved: dict[str, Any], *, resume: bool,
+    break_lock: bool, target, package_config: dict | None, held: _Held,
+) -> dict[str, Any]:  # fmt: skip
+    """Rank 0, before anything is written: everything ``scigpt validate`` checks (against this
+    machine), the lock, and whether the run resumes or has finished already."""
+    from scigpt.preflight import check_run
+
+    cfg = loaded.config
+    check_run(loaded, target=target, run_name=run.path.name, package_config=package_config)
+    run.lock(break_lock=break_lock)
+    held.run = run
+    if run.run_lock is not None and run.run_lock.broke:
+        print(f"scigpt: {run.path}: {run.run_lock.broke}", flush=True)
+    resuming = resume and run.config_path.is_file()
+    if not resuming:
+        RunDir.create(run.path.parent, run.path.name, resolved)
+        return {"resuming": False}
+    run.check_same_config(resolved)
+    test = run.finished(cfg.schedule.steps)
+    return {"resuming": True, "finished": test}
+
+
+def _train(
+    loaded: LoadedConfig,
+    *,
+    run_name: str | None,
+    root: Path | None,
+    resume: bool,
+    break_lock: bool,
+    trusted_keys: list | None,
+    held: _Held,
+) -> TrainResult:
     from tqdm import tqdm
 
     from scigpt.data_pipeline.loader import (
@@ -234,7 +314,7 @@ def train(
     from scigpt.parallel.engine import build_engine
     from scigpt.parallel.topology import Topology
     from scigpt.train.checkpoint import CheckpointManager, read_info, tag_of
-    from scigpt.train.metrics import MetricsLogger, detect_peak_tflops, read_metrics
+    from scigpt.train.metrics import MetricsLogger, detect_peak_tflops
 
     cfg = loaded.config
     package = None
@@ -245,7 +325,9 @@ def train(
         from scigpt.export.package import load_pretrained
 
         # The model is the package's: its config replaces the run's model section.
-        package = load_pretrained(loaded.resolve_path(cfg.finetune.package))
+        package = load_pretrained(
+            loaded.resolve_path(cfg.finetune.package), trusted_keys=trusted_keys
+        )
         model_cfg = ModelConfig.model_validate_json(json.dumps(package.config["model"]))
         cfg = cfg.model_copy(update={"model": model_cfg})
         loaded = dataclasses.replace(loaded, config=cfg)
@@ -262,10 +344,6 @@ def train(
     # Grid sources train the forecast (and masked/pooled) objectives; series sources (waveforms,
     # station series) the masked and pooled ones. The first source is a grid (config check).
     is_series = {src.name: format_kind(src.format) != "grid" for src in cfg.data.sources}
-    if len(cfg.data.sources) > 1 and cfg.data.loader.backend == "dali":
-        raise ValueError("data.loader.backend=dali reads one source: use torch to mix sources")
-    if cfg.data.train_fraction < 1 and cfg.data.loader.backend == "dali":
-        raise ValueError("data.train_fraction < 1 needs data.loader.backend=torch")
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     if cfg.runtime.deterministic:
@@ -284,31 +362,43 @@ def train(
     is_main = rank == 0
     show = is_main and cfg.logging.progress
 
-    # ---- run directory and data store (rank 0 writes, everyone waits) --------------------------
-    root = root or runs_root()
-    if run_name is not None:
-        from scigpt.slurm.submit import check_run_name
-
-        check_run_name(run_name)
-    name = run_name or default_run_name(cfg.name)
-    run_path = root / name
-    store_dir = loaded.resolve_path(cfg.data.store) if cfg.data.store else run_path / "store"
-    resolved = loaded.resolved_dict()
-    resuming = resume and (run_path / "config.yaml").is_file()
+    # ---- preflight, lock, run directory and data store (rank 0 decides and writes) -------------
     if resume and run_name is None:
         raise ValueError("--resume needs --run-name: the run directory to continue")
-    if is_main:
-        if resuming:
-            RunDir(run_path).check_same_config(resolved)
-        else:
-            RunDir.create(root, name, resolved)
-        from scigpt.prepare import prepare_from_config
+    root = root or runs_root()
+    name = run_name or default_run_name(cfg.name)
+    run = RunDir(root / name)
+    run_path = run.path
+    store_dir = loaded.resolve_path(cfg.data.store) if cfg.data.store else run_path / "store"
+    resolved = loaded.resolved_dict()
+    from scigpt.preflight import machine_target
+
+    opened = _on_rank0(
+        lambda: _open_run(
+            loaded, run, resolved, resume=resume, break_lock=break_lock,
+            target=machine_target(world, info.local_world_size),
+            package_config=package.config if package is not None else None, held=held,
+        ),
+        is_main=is_main, world=world,
+    )  # fmt: skip
+    resuming = opened["resuming"]
+    if opened.get("finished"):
+        test = opened["finished"]
+        if is_main:
+            print(f"run {name} has finished (step {test['step']}, its test record is written): "
+                  "nothing to do", flush=True)  # fmt: skip
+        preemption.restore()
+        return TrainResult(run_dir=run_path, steps=int(test["step"]), final_loss=math.nan,
+                           main=is_main, finished_before=True)  # fmt: skip
+
+    def ingest() -> None:
+        from scigpt.prepare import IngestRejected, prepare_from_config
 
         manifest = prepare_from_config(loaded, store_dir, progress=show)
         if manifest and manifest["rejects"]:
-            raise RuntimeError(f"ingest rejected inputs: {manifest['rejects']}")
-    barrier(world)
-    run = RunDir(run_path)
+            raise IngestRejected.of(manifest["rejects"])
+
+    _on_rank0(ingest, is_main=is_main, world=world)
     lc = cfg.data.loader
     stores = {
         src.name: GridStore(store_dir, source=src.name, verify=True, on_corrupt=lc.on_corrupt)
@@ -496,6 +586,18 @@ def train(
     n_tokens = meta.num_tokens(h, w)
     flops_per_sample = 3 * forward_flops_per_token(meta, n_tokens) * n_tokens
     n_params = sum(p.numel() for p in meta.parameters())
+
+    def fits() -> None:  # now that the grid is known: activations count too
+        from scigpt.preflight import machine_target, memory_problem
+
+        problem = memory_problem(
+            cfg, cfg.model, machine_target(world, info.local_world_size), tokens=n_tokens,
+            vars_per_sample=len(store.names), num_vars=len(reg_names), num_targets=num_targets,
+        )  # fmt: skip
+        if problem:
+            raise ConfigError(str(loaded.path or "<config>"), [problem])
+
+    _on_rank0(fits, is_main=is_main, world=world)
     groups = None
     if topo.tp > 1 or topo.pp > 1:
         from scigpt.parallel.topology import ProcessGroups
@@ -566,8 +668,14 @@ def train(
         start_step, loader_state = client["step"], client["loader"]
         best_val, skipped_total = client.get("best_val", math.inf), client.get("skipped", 0)
         if is_main:
-            _truncate_metrics(run.metrics_path, start_step)
             print(f"resumed {name} from step {start_step}", flush=True)
+    elif resuming and is_main:
+        print(f"resumed {name} from step 0 (it has no checkpoint yet)", flush=True)
+    if is_main:
+        # What a killed or preempted segment logged past start_step goes; this segment logs it
+        # again, so every step has one record.
+        run.resume_metrics(start_step)
+        held.segment = run.begin_segment(start_step=start_step, world_size=world)
 
     peak = cfg.logging.peak_tflops or detect_peak_tflops(cfg.precision)
     # ZeRO-3 partitions parameters: ds_numel is the full size, ds_tensor this rank's share.
@@ -647,18 +755,16 @@ def train(
         stream = iter(build_loader(mixed, batch_sampler, lc, pin_memory=pin))
 
     logger = (
-        MetricsLogger(run.metrics_path, run.tb if cfg.logging.tensorboard else None)
+        MetricsLogger(
+            run.open_metrics(), run.tb if cfg.logging.tensorboard else None,
+            purge_step=start_step + 1 if resuming else None,
+        )
         if is_main
         else None
-    )
+    )  # fmt: skip
     steps, accum = cfg.schedule.steps, cfg.schedule.grad_accum
     val_ds = None
-    if cfg.eval.every:
-        if first_splits.val is None:
-            raise ValueError(
-                f"eval.every={cfg.eval.every} validates on the first source, whose own splits "
-                "have no val block: add data.sources.0.splits.val"
-            )
+    if cfg.eval.every:  # check_trainable: the first source has a val block
         val_ds = ForecastDataset(
             store, time_range=first_splits.val.bounds(), history=history, lead=lead,
             gap=gap, outputs=outputs_of(store), var_ids=store_ids,
@@ -693,7 +799,8 @@ def train(
     bar = tqdm(total=steps, initial=start_step, desc="train", unit="step", disable=not show,
                dynamic_ncols=True)  # fmt: skip
     window_t, window_samples, loss = time.perf_counter(), 0, float("nan")
-    t_start = window_t
+    if held.segment is not None:
+        held.segment.start()  # device-hours: training and the final evaluation
     consecutive, stale_evals, saved_at = 0, 0, -1
     source_counts = [0] * len(train_dss)  # micro-batches drawn per source (mixing weights)
 
@@ -737,6 +844,20 @@ def train(
                 t = torch.tensor([loss], device=device)
                 dist.all_reduce(t)
                 loss = t.item() / world
+        # Every rank agrees to stop at this step (SIGUSR1), or that rank 0 lost the run lock
+        # (another process took the directory over: write nothing more). Rank 0 re-reads the
+        # lock before the steps that write; its heartbeat checks it in between.
+        writes = step % cfg.logging.every == 0 or step == steps or (
+            cfg.checkpoint.every and step % cfg.checkpoint.every == 0
+        ) or (cfg.eval.every and step % cfg.eval.every == 0)  # fmt: skip
+        lock = run.run_lock if is_main else None
+        lost = lock is not None and (lock.lost or (bool(writes) and not lock.verify()))
+        stop, lost = preemption.agreed(world, device, lock_lost=lost)
+        if lost:
+            raise RunLockLost(
+                f"rank 0 lost the lock of {run.path} at step {step}: another process took the "
+                "run directory over; this job stops without writing"
+            )
         # DeepSpeed's ZeRO optimizers skip an update whose gradients are not finite; a
         # non-finite loss always yields such gradients.
         finite = math.isfinite(loss) and engine.was_step_applied()
@@ -761,7 +882,9 @@ def train(
         else:
             consecutive = 0
         bar.update(1)
-        if step == start_step + 1 and not resuming:
+        if held.segment is not None:
+            held.segment.at(step)
+        if step == 1:  # the run's first step (a resume from step 0 included)
             _write_memory(run, engine, layout, rank, world)
         if finite and (step % cfg.logging.every == 0 or step == steps):
             dt = time.perf_counter() - window_t
@@ -805,12 +928,13 @@ def train(
                 logger.log({"kind": "early_stop", "best_val": best_val}, step)
             steps = step
             break
-        if preemption.agreed(world, device) and step < steps:
+        if stop and step < steps:
             if saved_at != step:
                 ckpts.save(engine, step, client_state(step), info=ckpt_info(step))
             if logger:
                 logger.log({"kind": "preempted", "checkpoint": tag_of(step)}, step)
                 logger.close()
+                held.segment.close("preempted")
             bar.close()
             if is_main:
                 print(f"preempted at step {step}: checkpoint {tag_of(step)} saved; "
@@ -842,8 +966,11 @@ def train(
         }  # fmt: skip
     files: dict[str, Path] = {"checkpoint": ckpt}
     if is_main:
-        assert logger is not None
+        assert logger is not None and held.segment is not None
+        held.segment.stop()  # its seconds count in the test record's device-hours
+        files.update(_write_outputs(run, store, test, cfg, run.metrics()))
         samples = steps * accum * cfg.schedule.micro_batch_size * topo.dp
+        # The test record comes last: a run that has one has finished (a resume does nothing).
         logger.log(
             {
                 "kind": "test",
@@ -859,12 +986,14 @@ def train(
                 "tokens_per_sample": n_tokens,
                 "samples_seen": samples,
                 "train_flops": samples * flops_per_sample,
-                "device_hours": (time.perf_counter() - t_start) * world / 3600,
+                # every segment's training time (killed and resumed ones too) x its ranks
+                "device_hours": run.device_hours(),
+                "segments": len(run.segments()),
             },
             steps,
         )
         logger.close()
-        files.update(_write_outputs(run, store, test, cfg, read_metrics(run.metrics_path)))
+        held.segment.close("completed")  # after the test record: a kill before it is "killed"
     barrier(world)
     return TrainResult(
         run_dir=run.path, steps=steps, final_loss=loss, test=test, files=files, main=is_main
