@@ -341,22 +341,32 @@ def _check_same(ref: _Piece, p: _Piece) -> None:
                 f"{p.ref.info.name!r} has a different {what} axis than {ref.ref.info.name!r} in "
                 f"{ref.ref.path}. Fix: regrid them to one grid before ingest.",
             )
+    # Within one file a mismatch is a hole in its hypercube: fields cut or damaged away.
+    hole = (
+        "some fields of the file are missing, as when it is cut or damaged between messages. "
+        "Fix: re-download it; if the request itself was ragged, read variables that share their "
+    )
+    one_file = p.ref.path == ref.ref.path
     if not np.array_equal(p.members, ref.members):
+        if one_file:
+            raise ReaderError(
+                p.ref.path,
+                f"{p.ref.info.name!r} has members {p.members.tolist()} but "
+                f"{ref.ref.info.name!r} {ref.members.tolist()}: {hole}members.",
+            )
         raise ReaderError(
             p.ref.path,
             f"{p.ref.info.name!r} has members {p.members.tolist()}, {ref.ref.info.name!r} in "
             f"{ref.ref.path} has {ref.members.tolist()}. Fix: pass one ensemble per call.",
         )
-    if not np.array_equal(p.time, ref.time) and p.ref.path == ref.ref.path:
-        raise ReaderError(
-            p.ref.path,
-            f"{p.ref.info.name!r} has fields at {len(p.time)} valid times and "
-            f"{ref.ref.info.name!r} at {len(ref.time)} (first difference: "
-            f"{_first_difference(p.time, ref.time)}): some time steps of the file lack some of "
-            "their fields, as when a file is cut or damaged between messages. Fix: re-download "
-            "it; if the request itself was ragged, select variables that share their times.",
-        )
     if not np.array_equal(p.time, ref.time):
+        if one_file:
+            raise ReaderError(
+                p.ref.path,
+                f"{p.ref.info.name!r} has fields at {len(p.time)} valid times and "
+                f"{ref.ref.info.name!r} at {len(ref.time)} (first difference: "
+                f"{_first_difference(p.time, ref.time)}): {hole}valid times.",
+            )
         raise ReaderError(
             p.ref.path,
             f"{p.ref.info.name!r} and {ref.ref.info.name!r} ({ref.ref.path}) cover different "
