@@ -79,8 +79,10 @@ def _describe_layout(layout: tuple) -> str:
 def flag_units(records: Sequence[dict[str, Any]], pt: int = 1) -> dict[str, list[str]]:
     """Reasons to flag each grid unit of one source (unit name → reasons; unflagged: absent).
 
-    ``records``: the source's done unit records in unit order; ``pt``: frames per tubelet."""
-    grids = [r for r in records if r["arrays"] and all(a["kind"] == "grid" for a in r["arrays"])]
+    ``records``: the source's done unit records in unit order (those that read files count);
+    ``pt``: frames per tubelet."""
+    grids = [r for r in records if r.get("paths")  # generated units (pde) are not files
+             and r["arrays"] and all(a["kind"] == "grid" for a in r["arrays"])]  # fmt: skip
     if len(grids) < 2:
         return {}
     m = len(grids)

@@ -316,7 +316,7 @@ def _month(start: str, hours: int, unit: str, variables=("t2m",)) -> dict:
     iso = [str(t) for t in np.datetime_as_string(times.astype("datetime64[s]"))]
     arr = {"kind": "grid", "times": iso, "frame_step_ns": 3600 * 10**9,
            "variables": list(variables), "height": 4, "width": 5}  # fmt: skip
-    return {"unit": unit, "arrays": [arr]}
+    return {"unit": unit, "paths": [f"{unit}.grib"], "arrays": [arr]}
 
 
 def test_sibling_flags_follow_the_calendar() -> None:
@@ -343,6 +343,7 @@ def test_sibling_flags_follow_the_calendar() -> None:
     assert flags["d3"] == ["its frames are 1 h, 2 h apart where 4 of the source's 5 units have "
                            "them evenly 1 h apart"]  # fmt: skip
     assert flag_units(days[:1]) == {}  # one unit: no siblings
+    assert flag_units([{**r, "paths": []} for r in days]) == {}  # generated (pde): no files
 
 
 def _grib_forecast(shared_data: Path) -> list[bytes]:
