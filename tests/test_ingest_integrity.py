@@ -415,9 +415,10 @@ def test_mseed_record_changing_the_sample_rate_is_refused(shared_data: Path, tmp
 def test_mseed_overlaps_duplicates_and_record_order(shared_data: Path, tmp_path: Path):
     """Defect 10: records of one channel that share a time. A record moved 10 min by a damaged
     minute byte lies on other records with other samples (obspy masked both, silently): refused,
-    naming both records. An exact duplicate record (archives hold them) is merged, noted in the
-    unit's warnings, and the values are obspy's; records out of time order on no other record's
-    time (libmseed's own mixed-order test file) are kept, placed by time, and noted."""
+    naming both records. A duplicate record (archives hold them; byte for byte, or the same
+    samples re-encoded) is merged, noted in the unit's warnings, and the values are obspy's;
+    records out of time order on no other record's time (libmseed's own mixed-order test file)
+    are kept, placed by time, and noted."""
     stations = {"IU.ANMO": (34.9459, -106.4572, 1850.0), "XX.TEST": (0.0, 0.0, 0.0)}
     data = (shared_data / "seismic/mseed" / ANMO).read_bytes()
     moved = bytearray(data)
@@ -435,8 +436,16 @@ def test_mseed_overlaps_duplicates_and_record_order(shared_data: Path, tmp_path:
     np.testing.assert_array_equal(arr.values[0, 0], ref.data.astype(np.float32))
     assert arr.attrs["reader_warnings"] == [
         "dup.mseed: IU.ANMO.00.LHZ: 1 record(s) repeat samples already in the file at the same "
-        "times (first: record 12 repeats record 11); each sample is kept once"
+        "times (first: record 12, on the time of record 11); each sample is kept once"
     ]
+    # The same samples re-encoded (Steim1, 4096-byte records) after the day: decoded, compared.
+    part = ref.copy().trim(ref.stats.starttime + 1000, ref.stats.starttime + 4000)
+    again = io.BytesIO()
+    obspy.Stream([part]).write(again, format="MSEED", reclen=4096, encoding="STEIM1")
+    dup.write_bytes(data + again.getvalue())
+    (arr,) = read_waveforms([dup], stations=stations)
+    np.testing.assert_array_equal(arr.values[0, 0], ref.data.astype(np.float32))
+    assert "2 record(s) repeat samples" in arr.attrs["reader_warnings"][0]
     mixed = shared_data / "seismic/mseed_libmseed/testdata-oneseries-mixedlengths-mixedorder.mseed2"
     (arr,) = read_waveforms([mixed], stations=stations)
     st = obspy.read(str(mixed))

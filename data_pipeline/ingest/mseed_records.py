@@ -243,7 +243,8 @@ def _same_samples(data: bytes, a: Record, b: Record) -> tuple[bool, int, int]:
     lo, hi = max(0, shift), min(len(sa), len(sb) + shift)
     if hi <= lo:
         return True, 0, 0
-    differ = int(np.count_nonzero(sa[lo:hi] != sb[lo - shift : hi - shift]))
+    x, y = sa[lo:hi], sb[lo - shift : hi - shift]
+    differ = int(np.count_nonzero((x != y) & ~(np.isnan(x) & np.isnan(y))))  # float encodings
     return differ == 0, differ, hi - lo
 
 
@@ -304,8 +305,8 @@ def check_record_times(path: Path, records: list[Record], data: bytes) -> list[s
             r, q = repeats[0]
             notes.append(
                 f"{sid}: {len(repeats)} record(s) repeat samples already in the file at the same "
-                f"times (first: record {r.number} repeats record {q.number}); each sample is "
-                "kept once"
+                f"times (first: record {r.number}, on the time of record {q.number}); each "
+                "sample is kept once"
             )
         if unordered:
             notes.append(
