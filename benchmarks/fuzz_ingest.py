@@ -10,6 +10,11 @@ subprocess, per-unit timeout) ingests as one source; every mutant's outcome is t
   its worker (isolate.py) and that became the reject; ``skipped`` — listed under ``skipped`` in
   the manifest (directory, wrong suffix);
 * ``identical`` — accepted with exactly the original's values (the bytes changed were unused);
+* ``flagged`` / ``undetectable`` — a truncation that left a valid, shorter file (a GRIB file cut
+  exactly between two time steps: GRIB messages carry no count), accepted with exactly the
+  original's first k time steps (its store rows, and an independent read of it equal to the
+  start of the original's); ``flagged`` when the manifest flags the unit as unlike its siblings
+  (``data_pipeline/consistency.py``), ``undetectable`` when nothing could tell;
 * ``footprint`` — a flipped byte accepted: the values that changed are exactly those an
   independent read of the mutant (xarray, eccodes, obspy, segyio, pyhdf) shows changed, no more
   than the byte's footprint (one value of a packed field, the samples of one miniSEED record,
@@ -46,7 +51,8 @@ SPLITS = {
     "train": {"start": "1900-01-01T00:00", "end": "2019-12-31T00:00"},
     "test": {"start": "2020-01-01T00:00", "end": "2030-01-01T00:00"},
 }
-OUTCOMES = ("rejected", "crash", "hang", "skipped", "identical", "footprint", "WRONG")
+OUTCOMES = ("rejected", "crash", "hang", "skipped", "identical", "footprint", "flagged",
+            "undetectable", "WRONG")  # fmt: skip
 MUST_REJECT = ("truncation", "empty", "zeroed-header", "huge-length")
 
 
@@ -289,6 +295,25 @@ def store_values(store: Path, shard: str) -> np.ndarray:
         return np.concatenate([f[g]["patches"][...].ravel() for g in groups]).astype(np.float64)
 
 
+def store_rows(store: Path, shard: str) -> list[np.ndarray]:
+    """Each group's patches (float64), group by group: rows are time steps (grids)."""
+    with h5py.File(store / shard, "r") as f:
+        groups = sorted(f, key=lambda g: int(g[1:]))
+        return [f[g]["patches"][...].astype(np.float64) for g in groups]
+
+
+def _prefix_rows(got: list[np.ndarray], orig: list[np.ndarray]) -> int | None:
+    """k when every group of ``got`` is exactly its original group's first k < K rows."""
+    if len(got) != len(orig) or not got:
+        return None
+    k = got[0].shape[0]
+    if not 0 < k < orig[0].shape[0]:
+        return None
+    same = all(g.shape[0] == k and np.array_equal(g, o[:k], equal_nan=True)
+               for g, o in zip(got, orig, strict=True))  # fmt: skip
+    return k if same else None
+
+
 def reference_values(key: str, path: Path) -> np.ndarray:
     """The file's values by the format's own library (independent of SciGPT's reader)."""
     if key == "netcdf":
@@ -363,8 +388,30 @@ def _reference_or_reason(key: str, path: Path) -> np.ndarray | str:
         return f"reference read failed: {type(e).__name__}: {str(e)[:160]}"
 
 
+def _shorter_file(sample: Sample, mut: Mutant, rec: dict, store: Path, orig_rows: list,
+                  ref_original: np.ndarray, folder: Path, flags: dict) -> bool:  # fmt: skip
+    """Classify a truncation accepted as a valid shorter file (see the module docstring)."""
+    k = _prefix_rows(store_rows(store, rec["shard"]), orig_rows)
+    if k is None:
+        return False
+    ref = _reference_or_reason(sample.key, folder / mut.name)
+    if (
+        isinstance(ref, str)
+        or not (0 < ref.size < ref_original.size)
+        or not np.array_equal(ref, ref_original[: ref.size], equal_nan=True)
+    ):
+        return False
+    what = f"a valid shorter file: the original's first {k} of {orig_rows[0].shape[0]} time steps"
+    if rec["unit"] in flags:
+        mut.outcome, mut.why = "flagged", f"{what}, flagged: {flags[rec['unit']][0][:120]}"
+    else:
+        mut.outcome, mut.why = "undetectable", f"{what}, not flagged (nothing to compare with)"
+    return True
+
+
 def classify(sample: Sample, mut: Mutant, rec: dict | None, skipped: set[str], store: Path,
-             original: np.ndarray, ref_original: np.ndarray, folder: Path) -> None:  # fmt: skip
+             original: np.ndarray, ref_original: np.ndarray, folder: Path,
+             orig_rows: list | None = None, flags: dict | None = None) -> None:  # fmt: skip
     """Set ``mut.outcome`` and ``mut.why`` from its unit record."""
     if rec is None:
         mut.outcome, mut.why = (
@@ -383,6 +430,9 @@ def classify(sample: Sample, mut: Mutant, rec: dict | None, skipped: set[str], s
     got = store_values(store, rec["shard"])
     if got.shape == original.shape and not _changed(got, original).any():
         mut.outcome, mut.why = "identical", "accepted with the original's values"
+        return
+    if mut.kind == "truncation" and _shorter_file(sample, mut, rec, store, orig_rows or [],
+                                                  ref_original, folder, flags or {}):  # fmt: skip
         return
     if mut.kind in MUST_REJECT or mut.kind == "wrong-suffix":
         mut.outcome, mut.why = "WRONG", f"{mut.kind} mutant accepted with changed values"
@@ -487,6 +537,7 @@ def fuzz(work: Path, keys: list[str], *, n_flips: int, seed: int, small: bool,
         return {"mutants": muts, "facts": facts}
     manifest = json.loads(manifest_path.read_text())
     skipped = {e["path"] for e in manifest.get("skipped", [])}
+    flags = {f["unit"]: f["reasons"] for f in manifest.get("flagged", [])}
     facts["good_shards"] = {}
     for s in samples:
         folder = work / "mixed" / s.key
@@ -504,9 +555,11 @@ def fuzz(work: Path, keys: list[str], *, n_flips: int, seed: int, small: bool,
         else:
             facts["good_shards"][s.key] = "DIFFERENT values"
         ref_original = reference_values(s.key, DATA / s.path)
+        orig_rows = store_rows(work / "store-mixed", orig["shard"])
+        facts.setdefault("originals_flagged", []).extend([s.key] if orig["unit"] in flags else [])
         for m in muts[s.key]:
             classify(s, m, records.get(m.name), skipped, work / "store-mixed", original,
-                     ref_original, folder)  # fmt: skip
+                     ref_original, folder, orig_rows, flags)  # fmt: skip
     return {"mutants": muts, "facts": facts, "manifest": manifest}
 
 

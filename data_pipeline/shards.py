@@ -31,6 +31,7 @@ import numpy as np
 
 from scigpt.atomic import atomic_write, atomic_write_text, sha256_file
 
+from .consistency import source_flags
 from .ingest.base import GridArray, SeriesArray
 from .lzf import write_lzf_chunks
 from .patches import grid_token_coords, patchify_grid, patchify_series
@@ -305,9 +306,17 @@ def build_manifest(
         src["n_samples"] += n
         src["units"].append({k: rec[k] for k in ("unit", "shard", "sha256", "bytes", "arrays")})
         rejects.extend(rec.get("rejects", []))
+    flagged = []
     for name, recs in done.items():
         # Per variable: min/max, the plausible range checked and the decoding rules applied.
         out_sources[name]["checks"] = merge_checks(recs)
+        # Units whose structure departs from their siblings' (a file cut at a time step).
+        flags = source_flags(recs, sources[name].get("patch"))
+        for rec, entry in zip(recs, out_sources[name]["units"], strict=True):
+            if rec["unit"] in flags:
+                entry["flags"] = flags[rec["unit"]]
+                flagged.append({"source": name, "unit": rec["unit"], "paths": rec.get("paths"),
+                                "reasons": flags[rec["unit"]]})  # fmt: skip
     for name, st in merged.items():
         out_sources[name]["stats"] = {
             v: {
@@ -325,6 +334,7 @@ def build_manifest(
         else [str(np.datetime64(t, "s")) for t in stats_time_range],
         "sources": out_sources,
         "rejects": rejects,
+        "flagged": flagged,
         "skipped": list(skipped),
         "producer": producer,
     }

@@ -481,6 +481,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         )
     for rej in manifest["rejects"]:
         print(f"  rejected {rej['source']}/{rej['unit']}: {rej['reason']}")
+    for flag in manifest.get("flagged", []):  # kept, but unlike their siblings (a cut file?)
+        print(f"  flagged {flag['source']}/{flag['unit']} ({', '.join(flag['paths'] or [])}): "
+              f"{'; '.join(flag['reasons'])}")  # fmt: skip
     skipped = manifest.get("skipped", [])
     if skipped:
         per_source: dict[str, int] = {}

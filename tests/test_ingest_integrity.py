@@ -274,6 +274,188 @@ def test_mseed_cut_mid_record_is_refused(shared_data: Path, tmp_path: Path) -> N
         read_waveforms([damaged], stations=stations)
 
 
+def test_grib_cut_at_a_time_step_is_flagged_among_siblings(shared_data: Path, tmp_path: Path):
+    """Defect 10: a GRIB file cut exactly between two time steps (here at 25 % and 50 %: the
+    sample's 160 messages run time → level → param → member) is a valid, shorter GRIB file, and
+    was ingested without a word. Beside a complete sibling it is flagged in the manifest (kept,
+    with the reason); its rows are exactly the original's first time steps. Alone in its source
+    nothing can tell it from a file meant to be short: accepted, not flagged (README)."""
+    from scigpt.data_pipeline.prepare import SourceSpec, prepare_store
+
+    data = (shared_data / GRIB).read_bytes()
+    offsets = _grib_offsets(data)
+    folder = tmp_path / "grib"
+    folder.mkdir()
+    (folder / "a.grib").write_bytes(data)
+    (folder / "b.grib").write_bytes(data[: offsets[80]])  # 2 of 4 time steps
+    (folder / "c.grib").write_bytes(data[: offsets[40]])  # 1 of 4
+    paths = sorted(folder.iterdir())
+    spec = SourceSpec(name="g", format="grib", paths=paths, options={"members": "split"})
+    manifest = prepare_store([spec], tmp_path / "store", progress=False, isolate=False)
+    assert manifest["rejects"] == []
+    flagged = {f["unit"]: f for f in manifest["flagged"]}
+    assert sorted(flagged) == ["g-00001", "g-00002"]
+    assert flagged["g-00001"]["paths"] == [str(folder / "b.grib")]
+    assert "holds 2 time step(s) (2017-01-01T00:00 … 2017-01-01T12:00) where 1 of the source's " \
+        "3 units hold 4 each" in flagged["g-00001"]["reasons"][0]  # fmt: skip
+    assert "holds 1 time step(s)" in flagged["g-00002"]["reasons"][0]
+    units = manifest["sources"]["g"]["units"]
+    assert "flags" not in units[0] and units[1]["flags"] == flagged["g-00001"]["reasons"]
+    store = tmp_path / "store"
+    with h5py.File(store / units[0]["shard"]) as fa, h5py.File(store / units[1]["shard"]) as fb:
+        assert sorted(fa) == sorted(fb) and len(fa) == 10  # one group per member
+        for g in fa:
+            np.testing.assert_array_equal(fb[g]["patches"][...], fa[g]["patches"][:2])
+    alone = SourceSpec(name="g", format="grib", paths=[folder / "b.grib"])
+    manifest = prepare_store([alone], tmp_path / "alone", progress=False, isolate=False)
+    assert manifest["flagged"] == [] and manifest["rejects"] == []
+
+
+def _month(start: str, hours: int, unit: str, variables=("t2m",)) -> dict:
+    times = np.datetime64(start) + np.arange(hours) * np.timedelta64(1, "h")
+    iso = [str(t) for t in np.datetime_as_string(times.astype("datetime64[s]"))]
+    arr = {"kind": "grid", "times": iso, "frame_step_ns": 3600 * 10**9,
+           "variables": list(variables), "height": 4, "width": 5}  # fmt: skip
+    return {"unit": unit, "paths": [f"{unit}.grib"], "arrays": [arr]}
+
+
+def test_sibling_flags_follow_the_calendar() -> None:
+    """Monthly hourly files differ in length (January 744 frames, February 672) and are each a
+    whole calendar month: not flagged. A month cut short, a file missing a variable and a file
+    with a hole in its time axis are flagged, each with its reason (the calendar by numpy)."""
+    from scigpt.data_pipeline.consistency import flag_units
+
+    months = [_month("2020-01-01", 744, "jan"), _month("2020-02-01", 696, "feb"),
+              _month("2020-03-01", 744, "mar"), _month("2020-04-01", 720, "apr"),
+              _month("2020-05-01", 300, "may")]  # fmt: skip
+    flags = flag_units(months)
+    assert list(flags) == ["may"]
+    assert "holds 300 time step(s) (2020-05-01T00:00 … 2020-05-13T11:00) where 2 of the " \
+        "source's 5 units hold 744 each, a whole calendar month" in flags["may"][0]  # fmt: skip
+    days = [_month(f"2020-01-{d:02d}", 24, f"d{d}") for d in range(1, 6)]
+    days[1] = _month("2020-01-02", 24, "d2", variables=("t2m", "u10"))
+    holey = _month("2020-01-03", 25, "d3")
+    del holey["arrays"][0]["times"][5]
+    days[2] = holey
+    flags = flag_units(days)
+    assert list(flags) == ["d2", "d3"]
+    assert "['t2m', 'u10']" in flags["d2"][0] and "['t2m']" in flags["d2"][0]
+    assert flags["d3"] == ["its frames are 1 h, 2 h apart where 4 of the source's 5 units have "
+                           "them evenly 1 h apart"]  # fmt: skip
+    assert flag_units(days[:1]) == {}  # one unit: no siblings
+    assert flag_units([{**r, "paths": []} for r in days]) == {}  # generated (pde): no files
+
+
+def _grib_forecast(shared_data: Path) -> list[bytes]:
+    """The sample's 160 messages as one forecast: reference 2017-01-01 00 UTC, steps 0-36 h."""
+    import eccodes
+
+    out = []
+    with (shared_data / GRIB).open("rb") as f:
+        while (h := eccodes.codes_grib_new_from_file(f)) is not None:
+            step = 12 * (len(out) // 40)  # the messages run time → level → param → member
+            for key, value in (("dataDate", 20170101), ("dataTime", 0), ("type", "fc"),
+                               ("stepRange", str(step))):  # fmt: skip
+                eccodes.codes_set(h, key, value)
+            out.append(eccodes.codes_get_message(h))
+            eccodes.codes_release(h)
+    return out
+
+
+def test_grib_forecast_missing_a_member_field_is_refused(shared_data: Path, tmp_path: Path):
+    """Defect 10: in a forecast hypercube (time × step) a field missing for one member at one
+    step was filled with NaN and ingested; only steps that no member has are ragged forecasts.
+    Files cut between two of a step's messages are named as such, not as "other valid times"
+    or "pass one ensemble per call" (the fuzz script's 10 % GRIB cut said the latter)."""
+    msgs = _grib_forecast(shared_data)
+    whole = tmp_path / "fc.grib"
+    whole.write_bytes(b"".join(msgs))
+    fc, an = read_grib([whole]), read_grib([shared_data / GRIB])
+    assert len(fc) == len(an) == 10
+    for a, b in zip(fc, an, strict=True):  # same fields, same valid times
+        np.testing.assert_array_equal(a.time, b.time)
+        np.testing.assert_array_equal(a.values, b.values)
+    holed = tmp_path / "holed.grib"
+    holed.write_bytes(b"".join(m for k, m in enumerate(msgs) if k != 45))
+    with pytest.raises(ReaderError, match=r"z500: 1 of 40 fields are missing .*member 5"):
+        read_grib([holed])
+    cut = tmp_path / "cut.grib"
+    cut.write_bytes(b"".join(msgs[:50]))
+    with pytest.raises(ReaderError, match=r"'z850' at 1 .*some fields of the file are missing"):
+        read_grib([cut])
+    data = (shared_data / GRIB).read_bytes()  # the analysis cut after 16 messages: z500 has
+    cut.write_bytes(data[: _grib_offsets(data)[16]])  # 10 members, t500 the first 6
+    with pytest.raises(ReaderError, match=r"'t500' has members \[0, 1, 2, 3, 4, 5\] but 'z500' "
+                       r"\[0, 1, .*, 9\]: some fields of the file are missing"):  # fmt: skip
+        read_grib([cut])
+
+
+def _anmo_with(shared_data: Path, edit) -> tuple[bytes, bytes]:
+    data = (shared_data / "seismic/mseed" / ANMO).read_bytes()
+    return data, edit(bytearray(data))
+
+
+def test_mseed_record_changing_the_sample_rate_is_refused(shared_data: Path, tmp_path: Path):
+    """Defect 10: a flipped byte in one record's sample-rate factor made obspy read that record
+    as a trace of its own at one sample per 255 s, which was ingested beside the 1 Hz data. A
+    channel's rate does not change inside a file: refused, naming the record and its time."""
+    data = (shared_data / "seismic/mseed" / ANMO).read_bytes()
+    bad = bytearray(data)
+    bad[6 * 512 + 34] ^= 0xFF  # record 7's sample-rate multiplier: 1 → -255
+    path = tmp_path / "rate.mseed"
+    path.write_bytes(bytes(bad))
+    rates = sorted({tr.stats.sampling_rate for tr in obspy.read(str(path))})
+    assert rates == [1 / 255, 1.0]  # what obspy makes of it, without a warning
+    with pytest.raises(ReaderError, match=r"LHZ: record 7 \(byte 3072, starting "
+                       r"2010-01-01T00:19:53.069Z\) declares 0.00392157 Hz \(one sample per "
+                       r"255 s\), but 410 of the channel's 411 records declare 1 Hz"):  # fmt: skip
+        read_waveforms([path], stations={"IU.ANMO": (34.9459, -106.4572, 1850.0)})
+
+
+def test_mseed_overlaps_duplicates_and_record_order(shared_data: Path, tmp_path: Path):
+    """Defect 10: records of one channel that share a time. A record moved 10 min by a damaged
+    minute byte lies on other records with other samples (obspy masked both, silently): refused,
+    naming both records. A duplicate record (archives hold them; byte for byte, or the same
+    samples re-encoded) is merged, noted in the unit's warnings, and the values are obspy's;
+    records out of time order on no other record's time (libmseed's own mixed-order test file)
+    are kept, placed by time, and noted."""
+    stations = {"IU.ANMO": (34.9459, -106.4572, 1850.0), "XX.TEST": (0.0, 0.0, 0.0)}
+    data = (shared_data / "seismic/mseed" / ANMO).read_bytes()
+    moved = bytearray(data)
+    moved[10 * 512 + 25] += 10  # record 11's start minute
+    path = tmp_path / "moved.mseed"
+    path.write_bytes(bytes(moved))
+    with pytest.raises(ReaderError, match=r"record 13 \(byte 6144, .*\) lies on the time of "
+                       r"record 11 \(byte 5120, starting 2010-01-01T00:43:44.069Z\) and 27 of "
+                       "their 27 shared samples differ"):  # fmt: skip
+        read_waveforms([path], stations=stations)
+    dup = tmp_path / "dup.mseed"
+    dup.write_bytes(data[: 11 * 512] + data[10 * 512 : 11 * 512] + data[11 * 512 :])
+    (arr,) = read_waveforms([dup], stations=stations)
+    (ref,) = obspy.read(str(shared_data / "seismic/mseed" / ANMO))
+    np.testing.assert_array_equal(arr.values[0, 0], ref.data.astype(np.float32))
+    assert arr.attrs["reader_warnings"] == [
+        "dup.mseed: IU.ANMO.00.LHZ: 1 record(s) repeat samples already in the file at the same "
+        "times (first: record 12, on the time of record 11); each sample is kept once"
+    ]
+    # The same samples re-encoded (Steim1, 4096-byte records) after the day: decoded, compared.
+    part = ref.copy().trim(ref.stats.starttime + 1000, ref.stats.starttime + 4000)
+    again = io.BytesIO()
+    obspy.Stream([part]).write(again, format="MSEED", reclen=4096, encoding="STEIM1")
+    dup.write_bytes(data + again.getvalue())
+    (arr,) = read_waveforms([dup], stations=stations)
+    np.testing.assert_array_equal(arr.values[0, 0], ref.data.astype(np.float32))
+    assert "2 record(s) repeat samples" in arr.attrs["reader_warnings"][0]
+    mixed = shared_data / "seismic/mseed_libmseed/testdata-oneseries-mixedlengths-mixedorder.mseed2"
+    (arr,) = read_waveforms([mixed], stations=stations)
+    st = obspy.read(str(mixed))
+    st.merge(method=0)
+    (ref,) = st
+    np.testing.assert_array_equal(arr.values[0, 0], ref.data.astype(np.float32))
+    assert "4 record(s) lie out of time order in the file (first: record 4 (byte 9344, " \
+        "starting 2010-02-27T06:51:04.069Z))" in arr.attrs["reader_warnings"][0]  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # Defect 11: byte-reproducible lzf shards
 

@@ -265,23 +265,24 @@ def _load(ref: _Ref) -> _Piece:
     m, n_ref, n_step = raw.shape[:3]
     values = raw.reshape(m, n_ref * n_step, *raw.shape[3:])  # (M, T, H, W), reference-time major
     time = np.asarray(cube["valid_time"].values).astype("datetime64[ns]").reshape(-1)
+    # A field cfgrib did not find in the file is filled in as all-NaN: (M, T) True where absent.
+    absent = np.all(np.isnan(values), axis=(2, 3))
     if n_step > 1:
         # A forecast hypercube (time × step) is ragged in practice (accumulations at 06/18 UTC
-        # with steps 1..12): cfgrib fills absent (time, step) messages with NaN. Drop those.
-        present = ~np.all(np.isnan(values), axis=(0, 2, 3))
-        values, time = values[:, present], time[present]
-    else:
-        # In an analysis hypercube an all-NaN field is a message cfgrib did not find (a file
-        # cut or damaged between messages), filled in: refuse, naming it.
-        absent = np.all(np.isnan(values), axis=(2, 3))  # (M, T)
-        if absent.any() and not absent.all():
-            m0, t0 = np.argwhere(absent)[0]
-            raise ReaderError(
-                path,
-                f"{ref.info.name}: {int(absent.sum())} of {absent.size} fields are missing from "
-                f"the file (first: member {members[m0]}, {time[t0]}): it is truncated or damaged "
-                "between messages. Fix: re-download it.",
-            )
+        # with steps 1..12): a (time, step) that no member has is not in the file. Drop those.
+        present = ~absent.all(axis=0)
+        values, time, absent = values[:, present], time[present], absent[:, present]
+    # Any other absent field is a hole in the hypercube: a valid time that some members lack
+    # (a file cut or damaged between messages). Refuse, naming it. (All absent: the variable
+    # has no valid value, which the store refuses by name.)
+    if absent.any() and not absent.all():
+        m0, t0 = np.argwhere(absent)[0]
+        raise ReaderError(
+            path,
+            f"{ref.info.name}: {int(absent.sum())} of {absent.size} fields are missing from "
+            f"the file (first: member {members[m0]}, {time[t0]}): it is truncated or damaged "
+            "between messages. Fix: re-download it.",
+        )
     order = np.argsort(time, kind="stable")
     values, time = values[:, order], time[order]
     if len(time) > 1 and np.any(time[1:] == time[:-1]):
@@ -340,13 +341,32 @@ def _check_same(ref: _Piece, p: _Piece) -> None:
                 f"{p.ref.info.name!r} has a different {what} axis than {ref.ref.info.name!r} in "
                 f"{ref.ref.path}. Fix: regrid them to one grid before ingest.",
             )
+    # Within one file a mismatch is a hole in its hypercube: fields cut or damaged away.
+    hole = (
+        "some fields of the file are missing, as when it is cut or damaged between messages. "
+        "Fix: re-download it; if the request itself was ragged, read variables that share their "
+    )
+    one_file = p.ref.path == ref.ref.path
     if not np.array_equal(p.members, ref.members):
+        if one_file:
+            raise ReaderError(
+                p.ref.path,
+                f"{p.ref.info.name!r} has members {p.members.tolist()} but "
+                f"{ref.ref.info.name!r} {ref.members.tolist()}: {hole}members.",
+            )
         raise ReaderError(
             p.ref.path,
             f"{p.ref.info.name!r} has members {p.members.tolist()}, {ref.ref.info.name!r} in "
             f"{ref.ref.path} has {ref.members.tolist()}. Fix: pass one ensemble per call.",
         )
     if not np.array_equal(p.time, ref.time):
+        if one_file:
+            raise ReaderError(
+                p.ref.path,
+                f"{p.ref.info.name!r} has fields at {len(p.time)} valid times and "
+                f"{ref.ref.info.name!r} at {len(ref.time)} (first difference: "
+                f"{_first_difference(p.time, ref.time)}): {hole}valid times.",
+            )
         raise ReaderError(
             p.ref.path,
             f"{p.ref.info.name!r} and {ref.ref.info.name!r} ({ref.ref.path}) cover different "

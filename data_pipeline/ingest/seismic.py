@@ -28,7 +28,6 @@ Conventions
 from __future__ import annotations
 
 import re
-import struct
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import numpy as np
 
 from ..variables import VariableInfo
 from .base import ReaderError, SeriesArray
+from .mseed_records import MSEED3, MSEED3_REFUSAL, check_record_times, mseed_records
 
 if TYPE_CHECKING:  # obspy takes a while to import: it is loaded when a file is read
     from obspy import Trace
@@ -142,8 +142,8 @@ def _read_file(path: Path) -> list[_Piece]:
     if not path.is_file():
         raise ReaderError(path, "no such file. Fix: check the path in the source config.")
     with path.open("rb") as fh:
-        if fh.read(3) == _MSEED3:  # obspy would call it an unknown format (damage, re-download)
-            raise ReaderError(path, _MSEED3_REFUSAL)
+        if fh.read(3) == MSEED3:  # obspy would call it an unknown format (damage, re-download)
+            raise ReaderError(path, MSEED3_REFUSAL)
     try:
         # A file object (not the name) so obspy never treats the path as a glob or URL.
         with warnings.catch_warnings(record=True) as caught, path.open("rb") as fh:
@@ -175,8 +175,11 @@ def _read_file(path: Path) -> list[_Piece]:
     if "MSEED" in formats:
         # libmseed drops a final record cut short without a word when the file holds records of
         # several lengths, and skips records it cannot parse: walk the records' own headers and
-        # compare the samples they promise with the samples obspy decoded.
-        promised = mseed_record_samples(path)
+        # compare the samples they promise with the samples obspy decoded; then check that
+        # the records' rates and times agree with each other (mseed_records.py).
+        data = path.read_bytes()
+        records = mseed_records(path, data)
+        promised = sum(r.nsamples for r in records)
         decoded = sum(int(tr.stats.npts) for tr in stream)
         if promised != decoded:
             raise ReaderError(
@@ -184,6 +187,7 @@ def _read_file(path: Path) -> list[_Piece]:
                 f"its record headers promise {promised} samples but {decoded} were decoded: "
                 "records are damaged or missing. Fix: re-download the file or repair it.",
             )
+        notes += check_record_times(path, records, data)
     for tr in stream:
         if tr.data.dtype.kind == "S":  # encoding 0 (ASCII): log or console text, not samples
             raise ReaderError(
@@ -212,120 +216,6 @@ def _read_file(path: Path) -> list[_Piece]:
                 "other channels (mass positions, state of health) out of the file.",
             )
     return [_Piece(path, tr, notes) for tr in stream]
-
-
-_MSEED3 = b"MS\x03"
-_MSEED3_REFUSAL = (
-    "is miniSEED 3 (it starts with 'MS' and format version 3), which this reader does not "
-    "support. Fix: convert it to miniSEED 2 (e.g. with EarthScope's mseedconvert, or by "
-    "reading it with pymseed and writing format version 2) and ingest that."
-)
-
-
-def _is_data_header(data: bytes, off: int) -> bool:
-    """A plausible miniSEED 2 fixed data header at ``off`` (libmseed's MS2_ISVALIDHEADER):
-    sequence number of digits/spaces, quality D/R/Q/M, a space, and a valid start time."""
-    if off + 48 > len(data):
-        return False
-    if not all(c in b"0123456789 \x00" for c in data[off : off + 6]):
-        return False
-    if data[off + 6 : off + 7] not in (b"D", b"R", b"Q", b"M") or data[off + 7] not in b" \x00":
-        return False
-    for order in "><":
-        year, day = struct.unpack_from(f"{order}HH", data, off + 20)
-        hour, minute, second = data[off + 24], data[off + 25], data[off + 26]
-        if 1900 <= year <= 2100 and 1 <= day <= 366 and hour < 24 and minute < 60 and second < 61:
-            return True
-    return False
-
-
-def _detected_length(data: bytes, off: int, path: Path) -> int:
-    """Length of a data record without blockette 1000, as libmseed finds it: the distance to
-    the next record header, searched at 64-byte steps; the last record runs to the end of the
-    file. Either way a record length is a power of two from 128 B (SEED manual v2.4 ch. 8)."""
-    size = len(data)
-    k = off + 64
-    while k + 48 <= size and not _is_data_header(data, k):
-        k += 64
-    length = (k if k + 48 <= size else size) - off
-    if length < 128 or length & (length - 1):
-        raise ReaderError(
-            path,
-            f"data record at byte {off} has no blockette 1000 and no record header follows it "
-            f"at a power-of-two distance ({length} B): the file is damaged or truncated. Fix: "
-            "re-download it.",
-        )
-    return length
-
-
-def _b1000_length(data: bytes, off: int, order: str, path: Path) -> int | None:
-    """Record length from blockette 1000 of the data record at ``off`` (None if it has none)."""
-    (b,) = struct.unpack_from(f"{order}H", data, off + 46)  # first blockette, from record start
-    seen = set()
-    while b and b not in seen and off + b + 7 <= len(data):
-        seen.add(b)
-        btype, nxt = struct.unpack_from(f"{order}HH", data, off + b)
-        if btype == 1000:
-            exponent = data[off + b + 6]
-            if not 7 <= exponent <= 20:
-                raise ReaderError(path, f"record at byte {off}: record length 2**{exponent}")
-            return 1 << exponent
-        b = nxt
-    return None
-
-
-def _control_length(data: bytes, off: int, path: Path) -> int:
-    """Logical record length of a full-SEED volume: blockette 010's exponent, else (a volume
-    cut from a larger one) the length of its first data record, found on a 256 B boundary."""
-    if data[off + 8 : off + 11] == b"010":  # ASCII "010", length(4), version(4), exponent(2)
-        return 1 << int(data[off + 19 : off + 21])
-    for k in range(off + 256, len(data) - 48, 256):
-        if data[k + 6 : k + 7] in (b"D", b"R", b"Q", b"M") and data[k : k + 6].isdigit():
-            order = ">" if 1900 <= struct.unpack_from(">H", data, k + 20)[0] <= 2100 else "<"
-            length = _b1000_length(data, k, order, path)
-            if length is not None:
-                return length
-    raise ReaderError(path, f"control record at byte {off}: no record length (no blockette 010)")
-
-
-def mseed_record_samples(path: Path) -> int:
-    """Walk a miniSEED 2 / full-SEED file record by record (SEED manual v2.4 ch. 8) and return
-    the number of samples its data-record headers declare. A record that runs past the end of
-    the file (truncation) or a header that is not a record header (damage) is a ReaderError."""
-    data = path.read_bytes()
-    size, off, total, control_length = len(data), 0, 0, None
-    if data[:3] == _MSEED3:
-        raise ReaderError(path, _MSEED3_REFUSAL)
-    while off < size:
-        if size - off < 48:
-            raise ReaderError(path, f"the last {size - off} B are a partial record: truncated")
-        kind = data[off + 6 : off + 7]
-        if kind in (b"V", b"A", b"S", b"T"):  # full-SEED control header
-            if control_length is None:
-                control_length = _control_length(data, off, path)
-            length = control_length
-        elif kind in (b"D", b"R", b"Q", b"M"):
-            # Byte order from the start year (bytes 20-21), as libmseed does.
-            order = ">" if 1900 <= struct.unpack_from(">H", data, off + 20)[0] <= 2100 else "<"
-            (nsamples,) = struct.unpack_from(f"{order}H", data, off + 30)
-            length = _b1000_length(data, off, order, path) or control_length
-            if length is None:  # no blockette 1000 (SEED 2.3 and older writers)
-                length = _detected_length(data, off, path)
-            total += nsamples
-        else:
-            raise ReaderError(
-                path,
-                f"byte {off} does not start a miniSEED record (quality code {kind!r}): the file "
-                "is damaged. Fix: re-download it.",
-            )
-        if off + length > size:
-            raise ReaderError(
-                path,
-                f"the record at byte {off} is {length} B long but the file ends {size - off} B "
-                "after its start: the file is truncated. Fix: re-download it.",
-            )
-        off += length
-    return total
 
 
 def _merge(pieces: list[_Piece], component: str, step_ns: int, fill_gaps: FillGaps) -> _Channel:
