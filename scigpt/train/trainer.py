@@ -233,7 +233,7 @@ def train(
     from scigpt.models.vit import ModelSpec
     from scigpt.parallel.engine import build_engine
     from scigpt.parallel.topology import Topology
-    from scigpt.train.checkpoint import CheckpointManager, read_info, tag_of
+    from scigpt.train.checkpoint import CheckpointManager, read_info, step_of, tag_of
     from scigpt.train.metrics import MetricsLogger, detect_peak_tflops, read_metrics
 
     cfg = loaded.config
@@ -827,6 +827,12 @@ def train(
         if saved_at != steps
         else run.checkpoints / tag_of(steps)
     )  # fmt: skip
+    # With validation, the test scores the best validation checkpoint: the run's choice of
+    # step is made on the validation block, never on the test block.
+    tested = ckpts.best() if val_ds is not None else None
+    if tested is not None and tested != tag_of(steps):
+        ckpts.load(engine, tested, restore_rng_state=False)
+    tested = tested or tag_of(steps)
     test = evaluate_forecast(forecaster, test_ds, weights, device, batch_size=8)
     if series_test:
         from scigpt.eval.series import evaluate_series
@@ -839,7 +845,7 @@ def train(
             for name, ds in series_test.items()
             if len(ds)
         }  # fmt: skip
-    files: dict[str, Path] = {"checkpoint": ckpt}
+    files: dict[str, Path] = {"checkpoint": ckpt, "tested": run.checkpoints / tested}
     if is_main:
         assert logger is not None
         samples = steps * accum * cfg.schedule.micro_batch_size * topo.dp
@@ -847,6 +853,8 @@ def train(
             {
                 "kind": "test",
                 **test["summary"],
+                "checkpoint_step": step_of(tested),
+                **_wins_and_losses(test, store.names),
                 **{
                     f"{name}/{k}": v
                     for name, res in test.get("series", {}).items()
@@ -868,6 +876,22 @@ def train(
     return TrainResult(
         run_dir=run.path, steps=steps, final_loss=loss, test=test, files=files, main=is_main
     )
+
+
+def _wins_and_losses(test: dict[str, Any], names: list[str]) -> dict[str, list[str]]:
+    """The scored variables whose test RMSE is below persistence's, and those above it."""
+    scored = test.get("scored") or [True] * len(names)
+    pairs = [
+        (n, float(m), float(p))
+        for n, m, p, ok in zip(
+            names, test["rmse_model"], test["rmse_persistence"], scored, strict=True
+        )
+        if ok
+    ]
+    return {
+        "better_than_persistence": [n for n, m, p in pairs if m < p],
+        "worse_than_persistence": [n for n, m, p in pairs if m >= p],
+    }
 
 
 def _write_memory(run: RunDir, engine, layout, rank: int, world: int) -> None:
