@@ -19,12 +19,13 @@ import csv
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
 from scigpt.atomic import atomic_write_text
-from scigpt.config_loader import load_config
+from scigpt.config_loader import LoadedConfig, load_config
 
 
 def run_name(index: int, seed: int) -> str:
@@ -139,6 +140,20 @@ def select(
         sets = [f"{k}={json.dumps(v)}" for k, v in sel.candidates[i].items()]
         _train(config, [*shared, *sets, f"seed={seed}"], name, out, env)
 
+    return choose(loaded, out, overrides=overrides, config=config)
+
+
+def choose(
+    loaded: LoadedConfig,
+    out: Path,
+    *,
+    overrides: Sequence[str] = (),
+    config: Path | None = None,
+) -> dict[str, Any]:
+    """The choice from the finished runs in ``out/runs`` (validation scores only), the chosen
+    candidate's test scores, ``selection.json`` and ``selection.md``."""
+    cfg = loaded.config
+    sel = cfg.selection
     metric = cfg.eval.metric
     candidates = []
     for i, cand in enumerate(sel.candidates):
@@ -160,8 +175,8 @@ def select(
     first = next(iter(runs.values()))
     gains = [r["test_gain"] for r in runs.values()]
     result = {
-        "config": str(config),
-        "overrides": overrides,
+        "config": str(config or loaded.path),
+        "overrides": list(overrides),
         "metric": metric,
         "seeds": list(sel.seeds),
         "samples": {
