@@ -140,16 +140,17 @@ DP_COMMON = ["--set", "logging.progress=false", "--set", "logging.every=1",
 # The same 18 samples a step in every layout: one process with micro-batch 18, or micro-batches
 # of 9 (two data-parallel ranks, or two micro-batches of one pipeline).
 MB18 = ["--set", "schedule.micro_batch_size=18"]
-MB9x2 = ["--set", "schedule.micro_batch_size=9", "--set", "schedule.grad_accum=2"]
+MB9 = ["--set", "schedule.micro_batch_size=9"]  # set here: the demo's own is 7
+MB9x2 = [*MB9, "--set", "schedule.grad_accum=2"]
 LAYOUTS = {
-    "z1": (2, ["--set", "parallel.zero_stage=1"]),
-    "z2": (2, ["--set", "parallel.zero_stage=2"]),
-    "z3": (2, ["--set", "parallel.zero_stage=3"]),
+    "z1": (2, ["--set", "parallel.zero_stage=1", *MB9]),
+    "z2": (2, ["--set", "parallel.zero_stage=2", *MB9]),
+    "z3": (2, ["--set", "parallel.zero_stage=3", *MB9]),
     "tp2": (2, ["--set", "parallel.tp=2", *MB18]),
-    "dp2xtp2": (4, ["--set", "parallel.tp=2", "--set", "schedule.micro_batch_size=9"]),
+    "dp2xtp2": (4, ["--set", "parallel.tp=2", *MB9]),
     "pp2": (2, ["--set", "parallel.pp=2", *MB9x2]),
     "tp2xpp2": (4, ["--set", "parallel.tp=2", "--set", "parallel.pp=2", *MB9x2]),
-    "bf16": (2, ["--set", "precision=bf16"]),
+    "bf16": (2, ["--set", "precision=bf16", *MB9]),
 }
 
 
