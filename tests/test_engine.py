@@ -306,6 +306,13 @@ def test_resume_pp2_checkpoint_at_one_process(layout_run, tmp_path, torch_extens
     a, b = _curves(tmp_path / "same"), _curves(tmp_path / "moved")
     assert b[21][0] == pytest.approx(a[21][0], rel=1e-6)
     assert sorted(b) == list(range(1, 23))
+    # Both score the test at the best validation checkpoint, a pp2 one: loaded as saved by the
+    # pp2 resume, resharded into one process by the moved one (the same forecasts, fp32 1e-5).
+    tests = [[r for r in read_metrics(tmp_path / n / "metrics.jsonl") if r["kind"] == "test"][-1]
+             for n in ("same", "moved")]  # fmt: skip
+    best = (tmp_path / "moved" / "checkpoints" / "best").read_text()
+    assert tests[0]["checkpoint_step"] == tests[1]["checkpoint_step"] == int(best[5:]) < 22
+    assert tests[1]["rmse_model"] == pytest.approx(tests[0]["rmse_model"], rel=1e-5)
 
 
 @pytest.mark.slow

@@ -831,7 +831,18 @@ def train(
     # step is made on the validation block, never on the test block.
     tested = ckpts.best() if val_ds is not None else None
     if tested is not None and tested != tag_of(steps):
-        ckpts.load(engine, tested, restore_rng_state=False)
+        best_info = read_info(run.checkpoints / tested)
+        best_layout = (
+            Topology.of(**best_info["layout"]) if best_info
+            else reshard.checkpoint_layout(run.checkpoints / tested)
+        )  # fmt: skip
+        if best_layout == layout:
+            ckpts.load(engine, tested, restore_rng_state=False)
+        else:  # saved before a resume at another layout: its weights, resharded (no optimizer)
+            reshard.load_full_state(
+                engine.module, reshard.consolidate(run.checkpoints / tested),
+                heads=cfg.model.heads, tp=topo.tp, tp_rank=groups.tp_rank if groups else 0,
+            )  # fmt: skip
     tested = tested or tag_of(steps)
     test = evaluate_forecast(forecaster, test_ds, weights, device, batch_size=8)
     if series_test:
