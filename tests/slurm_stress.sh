@@ -21,9 +21,10 @@ stress-ng --cpu "$CPUS" --timeout 0 --quiet &
 stress=$!
 trap 'kill "$stress" 2>/dev/null; wait "$stress" 2>/dev/null; rm -rf "$work"' EXIT
 sleep 2
+commit="$(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"  # before the log grows
 {
   echo
-  echo "## $(date -u +%Y-%m-%dT%H:%MZ)  commit $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
+  echo "## $(date -u +%Y-%m-%dT%H:%MZ)  commit $commit"
   echo "stress-ng --cpu $CPUS on $CPUS cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
   echo "tests: $TESTS"
 } >> "$LOG"
@@ -39,7 +40,7 @@ for i in $(seq 1 "$ROUNDS"); do
     grep -E '^[0-9.]+s (call|setup) ' "$work/round$i.log" | head -n 3 | sed 's/^/    /'
     grep -E '^(FAILED|ERROR) ' "$work/round$i.log" | sed 's/^/    /'
   } >> "$LOG"
-  if [ "$rc" != 0 ]; then cp "$work/round$i.log" "docs/slurm_stress_round$i.failed.log"; fi
+  if [ "$rc" != 0 ]; then cp "$work/round$i.log" "${LOG%.log}_round$i.failed.log"; fi
 done
 echo "rounds failed: $failed of $ROUNDS" >> "$LOG"
 tail -n $((ROUNDS * 5 + 5)) "$LOG"
