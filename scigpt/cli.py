@@ -7,6 +7,7 @@ error (printed without a traceback, naming the key and the fix; ``SCIGPT_DEBUG=1
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -86,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: config)")
+    p.add_argument(
+        "--select",
+        action="store_true",
+        help="rerun the demo's model selection: every candidate of its selection: block at "
+        "every seed, chosen on the validation hours; print the tables (a rerun continues; "
+        "exit 1 if the shipped config is not the chosen candidate)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="with --select: the selection directory (default: $SCIGPT_RUNS/demo-select)",
+    )
     _add_config_args(p, config=False)
     _add_run_args(p)
 
@@ -423,6 +437,8 @@ def _run_training(loaded, args: argparse.Namespace, *, demo: bool) -> int:
     gain = s["improvement_vs_persistence"]
     verdict = "better" if gain > 0 else "WORSE"
     print(f"  the model is {100 * abs(gain):.1f}% {verdict} than {base}")
+    if demo:
+        _print_demo_details(result)
     for name, res in result.test.get("series", {}).items():
         scores = ", ".join(f"{k} {v:.4g}" for k, v in res["summary"].items() if k != "n_windows")
         print(f"  {name} ({res['summary']['n_windows']} test windows): {scores}")
@@ -433,6 +449,30 @@ def _run_training(loaded, args: argparse.Namespace, *, demo: bool) -> int:
     print(f"  {'metrics':14s} {result.run_dir / 'metrics.jsonl'}")
     print(f"  {'tensorboard':14s} tensorboard --logdir {result.run_dir / 'tb'}")
     return EXIT_OK
+
+
+def _print_demo_details(result) -> None:
+    """The tested checkpoint and its validation score, and the test per variable."""
+    from scigpt.train.metrics import read_metrics
+
+    recs = read_metrics(result.run_dir / "metrics.jsonl")
+    test = [r for r in recs if r["kind"] == "test"][-1]
+    val = [r for r in recs if r["kind"] == "val" and r["step"] == test["checkpoint_step"]]
+    if val:
+        print(f"  tested: the best validation checkpoint, step {test['checkpoint_step']} "
+              f"(validation: {100 * val[-1]['improvement_vs_persistence']:+.1f}% against "
+              f"persistence)")  # fmt: skip
+    better, worse = test["better_than_persistence"], test["worse_than_persistence"]
+    print(f"  per variable: {len(better)} better than persistence, {len(worse)} worse "
+          f"(RMSE model vs persistence):")  # fmt: skip
+    with Path(result.files["rmse_csv"]).open() as f:
+        for row in csv.DictReader(f):
+            if row["variable"] == "mean":
+                continue
+            verdict = "better" if row["variable"] in better else "worse"
+            print(f"    {row['variable']:8s} {float(row['rmse_model']):.4f} vs "
+                  f"{float(row['rmse_persistence']):.4f}  "
+                  f"{100 * float(row['improvement']):+6.1f}%  {verdict}")  # fmt: skip
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -447,9 +487,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"schedule.steps={args.steps}")
+    if args.select:
+        return _demo_select(args, overrides)
+    if args.out is not None:
+        raise ValueError("--out is the selection directory: use it with --select")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     return _run_training(load_config(shipped_config(DEMO_CONFIG), overrides), args, demo=True)
+
+
+def _demo_select(args: argparse.Namespace, overrides: list[str]) -> int:
+    from scigpt.config_loader import shipped_config
+    from scigpt.rundir import runs_root
+    from scigpt.train.select import select
+
+    if args.seed is not None or args.run_name or args.resume:
+        raise ValueError(
+            "--select runs every candidate at the seeds of the config's selection: block, "
+            "each in its own run directory under --out: drop --seed, --run-name and --resume"
+        )
+    out = (args.out or (args.runs_dir or runs_root()) / "demo-select").resolve()
+    print(f"selection in {out} (a rerun continues where it stopped)")
+    res = select(shipped_config(DEMO_CONFIG), overrides, out)
+    print((out / "selection.md").read_text(), end="")
+    print(f"\nselection: {out / 'selection.json'}, {out / 'selection.md'}")
+    if res["config_differs"]:
+        print("the shipped config is not the chosen candidate", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:

@@ -402,6 +402,35 @@ class EvalConfig(_Strict):
     acc: bool = True  # false: no ACC (and no climatology needed)
 
 
+class SelectionConfig(_Strict):
+    """Model selection on the validation block (``scigpt demo --select``): each candidate (a few
+    config settings, written down before any result is seen) trains at each seed; the candidate
+    with the lowest mean best-validation ``eval.metric`` wins. The test block plays no part in
+    the choice: every run is scored on it once, at its best validation checkpoint."""
+
+    candidates: list[dict[str, Any]] = []  # each: {config key: value} overrides
+    seeds: list[NonNegInt] = [0, 1, 2]
+
+    @field_validator("candidates")
+    @classmethod
+    def _settings_only(cls, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, cand in enumerate(candidates):
+            if not cand:
+                raise ValueError(f"selection.candidates.{i} is empty: give it a config setting")
+            bad = [
+                k
+                for k in cand
+                if k in ("seed", "name", "data", "eval") or k.startswith(("data.", "eval."))
+            ]
+            if bad:
+                raise ValueError(
+                    f"selection.candidates.{i} sets {bad}: candidates may not change the data, "
+                    "its splits, the validation protocol or the seed (selection.seeds sets "
+                    "those); choose settings such as optim.lr"
+                )
+        return candidates
+
+
 class FinetuneConfig(_Strict):
     """Start from an exported model package (``scigpt finetune PACKAGE CONFIG`` sets
     ``package``). The model comes from the package; the data's variables absent from it are
@@ -480,6 +509,7 @@ class RunConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    selection: SelectionConfig = SelectionConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:

@@ -32,17 +32,22 @@ API of :class:`SlurmCluster` (the fixture's value)::
         # A refused submission raises SlurmError carrying sbatch's stderr.
     job(job_id) -> dict[str, str]
         # `scontrol show job -o <id>` as a dict: JobState, Reason, Restarts, ExitCode,
-        # StartTime, BatchHost, StdOut, ...
+        # StartTime, BatchHost, StdOut, ... A controller too busy to answer (socket timeout,
+        # connection refused) is asked again for up to 60 s before SlurmError.
     wait(job_id, states={"COMPLETED"}, timeout=120, release_requeued=True) -> dict[str, str]
         # polls job() until JobState is in `states` and returns the info; raises SlurmError
         # (job info + daemon log tails) on timeout, on a terminal state not in `states`, or on a
-        # held job (JobState REQUEUE_HOLD / SPECIAL_EXIT) unless that state is awaited. A job
-        # requeued and pending on Reason=BeginTime is released at once (see release()).
-    release(job_id)
+        # held job (JobState REQUEUE_HOLD / SPECIAL_EXIT) unless that state is awaited. Every
+        # other state (PENDING, CONFIGURING, RUNNING, COMPLETING, REQUEUED, SIGNALING, ...) is
+        # waited through. A job requeued and pending on Reason=BeginTime is released once
+        # (see release()).
+    release(job_id) -> bool
         # `scontrol update JobId=<id> StartTime=...`: a requeued job otherwise waits ~2 minutes
         # (the job credential lifetime) before it may start again. The start is set to at least
         # 2 s after the requeue (SubmitTime): slurmd refuses to launch a job whose credential
-        # is not newer (in whole seconds) than the kill of its previous run.
+        # is not newer (in whole seconds) than the kill of its previous run. Returns False, and
+        # changes nothing, when the job is no longer pending (it started meanwhile: on a busy
+        # machine the scheduler can beat the caller to it) or already starts early enough.
     signal_batch(job_id, sig="USR1")   # scancel --batch --signal=<sig>: the batch shell only
     signal_full(job_id, sig="USR1")    # scancel --full --signal=<sig>: batch shell and steps
     signal_steps(job_id, sig="USR1")   # scancel --signal=<sig>: the job's steps only
@@ -121,6 +126,33 @@ _KEY_RE = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=")
 
 class SlurmError(RuntimeError):
     """A Slurm command or job did not do what the test needed."""
+
+
+# What a Slurm client prints when the controller is too busy (or restarting) to answer: worth
+# asking again, not a failure of the job.
+TRANSIENT_ERRORS = (
+    "Socket timed out",
+    "Unable to contact slurm controller",
+    "Connection refused",
+    "connect failure",
+    "Communication connection failure",
+    "Resource temporarily unavailable",
+    "Zero Bytes were transmitted or received",
+    "Transport endpoint is not connected",
+)
+# A node state sinfo prints once slurmd has registered and the node takes jobs (suffixes such
+# as ~ # ! % $ @ ^ - + mark power or maintenance flags; * means "not responding": not ready).
+_READY_NODE = re.compile(r"^(idle|mix|mixed|alloc|allocated|completing|comp)[~#!%$@^+-]*$")
+
+
+def is_transient(output: str) -> bool:
+    """Whether a failed client's output says the controller did not answer in time."""
+    return any(m.lower() in output.lower() for m in TRANSIENT_ERRORS)
+
+
+def node_ready(state: str) -> bool:
+    """Whether an ``sinfo -h -N -o %t`` state means the node takes jobs."""
+    return bool(_READY_NODE.match(state.strip()))
 
 
 def parse_scontrol(line: str) -> dict[str, str]:
@@ -330,7 +362,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
 """
         self.conf.write_text(conf)
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 120) -> None:
         t0 = time.monotonic()
         self.write_config()
         log = self.conf_dir / "log"
@@ -355,7 +387,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
             self._check_alive()
             r = self.run("sinfo", "-h", "-N", "-o", "%t", check=False)
             state = r.stdout.strip()
-            if r.returncode == 0 and state in ("idle", "mix", "alloc"):
+            if r.returncode == 0 and node_ready(state):
                 self.startup_s = time.monotonic() - t0
                 return
             time.sleep(0.1)
@@ -444,15 +476,20 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
     ) -> subprocess.CompletedProcess[str]:
         """Run a Slurm client (sbatch, scontrol, ...) against this cluster, in ``env`` (default
         ``self.env``; SLURM_CONF is always set to this cluster's)."""
-        r = subprocess.run(
-            list(args),
-            env={**(self.env if env is None else env), "SLURM_CONF": str(self.conf)},
-            cwd=cwd,
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        try:
+            r = subprocess.run(
+                list(args),
+                env={**(self.env if env is None else env), "SLURM_CONF": str(self.conf)},
+                cwd=cwd,
+                input=input,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except subprocess.TimeoutExpired:  # a client stuck on a busy controller
+            r = subprocess.CompletedProcess(
+                list(args), 124, "", f"Socket timed out: {args[0]} did not return in 60 s"
+            )
         if check and r.returncode != 0:
             raise SlurmError(
                 f"{' '.join(args)} failed with exit code {r.returncode}:\n{r.stdout}{r.stderr}"
@@ -477,25 +514,51 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
             raise SlurmError(f"sbatch refused the job (exit {r.returncode}): {r.stderr.strip()}")
         return int(r.stdout.strip().split(";")[0])
 
-    def job(self, job_id: int | str) -> dict[str, str]:
-        """``scontrol show job -o <id>`` parsed (the first line for an array or het job)."""
-        r = self.run("scontrol", "show", "job", "-o", str(job_id))
-        return parse_scontrol(r.stdout.strip().splitlines()[0])
+    def job(self, job_id: int | str, *, patience: float = 60) -> dict[str, str]:
+        """``scontrol show job -o <id>`` parsed (the first line for an array or het job). A
+        controller too busy to answer is asked again for ``patience`` seconds."""
+        deadline = time.monotonic() + patience
+        delay = 0.2
+        while True:
+            r = self.run("scontrol", "show", "job", "-o", str(job_id), check=False)
+            if r.returncode == 0 and r.stdout.strip():
+                return parse_scontrol(r.stdout.strip().splitlines()[0])
+            if not is_transient(r.stdout + r.stderr) or time.monotonic() > deadline:
+                raise SlurmError(
+                    f"scontrol show job {job_id} failed with exit code {r.returncode}:\n"
+                    f"{r.stdout}{r.stderr}"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
-    def release(self, job_id: int | str) -> None:
-        """Let a requeued job start now instead of after its ~2 minute BeginTime delay.
+    def release(self, job_id: int | str) -> bool:
+        """Let a requeued job start now instead of after its ~2 minute BeginTime delay;
+        returns whether the start time was changed.
 
         Not quite now: slurmd refuses ("Job <id> already killed, do not launch batch job") a
         launch whose credential is not newer, in whole seconds, than the kill of the previous
         run, which happens when the job is requeued (its new SubmitTime). So the start is set
-        to at least SubmitTime + 2 s."""
+        to at least SubmitTime + 2 s. A job that is no longer pending (it started, or ended,
+        between the caller's look and this one: a busy machine does that) or that already
+        starts by then is left alone."""
         info = self.job(job_id)
-        start = "now"
+        if info.get("JobState") != "PENDING":
+            return False
+        now = datetime.now()
+        earliest = now
         with contextlib.suppress(KeyError, ValueError):
-            earliest = datetime.fromisoformat(info["SubmitTime"]) + timedelta(seconds=2)
-            if earliest > datetime.now():
-                start = earliest.isoformat(timespec="seconds")
-        self.run("scontrol", "update", f"JobId={job_id}", f"StartTime={start}")
+            earliest = max(now, datetime.fromisoformat(info["SubmitTime"]) + timedelta(seconds=2))
+        with contextlib.suppress(KeyError, ValueError):  # StartTime=Unknown: not set yet
+            if datetime.fromisoformat(info["StartTime"]) <= earliest + timedelta(seconds=1):
+                return False  # released already (by an earlier call)
+        start = "now" if earliest <= now else earliest.isoformat(timespec="seconds")
+        r = self.run("scontrol", "update", f"JobId={job_id}", f"StartTime={start}", check=False)
+        if r.returncode == 0:
+            return True
+        out = r.stdout + r.stderr
+        if "no longer pending" in out.lower() or self.job(job_id).get("JobState") != "PENDING":
+            return False  # it started (or ended) meanwhile: nothing to release
+        raise SlurmError(f"scontrol update JobId={job_id} StartTime={start} failed:\n{out}")
 
     def wait(
         self,

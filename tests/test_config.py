@@ -66,7 +66,7 @@ BAD_CONFIGS = [
     (
         "data.splits.train.end",
         "2020-01-01T21:00",
-        ["splits.train.end=2020-01-01T21:00:00 is after splits.test.start=2020-01-01T19:00:00"],
+        ["splits.train.end=2020-01-01T21:00:00 is after splits.val.start=2020-01-01T15:00:00"],
     ),
     ("data.splits.test.end", "2019-12-31T00:00", ["is before start=", "swap them"]),
     ("data.history", 0, ["data.history=0", "greater than 0"]),
@@ -148,7 +148,9 @@ def test_yaml_syntax_error_names_line(tmp_path):
 
 def test_yaml12_floats(tmp_path, demo_raw):
     p = tmp_path / "f.yaml"
-    p.write_text(yaml.safe_dump(demo_raw).replace("lr: 0.002", "lr: 2e-3"))
+    text = yaml.safe_dump({**demo_raw, "optim": {**demo_raw["optim"], "lr": 0.002}})
+    assert "  lr: 0.002\n" in text
+    p.write_text(text.replace("  lr: 0.002\n", "  lr: 2e-3\n"))  # PyYAML alone reads a string
     assert load_config(p).config.optim.lr == pytest.approx(2e-3)
 
 

@@ -236,16 +236,17 @@ DP_COMMON = ["--set", "logging.progress=false", "--set", "logging.every=1",
 # The same 18 samples a step in every layout: one process with micro-batch 18, or micro-batches
 # of 9 (two data-parallel ranks, or two micro-batches of one pipeline).
 MB18 = ["--set", "schedule.micro_batch_size=18"]
-MB9x2 = ["--set", "schedule.micro_batch_size=9", "--set", "schedule.grad_accum=2"]
+MB9 = ["--set", "schedule.micro_batch_size=9"]  # set here: the demo's own is 7
+MB9x2 = [*MB9, "--set", "schedule.grad_accum=2"]
 LAYOUTS = {
-    "z1": (2, ["--set", "parallel.zero_stage=1"]),
-    "z2": (2, ["--set", "parallel.zero_stage=2"]),
-    "z3": (2, ["--set", "parallel.zero_stage=3"]),
+    "z1": (2, ["--set", "parallel.zero_stage=1", *MB9]),
+    "z2": (2, ["--set", "parallel.zero_stage=2", *MB9]),
+    "z3": (2, ["--set", "parallel.zero_stage=3", *MB9]),
     "tp2": (2, ["--set", "parallel.tp=2", *MB18]),
-    "dp2xtp2": (4, ["--set", "parallel.tp=2", "--set", "schedule.micro_batch_size=9"]),
+    "dp2xtp2": (4, ["--set", "parallel.tp=2", *MB9]),
     "pp2": (2, ["--set", "parallel.pp=2", *MB9x2]),
     "tp2xpp2": (4, ["--set", "parallel.tp=2", "--set", "parallel.pp=2", *MB9x2]),
-    "bf16": (2, ["--set", "precision=bf16"]),
+    "bf16": (2, ["--set", "precision=bf16", *MB9]),
 }
 
 
@@ -401,6 +402,13 @@ def test_resume_pp2_checkpoint_at_one_process(layout_run, tmp_path, torch_extens
     a, b = _curves(tmp_path / "same"), _curves(tmp_path / "moved")
     assert b[21][0] == pytest.approx(a[21][0], rel=1e-6)
     assert sorted(b) == list(range(1, 23))
+    # Both score the test at the best validation checkpoint, a pp2 one: loaded as saved by the
+    # pp2 resume, resharded into one process by the moved one (the same forecasts, fp32 1e-5).
+    tests = [[r for r in read_metrics(tmp_path / n / "metrics.jsonl") if r["kind"] == "test"][-1]
+             for n in ("same", "moved")]  # fmt: skip
+    best = (tmp_path / "moved" / "checkpoints" / "best").read_text()
+    assert tests[0]["checkpoint_step"] == tests[1]["checkpoint_step"] == int(best[5:]) < 22
+    assert tests[1]["rmse_model"] == pytest.approx(tests[0]["rmse_model"], rel=1e-5)
 
 
 @pytest.mark.slow

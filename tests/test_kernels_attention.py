@@ -285,7 +285,12 @@ def test_config_constraints(fa):
 
 def test_config_switches_route_the_model_through_the_kernels(fa, monkeypatch):
     """``model.attention: triton`` and ``model.patch_embed: triton`` build the same model (same
-    parameters, same state-dict keys) whose forward matches the PyTorch paths (fp32, 1e-5)."""
+    parameters, same state-dict keys) whose forward matches the PyTorch paths (fp32, 1e-5).
+
+    The forecast head is zero-initialised (the model starts as persistence), which would make
+    both forecasts exactly the input whatever attention returned: it is randomised first, and
+    the forecast's change must be far from zero (tests/test_sensitivity.py replaces the kernels
+    with zeros and noise and checks that this test then fails)."""
     from scigpt.config import ModelConfig
     from scigpt.models.build import build_model, materialise
     from scigpt.models.vit import ModelSpec
@@ -300,6 +305,11 @@ def test_config_switches_route_the_model_through_the_kernels(fa, monkeypatch):
     assert ref.state_dict().keys() == fused.state_dict().keys()
     for (name, a), b in zip(ref.state_dict().items(), fused.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+    g = torch.Generator().manual_seed(1)
+    head = torch.randn(ref.head.weight.shape, generator=g).to(DEVICE)  # not zero: see above
+    with torch.no_grad():
+        ref.head.weight.copy_(head)
+        fused.head.weight.copy_(head)
     g = torch.Generator().manual_seed(0)
     batch = {
         "fields": torch.randn(2, 3, 2, 13, 10, generator=g).to(DEVICE),
@@ -312,4 +322,6 @@ def test_config_switches_route_the_model_through_the_kernels(fa, monkeypatch):
         out, want = fused(batch), ref(batch)
     delta = out - batch["fields"][:, :, -1]
     want_delta = want - batch["fields"][:, :, -1]
+    # the change the model forecasts is of the order of the inputs, not a rounding residue
+    assert want_delta.norm() > 0.1 * batch["fields"][:, :, -1].norm(), want_delta.norm()
     assert rel_err(delta, want_delta) < 1e-5

@@ -11,7 +11,13 @@ import torch
 
 from scigpt.config import ModelConfig
 from scigpt.models.build import build_model, materialise
-from scigpt.models.objectives import Objectives, forecast_loss, masked_loss, total_loss
+from scigpt.models.objectives import (
+    Objectives,
+    forecast_loss,
+    masked_loss,
+    pooled_loss,
+    total_loss,
+)
 from scigpt.models.vit import ModelSpec
 
 CFG = ModelConfig(patch_size=4, embed_dim=32, depth=2, heads=4, series_patch=10)
@@ -168,11 +174,62 @@ def test_forecast_loss_latitude_weighting_by_hand():
 
 
 def test_pooled_regression_ignores_missing_targets():
+    """The pooled loss by hand (numpy): the squared error of the head's outputs over the
+    targets that are present; a missing target adds nothing."""
     m = _model()
     batch = _series()
     batch["targets"][0, 1] = float("nan")
     loss, parts = total_loss(m, batch, Objectives(forecast=0, pooled=1.0))
-    assert np.isfinite(float(loss)) and set(parts) == {"pooled"}
+    assert np.isfinite(float(loss.detach())) and set(parts) == {"pooled"}
+    with torch.no_grad():
+        out = m.pooled(m.encode(batch)).double().numpy()
+    y = batch["targets"].double().numpy()
+    ok = np.isfinite(y)
+    assert float(loss.detach()) == pytest.approx(float(((out - y)[ok] ** 2).mean()), rel=1e-6)
+    assert float(pooled_loss(m, batch, Objectives(pooled=1.0)).detach()) == float(loss.detach())
+
+
+def test_heads_against_hand_computations():
+    """Each head against its formula with the layer norm written out (float64 numpy): the
+    forecast head puts variable v's row of decoded pixels at its patch; the reconstruction head
+    decodes each variable's patch values with that variable's row; the pooled head reads the
+    mean token."""
+    m = _model()
+    g = torch.Generator().manual_seed(5)
+    for p in m.parameters():
+        p.data.normal_(generator=g)  # no zero head, no unit norm: every parameter shows
+    x = torch.randn(2, 12, 32, generator=g, dtype=torch.float32)  # (B, N, D): 4 x 3 tokens
+
+    def ln(t, mod):
+        t = t.double().numpy()
+        mu, var = t.mean(-1, keepdims=True), t.var(-1, keepdims=True)
+        w, b = mod.weight.detach().double().numpy(), mod.bias.detach().double().numpy()
+        return (t - mu) / np.sqrt(var + mod.eps) * w + b
+
+    var_ids = torch.tensor([4, 0, 2])
+    with torch.no_grad():
+        rec = m.reconstruct(x, var_ids, grid=True).double().numpy()  # (B, V, N, K)
+        fc = m.head(x, var_ids, 13, 10).double().numpy()  # (B, V, H, W)
+        pooled = m.pooled(x).double().numpy()  # (B, targets)
+    xn = ln(x, m.reconstruct.norm)
+    wr, br = m.reconstruct.grid.detach().double(), m.reconstruct.grid_bias.detach().double()
+    for j, v in enumerate(var_ids.tolist()):
+        want = xn @ wr[v].numpy().T + br[v].numpy()  # (B, N, K)
+        np.testing.assert_allclose(rec[:, j], want, rtol=1e-4, atol=1e-4)
+    xf = ln(x, m.head.norm)
+    wf, bf = m.head.weight.detach().double(), m.head.bias.detach().double()
+    for j, v in enumerate(var_ids.tolist()):
+        pix = xf @ wf[v].numpy().T + bf[v].numpy()  # (B, N, p*p)
+        for n in range(12):
+            r, c = divmod(n, 3)
+            block = pix[:, n].reshape(2, 4, 4)[:, : 13 - 4 * r, : 10 - 4 * c]
+            np.testing.assert_allclose(
+                fc[:, j, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4], block, rtol=1e-4, atol=1e-4
+            )
+    xp = ln(x.mean(1), m.pooled.norm)
+    want = xp @ m.pooled.proj.weight.detach().double().numpy().T
+    np.testing.assert_allclose(pooled, want + m.pooled.proj.bias.detach().numpy(), rtol=1e-4,
+                               atol=1e-4)  # fmt: skip
 
 
 def test_tiny_model_overfits_one_real_batch(sample_era5_dir: Path, tmp_path: Path):

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from scigpt.data_pipeline.sampler import DistributedSampler
@@ -92,8 +92,7 @@ def _reference_streams(
 @FAST
 @given(n_samples=sizes, world=worlds, n=batches, policy=policies, seed=seeds)
 def test_epochs_partition_and_cover(n_samples, world, n, policy, seed):
-    if policy == "drop" and n_samples < n * world:
-        return  # refused; see test_drop_refuses_epoch_shorter_than_a_step
+    assume(policy == "pad" or n_samples >= n * world)  # else refused: see the drop test below
     group = _group(n_samples, world, seed=seed, policy=policy)
     k = _steps_per_epoch(n_samples, n * world, policy)
     for epoch in range(2):
@@ -108,15 +107,14 @@ def test_epochs_partition_and_cover(n_samples, world, n, policy, seed):
 
 
 @FAST
-@given(n_samples=sizes, world=worlds, n=batches, seed=seeds, steps=st.integers(1, 40))
-def test_matches_epoch_level_reference(n_samples, world, n, seed, steps):
-    for policy in ("pad", "drop"):
-        if policy == "drop" and n_samples < n * world:
-            continue
-        group = _group(n_samples, world, seed=seed, policy=policy)
-        got = [[s.next_indices(n).tolist() for _ in range(steps)] for s in group]
-        want = _reference_streams(n_samples, world, n, steps, seed=seed, policy=policy)
-        assert got == want
+@given(n_samples=sizes, world=worlds, n=batches, policy=policies, seed=seeds,
+       steps=st.integers(1, 40))  # fmt: skip
+def test_matches_epoch_level_reference(n_samples, world, n, policy, seed, steps):
+    assume(policy == "pad" or n_samples >= n * world)
+    group = _group(n_samples, world, seed=seed, policy=policy)
+    got = [[s.next_indices(n).tolist() for _ in range(steps)] for s in group]
+    want = _reference_streams(n_samples, world, n, steps, seed=seed, policy=policy)
+    assert got == want
 
 
 @FAST
@@ -130,6 +128,7 @@ def test_matches_epoch_level_reference(n_samples, world, n, seed, steps):
 def test_varying_n_keeps_each_epoch_disjoint(n_samples, world, ns, policy, seed):
     if policy == "drop":
         ns = [n for n in ns if n * world <= n_samples]
+        assume(ns)  # every step size of the draw is refused: nothing to check
     group = _group(n_samples, world, seed=seed, policy=policy)
     by_epoch: dict[int, list[int]] = {}
     for n in ns:
@@ -228,8 +227,7 @@ def test_no_shuffle_and_no_global_rng():
     more=st.integers(1, 30),
 )
 def test_resume_continues_uninterrupted_stream(n_samples, world, n, policy, seed, stop, more):
-    if policy == "drop" and n_samples < n * world:
-        return
+    assume(policy == "pad" or n_samples >= n * world)  # drop refuses an epoch shorter than a step
     whole = _group(n_samples, world, seed=seed, policy=policy)
     want = [[s.next_indices(n).tolist() for _ in range(stop + more)] for s in whole]
     first = _group(n_samples, world, seed=seed, policy=policy)
@@ -293,8 +291,7 @@ def _resize_run(n_samples, w1, w2, n, policy, seed, k, *, rebuild):
     frac=st.floats(0, 1, exclude_max=True),
 )
 def test_world_size_change_sees_each_sample_once(n_samples, w1, w2, n, policy, seed, frac):
-    if policy == "drop" and n_samples < n * max(w1, w2):
-        return
+    assume(policy == "pad" or n_samples >= n * max(w1, w2))  # drop refuses a short epoch
     k = int(frac * _steps_per_epoch(n_samples, n * w1, policy))
     stream, new = _resize_run(n_samples, w1, w2, n, policy, seed, k, rebuild=True)
     # Nothing seen twice (pad repeats aside), nothing skipped (a short drop tail aside).

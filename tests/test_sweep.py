@@ -143,6 +143,26 @@ def test_failed_points_are_retried_then_reported(tmp_path, torch_extensions_dir)
     assert "1 points, 0 to run" in proc.stdout
 
 
+def _wait_for_points(out: Path, points, *, stall: float = 300, cap: float = 3600) -> list[str]:
+    """The points' states once every one is done or failed. A busy machine runs them slowly
+    (the array took over 10 minutes under stress-ng): give up only when no status or metrics
+    file has changed for ``stall`` seconds, or after ``cap``."""
+    start = last = time.monotonic()
+    seen = None
+    while True:
+        states = [runner.read_status(out, p.name)["state"] for p in points]
+        if all(s in ("done", "failed") for s in states):
+            return states
+        files = [*out.glob("status/*.json"), *out.glob("runs/*/metrics.jsonl")]
+        stamp = max((f.stat().st_mtime_ns for f in files), default=0)
+        now = time.monotonic()
+        if stamp != seen:
+            seen, last = stamp, now
+        if now - last > stall or now - start > cap:
+            return states
+        time.sleep(2)
+
+
 @pytest.mark.slow
 def test_sweep_as_slurm_job_arrays(slurm, local_sweep, tmp_path, torch_extensions_dir):
     """The same sweep as one throttled job array on the test suite's real Slurm."""
@@ -154,12 +174,7 @@ def test_sweep_as_slurm_job_arrays(slurm, local_sweep, tmp_path, torch_extension
     assert len(runner.submit_arrays(sweep, out, points, env=env)) == 1  # one resource shape
     script = (out / "slurm" / "array0.sbatch").read_text()
     assert "#SBATCH --array=0-5%2" in script
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        states = [runner.read_status(out, p.name)["state"] for p in points]
-        if all(s in ("done", "failed") for s in states):
-            break
-        time.sleep(2)
+    states = _wait_for_points(out, points)
     assert states == ["done"] * 6, (states, slurm.logs())
     files = runner.report(out, sweep.spec.objective, sweep.spec.metric)
     for name in REPORT_FILES:

@@ -31,10 +31,12 @@ raised):
   (N, D) pairs (``fit_joint``); with 2 values of an axis its term and E cannot be told apart,
   so a 3 × 2 sweep gets none. Its compute-optimal exponents N_opt ∝ C^a, D_opt ∝ C^b use
   C = k·N·D with k estimated from the records (median of compute / (params · tokens)), or 6.
-* saturation (``saturation``) per axis at the largest value of the other one: model size at the
-  largest D, data at the largest N, compute along the frontier. The noise of one loss is the
-  joint fit's rms log-residual, else the line fits' pooled by degrees of freedom, so an axis
-  with only 2 values (no fit of its own) still gets the observed test.
+* saturation (``saturation``, one rule: the largest step fell short of the straight log-log
+  trend of the smaller ones beyond a one-sided 95 % bound, a 5 % false-alarm rate where the
+  power law holds) per axis at the largest value of the other one: model size at the largest
+  D, data at the largest N, compute along the frontier. The noise of one loss is the joint
+  fit's rms log-residual, else the line fits' pooled by degrees of freedom, else the trend's
+  own; an axis with fewer than 3 values is not determined.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from scigpt.atomic import atomic_write, atomic_write_text
+from scigpt.sweep.calibration import COVERAGE, SATURATION_CALIBRATION
 from scigpt.sweep.fit import (
     FrontierFit,
     JointFit,
@@ -186,17 +189,20 @@ def _best_per_pair(
     return best
 
 
-def _pooled_noise(joint: JointFit | None, fits: list[PowerLawFit]) -> tuple[float | None, str]:
-    """The relative noise of one loss: the joint fit's rms log-residual (all points, 5
-    parameters), else the line fits' pooled by degrees of freedom, else None (each fit's own)."""
+def _pooled_noise(
+    joint: JointFit | None, fits: list[PowerLawFit]
+) -> tuple[float | None, float | None, str]:
+    """The relative noise of one loss and its degrees of freedom: the joint fit's rms
+    log-residual (all points, 5 parameters), else the line fits' pooled by degrees of freedom,
+    else None (each trend's own)."""
     if joint is not None:
-        return joint.residual_scale, "the joint fit's rms log-residual"
+        return joint.residual_scale, joint.n_points - 5, "the joint fit's rms log-residual"
     dof = [(f.n_points - len(f.params), f.residual_scale) for f in fits]
     total = sum(k for k, _ in dof)
     if not total:
-        return None, "the axis fit's own rms log-residual"
+        return None, None, "the trend's own rms log-residual"
     pooled = math.sqrt(sum(k * s**2 for k, s in dof) / total)
-    return pooled, f"the rms log-residual pooled over {len(fits)} line fit(s), {total} dof"
+    return pooled, total, f"the rms log-residual pooled over {len(fits)} line fit(s), {total} dof"
 
 
 def _saturation_entry(
@@ -205,19 +211,20 @@ def _saturation_entry(
     fit: PowerLawFit | None,
     why: str,
     where: dict[str, Any],
-    noise: tuple[float | None, str],
+    noise: tuple[float | None, float | None, str],
 ) -> dict[str, Any]:
-    """``saturation`` of one axis; without a fit, the observed test alone (needs a pooled
-    noise level and 2 distinct x)."""
-    if fit is None and (noise[0] is None or len(np.unique(x)) < 2):
-        return {"status": "not determined", "reason": why or NOT_ENOUGH, **where}
+    """``saturation`` of one axis (needs 3 distinct values), with the pooled noise when there
+    is one."""
+    if len(np.unique(x)) < 3:
+        k = len(np.unique(x))
+        return {"status": "not determined", "reason": f"{NOT_ENOUGH}: {k} distinct value"
+                f"{'s' * (k != 1)} (the test needs 3)", **where}  # fmt: skip
     try:
-        found = saturation(x, y, fit, level=fit.level if fit else 0.95, noise=noise[0])
+        found = saturation(x, y, fit, noise=noise[0], noise_dof=noise[1])
     except FIT_ERRORS as e:
         return {"status": "not determined", "reason": str(e), **where}
-    source = noise[1] if noise[0] is not None else "the axis fit's own rms log-residual"
-    extra = {} if fit else {"fit": why}
-    return {"status": "ok", **where, **found, "noise_source": source, **extra}
+    source = noise[2] if noise[0] is not None else "the trend's own rms log-residual"
+    return {"status": "ok", **where, **found, "noise_source": source}
 
 
 # ---- the report ----------------------------------------------------------------------------------
@@ -432,30 +439,17 @@ def _saturation_words(axis: str, s: dict[str, Any], unit: str) -> str:
     if s["status"] != "ok":
         return f"- **{axis}**: not determined {where} — {s['reason']}."
     verdict = "**saturated**" if s["saturated"] else "not saturated"
-    lvl = f"{s['level']:.0%}"
     text = (
         f"- **{axis}**: {verdict} {where} — going from {s['x_prev']:.3g} to {s['x_last']:.3g} "
-        f"took the loss from {s['loss_prev']:.4g} to {s['loss_last']:.4g}, a drop of "
-        f"{100 * s['observed_improvement']:.2f} % in log terms (noise threshold "
-        f"{100 * s['noise_threshold']:.2f} % at {lvl}, from {s['noise_source']})"
+        f"took the loss from {s['loss_prev']:.4g} to {s['loss_last']:.4g} "
+        f"({100 * s['observed_improvement']:.2f} % in log terms); the trend of the smaller "
+        f"values (exponent {s['trend_exponent']:.3g}) puts the largest "
+        f"{100 * s['excess']:+.2f} % away from it, against a one-sided bound of "
+        f"{100 * s['bound']:.2f} % (noise {100 * s['noise']:.2f} % from {s['noise_source']})"
     )
-    if "fit" in s:
-        text += f"; no fit along this axis ({s['fit']}): observed test only"
-    lo, hi = s["fitted_improvement_ci"]
-    if math.isfinite(lo):
-        text += (
-            f"; the fit predicts an improvement of {100 * s['fitted_improvement']:.2f} % "
-            f"[{100 * lo:.2f}, {100 * hi:.2f}] %"
-        )
-    lo, hi = s["local_exponent_ci"]
     if math.isfinite(s["local_exponent"]):
-        text += f"; local exponent −d ln L/d ln x = {s['local_exponent']:.3g}{_ci((lo, hi))}"
-    reasons = []
-    if s["saturated_observed"]:
-        reasons.append("the observed improvement is within the noise")
-    if s["saturated_fit"]:
-        reasons.append("the fitted improvement's interval reaches 0")
-    return text + (f" ({'; '.join(reasons)})." if reasons else ".")
+        text += f"; local exponent of the fit −d ln L/d ln x = {s['local_exponent']:.3g}"
+    return text + "."
 
 
 def _markdown(**k: Any) -> str:
@@ -543,18 +537,17 @@ def _markdown(**k: Any) -> str:
         lines.append(_saturation_words(names[axis], s, unit))
     lines += [
         "",
-        "An axis is saturated when its largest step brought no improvement distinguishable "
-        "from zero: the observed drop in log-loss between the two largest values is within the "
-        "noise threshold (z·σ·√(1/n₁+1/n₂), σ the relative noise of one loss), or the bootstrap "
-        "interval of the fitted drop reaches 0.",
+        "An axis is saturated when its largest step fell short of the straight log-log trend "
+        "of its smaller values by more than the one-sided 95 % bound t·σ·√(1/n + h) (σ the "
+        f"relative noise of one loss, h the trend's leverage): {SATURATION_CALIBRATION}",
         "",
         "## Method",
         "",
         "Fits minimise the Huber loss of log-residuals from a grid of starts (Hoffmann et al. "
-        "2022, approach 3); intervals are residual-bootstrap percentiles. Per-line fits and "
-        "the joint fit use the lowest loss of the points sharing (N, D). References: Kaplan "
-        "et al. 2020 (arXiv:2001.08361), Hoffmann et al. 2022 (arXiv:2203.15556), "
-        "Subramanian et al. 2023 (arXiv:2306.00258).",
+        "2022, approach 3); intervals are studentized (bootstrap-t) residual-bootstrap "
+        f"intervals. {COVERAGE} Per-line fits and the joint fit use the lowest loss of the "
+        "points sharing (N, D). References: Kaplan et al. 2020 (arXiv:2001.08361), Hoffmann "
+        "et al. 2022 (arXiv:2203.15556), Subramanian et al. 2023 (arXiv:2306.00258).",
         "",
     ]
     return "\n".join(lines)

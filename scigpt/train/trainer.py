@@ -313,7 +313,7 @@ def _train(
     from scigpt.models.vit import ModelSpec
     from scigpt.parallel.engine import build_engine
     from scigpt.parallel.topology import Topology
-    from scigpt.train.checkpoint import CheckpointManager, read_info, tag_of
+    from scigpt.train.checkpoint import CheckpointManager, read_info, step_of, tag_of
     from scigpt.train.metrics import MetricsLogger, detect_peak_tflops
 
     cfg = loaded.config
@@ -952,6 +952,23 @@ def _train(
         if saved_at != steps
         else run.checkpoints / tag_of(steps)
     )  # fmt: skip
+    # With validation, the test scores the best validation checkpoint: the run's choice of
+    # step is made on the validation block, never on the test block.
+    tested = ckpts.best() if val_ds is not None else None
+    if tested is not None and tested != tag_of(steps):
+        best_info = read_info(run.checkpoints / tested)
+        best_layout = (
+            Topology.of(**best_info["layout"]) if best_info
+            else reshard.checkpoint_layout(run.checkpoints / tested)
+        )  # fmt: skip
+        if best_layout == layout:
+            ckpts.load(engine, tested, restore_rng_state=False)
+        else:  # saved before a resume at another layout: its weights, resharded (no optimizer)
+            reshard.load_full_state(
+                engine.module, reshard.consolidate(run.checkpoints / tested),
+                heads=cfg.model.heads, tp=topo.tp, tp_rank=groups.tp_rank if groups else 0,
+            )  # fmt: skip
+    tested = tested or tag_of(steps)
     test = evaluate_forecast(forecaster, test_ds, weights, device, batch_size=8)
     if series_test:
         from scigpt.eval.series import evaluate_series
@@ -964,7 +981,7 @@ def _train(
             for name, ds in series_test.items()
             if len(ds)
         }  # fmt: skip
-    files: dict[str, Path] = {"checkpoint": ckpt}
+    files: dict[str, Path] = {"checkpoint": ckpt, "tested": run.checkpoints / tested}
     if is_main:
         assert logger is not None and held.segment is not None
         held.segment.stop()  # its seconds count in the test record's device-hours
@@ -975,6 +992,8 @@ def _train(
             {
                 "kind": "test",
                 **test["summary"],
+                "checkpoint_step": step_of(tested),
+                **_wins_and_losses(test, store.names),
                 **{
                     f"{name}/{k}": v
                     for name, res in test.get("series", {}).items()
@@ -998,6 +1017,22 @@ def _train(
     return TrainResult(
         run_dir=run.path, steps=steps, final_loss=loss, test=test, files=files, main=is_main
     )
+
+
+def _wins_and_losses(test: dict[str, Any], names: list[str]) -> dict[str, list[str]]:
+    """The scored variables whose test RMSE is below persistence's, and those above it."""
+    scored = test.get("scored") or [True] * len(names)
+    pairs = [
+        (n, float(m), float(p))
+        for n, m, p, ok in zip(
+            names, test["rmse_model"], test["rmse_persistence"], scored, strict=True
+        )
+        if ok
+    ]
+    return {
+        "better_than_persistence": [n for n, m, p in pairs if m < p],
+        "worse_than_persistence": [n for n, m, p in pairs if m >= p],
+    }
 
 
 def _write_memory(run: RunDir, engine, layout, rank: int, world: int) -> None:
