@@ -37,6 +37,7 @@ import yaml
 
 from scigpt.atomic import atomic_write_text
 from scigpt.runlock import Holder, RunLock
+from scigpt.safe_yaml import load_yaml_file
 
 SUBDIRS = ("checkpoints", "plots", "eval", "tb")
 SEGMENTS = "segments.json"
@@ -229,7 +230,7 @@ class RunDir:
             )
 
     def read_config(self) -> dict[str, Any]:
-        return yaml.safe_load(self.config_path.read_text())
+        return load_yaml_file(self.config_path, "run config")
 
     def write_json(self, rel: str, obj: Any) -> Path:
         out = self.path / rel

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scigpt.atomic import atomic_write_text
 from scigpt.rundir import check_run_name, default_run_name
+from scigpt.safe_yaml import YAMLRefused, safe_load
 
 TRAINING = ("train", "demo")  # subcommands that resume a run directory
 
@@ -92,7 +93,13 @@ def load_profile(name_or_path: str) -> Profile:
             )
         text, where = res.read_text(), f"profile {name_or_path}"
     try:
-        return Profile.model_validate(yaml.safe_load(text) or {})
+        raw = safe_load(text) or {}
+    except YAMLRefused as e:
+        raise ValueError(f"cluster profile {where} refused: {e}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"cluster profile {where}: YAML syntax error: {e}") from None
+    try:
+        return Profile.model_validate(raw)
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()

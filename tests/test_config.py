@@ -417,3 +417,32 @@ def test_train_refuses_the_same_before_writing(tmp_path, torch_extensions_dir):
         for frag in frags:
             assert frag in res["err"], (case, frag, res["err"])
     assert not runs.exists() or not any(runs.iterdir())  # nothing written
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_yaml_in_sweep_transfer_profile_and_run_files_is_refused(tmp_path, capsys, case):
+    """Every YAML a user hands SciGPT goes through the bounded loader, not only run configs:
+    sweep and transfer files (CLI, exit 2, one line), cluster profiles and a run directory's
+    config.yaml (API: a ValueError naming the file)."""
+    from scigpt.rundir import RunDir
+    from scigpt.slurm.submit import load_profile
+    from scigpt.sweep.transfer import Transfer
+
+    make, fragment = HOSTILE[case]
+    base = "name: hostile\nbase: runs/demo.yaml\n"
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(make(base) if case != "self_reference" else base + "x: &n [a, *n]\n")
+    want = fragment if case != "self_reference" else "alias *n refers to its own anchor &n"
+    assert main(["sweep", str(path), "--list"]) == 2
+    err = capsys.readouterr().err
+    assert want in err and str(path) in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    for load in (Transfer.load, load_profile):
+        with pytest.raises(ValueError, match=re.escape(want)):
+            load(str(path))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(path.read_text())
+    with pytest.raises(ValueError, match=re.escape(want)):
+        RunDir(run).read_config()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from scigpt.atomic import atomic_write_text
+from scigpt.safe_yaml import load_yaml_file
 from scigpt.sweep.spec import Point, Sweep
 
 SHARED_DATA_KEYS = ("data.train_fraction", "data.loader.")  # keys that keep one store valid
@@ -92,7 +93,7 @@ def plan(sweep: Sweep, out: Path, *, progress: bool = True) -> list[Point]:
 
     out.mkdir(parents=True, exist_ok=True)
     # The copy names its base config absolutely: job arrays load it from the sweep directory.
-    raw = yaml.safe_load(sweep.path.read_text())
+    raw = load_yaml_file(sweep.path, "sweep")
     raw["base"] = str(Path(sweep.base_config).resolve())
     atomic_write_text(out / "sweep.yaml", yaml.safe_dump(raw, sort_keys=False))
     steps_for = None

@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scigpt.rundir import check_run_name
+from scigpt.safe_yaml import load_yaml_file
 
 
 class SlurmSweep(BaseModel):
@@ -89,14 +89,12 @@ def point_name(settings: dict[str, Any]) -> str:
 
 def load_spec(path: str | Path, model: type[BaseModel], what: str) -> tuple[Any, Path]:
     """Read and validate an experiment file (a path, or a shipped one such as
-    ``sweeps/tiny-scaling.yaml``) with ``yaml.safe_load``; every problem in one message."""
+    ``sweeps/tiny-scaling.yaml``) with the bounded YAML loader (``scigpt.safe_yaml``); every
+    problem in one message."""
     from scigpt.config_loader import find_config
 
     path = find_config(path).resolve()
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"cannot read {what} file {path}: {e}") from None
+    raw = load_yaml_file(path, what) or {}
     try:
         return model.model_validate(raw), path
     except ValidationError as err:

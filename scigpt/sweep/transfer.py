@@ -37,9 +37,9 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from scigpt.safe_yaml import load_yaml_file
 from scigpt.sweep.runner import _tail, read_status, write_status
 from scigpt.sweep.spec import config_beside, load_spec
 
@@ -161,7 +161,7 @@ def run(transfer: Transfer, out: Path, *, env: dict | None = None) -> dict[str, 
 def collect(out: Path, metric: str) -> list[dict[str, Any]]:
     from scigpt.train.metrics import read_metrics
 
-    spec = TransferSpec.model_validate(yaml.safe_load((out / "transfer.yaml").read_text()))
+    spec = TransferSpec.model_validate(load_yaml_file(out / "transfer.yaml", "transfer"))
     rows = []
     for f in spec.downstream.fractions:
         for seed in spec.downstream.seeds:
@@ -229,7 +229,7 @@ def report(out: Path, metric: str) -> dict[str, Any]:
 
     from scigpt.atomic import atomic_write_text
 
-    name = (yaml.safe_load((out / "transfer.yaml").read_text()) or {}).get("name", out.name)
+    name = (load_yaml_file(out / "transfer.yaml", "transfer") or {}).get("name", out.name)
     rows = collect(out, metric)
     if not rows:
         raise RuntimeError(f"{out}: no finished downstream runs to report")
