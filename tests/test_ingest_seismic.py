@@ -504,8 +504,8 @@ def test_registry_and_option_types() -> None:
     )
     # Options arrive from YAML: their annotations must resolve and validate (lists → tuples).
     hints = typing.get_type_hints(read_waveforms)
-    stations = TypeAdapter(hints["stations"]).validate_python({"IU.ANMO": [34.9, -106.5, 1850]})
-    assert stations == {"IU.ANMO": (34.9, -106.5, 1850.0)}
+    stations = TypeAdapter(hints["stations"]).validate_python({"TA.POKR": [*POKR_AT[:2], 501]})
+    assert stations == {"TA.POKR": POKR_AT}
     for fn in (read_segy, read_seisbench):
         typing.get_type_hints(fn)
     assert TypeAdapter(typing.get_type_hints(read_segy)["endian"]).validate_python("auto")
