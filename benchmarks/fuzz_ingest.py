@@ -11,9 +11,11 @@ subprocess, per-unit timeout) ingests as one source; every mutant's outcome is t
   the manifest (directory, wrong suffix);
 * ``identical`` — accepted with exactly the original's values (the bytes changed were unused);
 * ``flagged`` / ``undetectable`` — a truncation that left a valid, shorter file (a GRIB file cut
-  exactly between two time steps: GRIB messages carry no count), accepted with exactly the
-  original's first k time steps (its store rows, and an independent read of it equal to the
-  start of the original's); ``flagged`` when the manifest flags the unit as unlike its siblings
+  exactly between two time steps: GRIB messages carry no count; a miniSEED file cut exactly
+  between two records: records are independent and no header counts them), accepted with
+  exactly the original's first k time steps or samples (its store rows, NaN only after the
+  last sample for miniSEED, and an independent read of it equal to the start of the
+  original's); ``flagged`` when the manifest flags the unit as unlike its siblings
   (``data_pipeline/consistency.py``), ``undetectable`` when nothing could tell;
 * ``footprint`` — a flipped byte accepted: the values that changed are exactly those an
   independent read of the mutant (xarray, eccodes, obspy, segyio, pyhdf) shows changed, no more
@@ -73,9 +75,9 @@ SAMPLES = {
                {"format": "grib", "options": {"members": "split"}}, True),
         Sample("modis", "modis/MOD09A1.A2017193.h18v04.006.2017202035302.hdf",
                {"format": "modis_hdf4", "patch": [1, 8, 8]}, False),
-        Sample("mseed", "seismic/mseed/IU.ANMO.00.LHZ.2010-01-01.mseed",
+        Sample("mseed", "seismic/mseed/TA.POKR..BHZ.mseed",  # coordinates: its StationXML
                {"format": "mseed", "window": 600, "patch": [20],
-                "options": {"stations": {"IU.ANMO": [34.9459, -106.4572, 1850.0]}}}, True),
+                "options": {"stations": {"TA.POKR": [65.1171, -147.4335, 501.0]}}}, True),
         Sample("segy", "seismic/segy/f3.sgy",
                {"format": "segy", "options": {"crs": "EPSG:23031"}, "window": 75,
                 "patch": [25]}, True),
@@ -314,6 +316,22 @@ def _prefix_rows(got: list[np.ndarray], orig: list[np.ndarray]) -> int | None:
     return k if same else None
 
 
+def _prefix_samples(got: list[np.ndarray], orig: list[np.ndarray]) -> int | None:
+    """Series (N windows, C, P, K): L when every channel of ``got``, windows in time order, is
+    exactly the original's first L < total samples and NaN after them (the last window's tail)."""
+    if len(got) != 1 or len(orig) != 1 or got[0].shape[1:] != orig[0].shape[1:]:
+        return None
+    g = got[0].transpose(1, 0, 2, 3).reshape(got[0].shape[1], -1)
+    o = orig[0].transpose(1, 0, 2, 3).reshape(orig[0].shape[1], -1)
+    finite = np.isfinite(g).any(axis=0)
+    if not finite.any() or g.shape[1] > o.shape[1]:
+        return None
+    n = int(np.flatnonzero(finite)[-1]) + 1
+    if not (n < int(np.isfinite(o).any(axis=0).sum()) and np.isnan(g[:, n:]).all()):
+        return None
+    return n if np.array_equal(g[:, :n], o[:, :n], equal_nan=True) else None
+
+
 def reference_values(key: str, path: Path) -> np.ndarray:
     """The file's values by the format's own library (independent of SciGPT's reader)."""
     if key == "netcdf":
@@ -391,7 +409,9 @@ def _reference_or_reason(key: str, path: Path) -> np.ndarray | str:
 def _shorter_file(sample: Sample, mut: Mutant, rec: dict, store: Path, orig_rows: list,
                   ref_original: np.ndarray, folder: Path, flags: dict) -> bool:  # fmt: skip
     """Classify a truncation accepted as a valid shorter file (see the module docstring)."""
-    k = _prefix_rows(store_rows(store, rec["shard"]), orig_rows)
+    rows = store_rows(store, rec["shard"])
+    series = sample.key == "mseed"
+    k = _prefix_samples(rows, orig_rows) if series else _prefix_rows(rows, orig_rows)
     if k is None:
         return False
     ref = _reference_or_reason(sample.key, folder / mut.name)
@@ -401,11 +421,15 @@ def _shorter_file(sample: Sample, mut: Mutant, rec: dict, store: Path, orig_rows
         or not np.array_equal(ref, ref_original[: ref.size], equal_nan=True)
     ):
         return False
-    what = f"a valid shorter file: the original's first {k} of {orig_rows[0].shape[0]} time steps"
+    total = int(np.isfinite(orig_rows[0]).any(axis=1).sum()) if series else orig_rows[0].shape[0]
+    what = f"a valid shorter file: the original's first {k} of {total} " + (
+        "samples" if series else "time steps"
+    )
     if rec["unit"] in flags:
         mut.outcome, mut.why = "flagged", f"{what}, flagged: {flags[rec['unit']][0][:120]}"
     else:
-        mut.outcome, mut.why = "undetectable", f"{what}, not flagged (nothing to compare with)"
+        why = "the sibling checks compare grid units only" if series else "nothing to compare with"
+        mut.outcome, mut.why = "undetectable", f"{what}, not flagged ({why})"
     return True
 
 

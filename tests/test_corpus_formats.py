@@ -246,6 +246,15 @@ MSEED_READ = [
     "reference-testdata-steim2-LE.mseed2",
     "reference-testdata-float64.mseed2",
 ]
+# seismic/mseed/ (the ingest samples), each set read together: TA.POKR's three one-channel files
+# (pyasdf; BHZ and BHE start 1 µs after BHN) and the CO.BIRD/CO.JSC six-channel file (simplemseed).
+MSEED_SAMPLES = {
+    "TA.POKR..BH": ["TA.POKR..BHZ.mseed", "TA.POKR..BHN.mseed", "TA.POKR..BHE.mseed"],
+    "CO.BIRD_JSC": ["CO.BIRD_JSC.00.HH.2024-02-06.mseed"],
+}
+MSEED_CASES = [pytest.param([f"mseed_libmseed/{n}"], id=n) for n in MSEED_READ] + [
+    pytest.param([f"mseed/{f}" for f in files], id=key) for key, files in MSEED_SAMPLES.items()
+]
 MSEED_REFUSED = {
     "testdata-3channel-signal.mseed3": "is miniSEED 3",
     "reference-testdata-text.mseed2": "hold text (miniSEED encoding 0, ASCII",
@@ -263,11 +272,15 @@ def _libmseed(path: Path) -> dict[tuple[str, str, str, str], list[tuple[int, flo
     return out
 
 
-@pytest.mark.parametrize("name", MSEED_READ)
-def test_mseed_corpus_matches_libmseed(shared_data: Path, name: str) -> None:
-    path = shared_data / "seismic" / "mseed_libmseed" / name
-    arrays = get_reader("mseed")([path])
-    ref = _libmseed(path)
+@pytest.mark.parametrize("files", MSEED_CASES)
+def test_mseed_corpus_matches_libmseed(shared_data: Path, files: list[str]) -> None:
+    paths = [shared_data / "seismic" / f for f in files]
+    name = ", ".join(files)
+    arrays = get_reader("mseed")(paths)
+    ref: dict = {}
+    for path in paths:
+        for key, segments in _libmseed(path).items():
+            ref.setdefault(key, []).extend(segments)
     checked = 0
     for arr in arrays:
         step = int(arr.step / np.timedelta64(1, "ns"))

@@ -30,8 +30,11 @@ from scigpt.data_pipeline.ingest.seismic import read_waveforms
 from scigpt.data_pipeline.ingest.sniff import sniff
 from scigpt.data_pipeline.lzf import lzf_encode, shuffle_bytes
 
-ANMO = "IU.ANMO.00.LHZ.2010-01-01.mseed"
-APE = "GE.APE..BH.2009-10-01.fullseed.mseed"
+# TA.POKR BHZ (pyasdf's test data): 168,001 samples at 40 Hz in 492 Steim-2 records of 512 B;
+# CO.BIRD/CO.JSC (simplemseed's): six HH channels in one file. See tests/data/PROVENANCE.md.
+POKR = "seismic/mseed/TA.POKR..BHZ.mseed"
+CO = "seismic/mseed/CO.BIRD_JSC.00.HH.2024-02-06.mseed"
+POKR_AT = (65.1171, -147.4335, 501.0)  # seismic/stationxml/TA.POKR..BH_.xml
 GRIB = "era5/grib/era5-levels-members.grib"
 
 # --------------------------------------------------------------------------------------------
@@ -119,10 +122,10 @@ def test_segy_ibm_samples_bit_exact_both_byte_orders(tmp_path: Path, endian: str
 def test_sac_rounded_sample_spacing_is_kept_with_its_warning(shared_data: Path, tmp_path: Path):
     """Defect 5: obspy warns that a float32 delta of 0.04 s was rounded to whole microseconds;
     that loses nothing, so the file is read and the warning kept in the record."""
-    tr = obspy.read(str(shared_data / "seismic/mseed" / APE))[0]
+    tr = obspy.read(str(shared_data / POKR))[0]
     tr.stats.sampling_rate = 25.0
-    tr.stats.sac = {"stla": 37.0689, "stlo": 25.5306, "stel": 620.0}
-    path = tmp_path / "ape.sac"
+    tr.stats.sac = dict(zip(("stla", "stlo", "stel"), POKR_AT, strict=True))
+    path = tmp_path / "pokr.sac"
     tr.write(str(path), format="SAC")
     data = bytearray(path.read_bytes())
     data[:4] = (0x3D23D70B).to_bytes(4, "little")  # delta one ulp above float32(0.04)
@@ -158,8 +161,8 @@ def test_signatures_name_the_real_format(shared_data: Path, tmp_path: Path) -> N
         "era5/rhine_2020-01-01_pl/ERA5_2020-01-01_sp.nc": "hdf5",
         GRIB: "grib",
         "modis/MOD09A1.A2017193.h18v04.006.2017202035302.hdf": "hdf4",
-        f"seismic/mseed/{ANMO}": "mseed",
-        f"seismic/mseed/{APE}": "mseed",
+        POKR: "mseed",
+        CO: "mseed",
         "seismic/segy/f3.sgy": "segy",
         "station/fluxnet/Example_DETha98.txt": None,
     }
@@ -242,12 +245,12 @@ def test_grib_zeroed_header_and_cut_message_are_refused(shared_data: Path, tmp_p
 
 
 def _two_record_lengths(shared_data: Path) -> bytes:
-    """ANMO's day as 512-byte records (LHZ), then again as 4096-byte records (LHN)."""
-    st = obspy.read(str(shared_data / "seismic/mseed" / ANMO))
+    """TA.POKR's BHZ as 512-byte records, then again as 4096-byte records (as BHN)."""
+    st = obspy.read(str(shared_data / POKR))
     a, b = io.BytesIO(), io.BytesIO()
     st.write(a, format="MSEED", reclen=512, encoding="STEIM2")
     other = st[0].copy()
-    other.stats.channel = "LHN"
+    other.stats.channel = "BHN"
     obspy.Stream([other]).write(b, format="MSEED", reclen=4096, encoding="STEIM2")
     return a.getvalue() + b.getvalue()
 
@@ -256,14 +259,14 @@ def test_mseed_cut_mid_record_is_refused(shared_data: Path, tmp_path: Path) -> N
     """Defect 10: with records of two lengths, a file cut mid-way through its last 4096-byte
     record (at a 512-byte multiple) read without a warning and lost that record's samples."""
     data = _two_record_lengths(shared_data)
-    stations = {"IU.ANMO": (34.9459, -106.4572, 1850.0)}
+    stations = {"TA.POKR": POKR_AT}
     whole = tmp_path / "whole.mseed"
     whole.write_bytes(data)
     (arr,) = read_waveforms([whole], stations=stations)
-    assert np.isfinite(arr.values).sum() == 2 * 86400
+    assert np.isfinite(arr.values).sum() == 2 * 168001
     cut = tmp_path / "cut.mseed"
     cut.write_bytes(data[: len(data) - 1024])
-    assert sum(tr.stats.npts for tr in obspy.read(str(cut))) < 2 * 86400  # obspy: no error
+    assert sum(tr.stats.npts for tr in obspy.read(str(cut))) < 2 * 168001  # obspy: no error
     with pytest.raises(ReaderError, match=r"record at byte \d+ is 4096 B long.*truncated"):
         read_waveforms([cut], stations=stations)
     zeroed = bytearray(data)
@@ -390,26 +393,22 @@ def test_grib_forecast_missing_a_member_field_is_refused(shared_data: Path, tmp_
         read_grib([cut])
 
 
-def _anmo_with(shared_data: Path, edit) -> tuple[bytes, bytes]:
-    data = (shared_data / "seismic/mseed" / ANMO).read_bytes()
-    return data, edit(bytearray(data))
-
-
 def test_mseed_record_changing_the_sample_rate_is_refused(shared_data: Path, tmp_path: Path):
     """Defect 10: a flipped byte in one record's sample-rate factor made obspy read that record
-    as a trace of its own at one sample per 255 s, which was ingested beside the 1 Hz data. A
+    as a trace of its own at 40/255 Hz, which was ingested beside the 40 Hz data. A
     channel's rate does not change inside a file: refused, naming the record and its time."""
-    data = (shared_data / "seismic/mseed" / ANMO).read_bytes()
+    data = (shared_data / POKR).read_bytes()
     bad = bytearray(data)
-    bad[6 * 512 + 34] ^= 0xFF  # record 7's sample-rate multiplier: 1 → -255
+    bad[6 * 512 + 34] ^= 0xFF  # record 7's sample-rate multiplier: 1 → -255 (factor 40)
     path = tmp_path / "rate.mseed"
     path.write_bytes(bytes(bad))
     rates = sorted({tr.stats.sampling_rate for tr in obspy.read(str(path))})
-    assert rates == [1 / 255, 1.0]  # what obspy makes of it, without a warning
-    with pytest.raises(ReaderError, match=r"LHZ: record 7 \(byte 3072, starting "
-                       r"2010-01-01T00:19:53.069Z\) declares 0.00392157 Hz \(one sample per "
-                       r"255 s\), but 410 of the channel's 411 records declare 1 Hz"):  # fmt: skip
-        read_waveforms([path], stations={"IU.ANMO": (34.9459, -106.4572, 1850.0)})
+    assert rates == [40 / 255, 40.0]  # what obspy makes of it, without a warning
+    # Record 7 starts at 05:41:43.200001 (BTIME .2000 s + blockette 1001's 1 µs); 492 records.
+    with pytest.raises(ReaderError, match=r"BHZ: record 7 \(byte 3072, starting 2013-05-24T"
+                       r"05:41:43.200Z\) declares 0.156863 Hz \(one sample per 6.375 s\), "
+                       r"but 491 of the channel's 492 records declare 40 Hz"):  # fmt: skip
+        read_waveforms([path], stations={"TA.POKR": POKR_AT})
 
 
 def test_mseed_overlaps_duplicates_and_record_order(shared_data: Path, tmp_path: Path):
@@ -419,33 +418,39 @@ def test_mseed_overlaps_duplicates_and_record_order(shared_data: Path, tmp_path:
     samples re-encoded) is merged, noted in the unit's warnings, and the values are obspy's;
     records out of time order on no other record's time (libmseed's own mixed-order test file)
     are kept, placed by time, and noted."""
-    stations = {"IU.ANMO": (34.9459, -106.4572, 1850.0), "XX.TEST": (0.0, 0.0, 0.0)}
-    data = (shared_data / "seismic/mseed" / ANMO).read_bytes()
+    stations = {"TA.POKR": POKR_AT, "XX.TEST": (0.0, 0.0, 0.0)}
+    data = (shared_data / POKR).read_bytes()
     moved = bytearray(data)
-    moved[10 * 512 + 25] += 10  # record 11's start minute
+    moved[10 * 512 + 25] += 10  # record 11's start minute: 05:42:52.100 → 05:52:52.100
     path = tmp_path / "moved.mseed"
     path.write_bytes(bytes(moved))
-    with pytest.raises(ReaderError, match=r"record 13 \(byte 6144, .*\) lies on the time of "
-                       r"record 11 \(byte 5120, starting 2010-01-01T00:43:44.069Z\) and 27 of "
-                       "their 27 shared samples differ"):  # fmt: skip
+    # From the record headers: record 67 spans 05:52:48.075-05:52:53.300 (210 samples), moved
+    # record 11 05:52:52.100-05:53:09.475 (696 samples): they share 49 sample times.
+    with pytest.raises(ReaderError, match=r"record 67 \(byte 33792, starting "
+                       r"2013-05-24T05:52:48.075Z\) lies on the time of record 11 \(byte 5120, "
+                       r"starting 2013-05-24T05:52:52.100Z\) and 49 of their 49 shared samples "
+                       "differ"):  # fmt: skip
         read_waveforms([path], stations=stations)
     dup = tmp_path / "dup.mseed"
     dup.write_bytes(data[: 11 * 512] + data[10 * 512 : 11 * 512] + data[11 * 512 :])
     (arr,) = read_waveforms([dup], stations=stations)
-    (ref,) = obspy.read(str(shared_data / "seismic/mseed" / ANMO))
+    (ref,) = obspy.read(str(shared_data / POKR))
     np.testing.assert_array_equal(arr.values[0, 0], ref.data.astype(np.float32))
     assert arr.attrs["reader_warnings"] == [
-        "dup.mseed: IU.ANMO.00.LHZ: 1 record(s) repeat samples already in the file at the same "
+        "dup.mseed: TA.POKR..BHZ: 1 record(s) repeat samples already in the file at the same "
         "times (first: record 12, on the time of record 11); each sample is kept once"
     ]
-    # The same samples re-encoded (Steim1, 4096-byte records) after the day: decoded, compared.
-    part = ref.copy().trim(ref.stats.starttime + 1000, ref.stats.starttime + 4000)
+    # The same samples re-encoded (Steim1, 4096-byte records) after the rest: decoded, compared.
+    part = ref.copy().trim(ref.stats.starttime + 25, ref.stats.starttime + 250)  # 9001 samples
     again = io.BytesIO()
     obspy.Stream([part]).write(again, format="MSEED", reclen=4096, encoding="STEIM1")
     dup.write_bytes(data + again.getvalue())
     (arr,) = read_waveforms([dup], stations=stations)
     np.testing.assert_array_equal(arr.values[0, 0], ref.data.astype(np.float32))
-    assert "2 record(s) repeat samples" in arr.attrs["reader_warnings"][0]
+    n_again = len(again.getvalue()) // 4096  # every re-encoded record repeats samples
+    assert n_again >= 2 and arr.attrs["reader_warnings"][0].startswith(
+        f"dup.mseed: TA.POKR..BHZ: {n_again} record(s) repeat samples"
+    )
     mixed = shared_data / "seismic/mseed_libmseed/testdata-oneseries-mixedlengths-mixedorder.mseed2"
     (arr,) = read_waveforms([mixed], stations=stations)
     st = obspy.read(str(mixed))

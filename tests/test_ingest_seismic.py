@@ -19,6 +19,7 @@ import numpy as np
 import obspy
 import pytest
 import segyio
+import yaml
 from pydantic import TypeAdapter
 from rasterio.warp import transform
 
@@ -27,10 +28,16 @@ from scigpt.data_pipeline.ingest.segy import read_segy
 from scigpt.data_pipeline.ingest.seisbench import read_seisbench
 from scigpt.data_pipeline.ingest.seismic import read_waveforms
 
-ANMO = "IU.ANMO.00.LHZ.2010-01-01.mseed"
-BALST = "CH.BALST..LH_two_channels.mseed"
-APE = "GE.APE..BH.2009-10-01.fullseed.mseed"
-GAP = (1000, 1500)  # samples [a:b] cut out of IU.ANMO LHZ for the gap fixture
+# Real miniSEED samples (tests/data/PROVENANCE.md): TA.POKR's three BH channels of the 2013 Sea of
+# Okhotsk Mw 8.3 deep earthquake (pyasdf's test data), one file per channel; CO.BIRD and CO.JSC
+# (simplemseed's test data): two stations × three HH channels in one file.
+POKR_Z = "TA.POKR..BHZ.mseed"
+POKR = [POKR_Z, "TA.POKR..BHN.mseed", "TA.POKR..BHE.mseed"]
+CO = "CO.BIRD_JSC.00.HH.2024-02-06.mseed"
+# TA.POKR's coordinates as its StationXML gives them (seismic/stationxml/TA.POKR..BH_.xml).
+POKR_AT = (65.1171, -147.4335, 501.0)
+POKR_START = "2013-05-24T05:40:00.000001"  # BHZ: the microsecond is from blockette 1001
+GAP = (1000, 1500)  # samples [a:b] cut out of TA.POKR BHZ for the gap fixture
 
 
 @pytest.fixture(scope="module")
@@ -38,68 +45,83 @@ def mseed_dir(shared_data: Path) -> Path:
     return shared_data / "seismic" / "mseed"
 
 
+def test_pokr_coordinates_are_the_stationxml_ones(shared_data: Path) -> None:
+    """The coordinates the tests and configs/runs/ingest-samples.yaml give TA.POKR are the ones in
+    the StationXML the IRIS DMC served with the waveforms (pyasdf ships both)."""
+    inv = obspy.read_inventory(str(shared_data / "seismic/stationxml/TA.POKR..BH_.xml"))
+    sta = inv.select(network="TA", station="POKR")[0][0]
+    assert (sta.latitude, sta.longitude, sta.elevation) == POKR_AT
+    config = Path(__file__).parents[1] / "configs/runs/ingest-samples.yaml"
+    [src] = [s for s in yaml.safe_load(config.read_text())["data"]["sources"]
+             if s["name"] == "mseed"]  # fmt: skip
+    assert tuple(src["options"]["stations"]["TA.POKR"]) == POKR_AT
+
+
 # --------------------------------------------------------------------------------------------
 # miniSEED / SAC
 
 
 @pytest.mark.parametrize(
-    ("name", "names", "step_ns", "length", "offsets"),
+    ("files", "expected"),
     [
-        (ANMO, ["vel_z"], 1_000_000_000, 86400, {"vel_z": 0}),
-        # LHE starts 88.625 s after LHZ: placed at sample 89, 0.375 s early.
-        (BALST, ["vel_z", "vel_e"], 1_000_000_000, 86547, {"vel_z": 0, "vel_e": -375_000_000}),
-        # BHN 4.06 s (81.2 samples) and BHE 16.23 s (324.6 samples) after BHZ.
-        (APE, ["vel_z", "vel_n", "vel_e"], 50_000_000, 935,
-         {"vel_z": 0, "vel_n": 10_000_000, "vel_e": -20_000_000}),
+        ([POKR_Z], {"TA.POKR.": (["vel_z"], 25_000_000, 168001, {"vel_z": 0})}),
+        # Three files merged: BHZ and BHE start 1 µs after BHN (blockette 1001's microseconds).
+        (POKR, {"TA.POKR.": (["vel_z", "vel_n", "vel_e"], 25_000_000, 168001,
+                             {"vel_z": 1000, "vel_n": 0, "vel_e": 1000})}),
+        # One file, two stations × three channels: one array per station.
+        ([CO], {f"CO.{sta}.00": (["vel_z", "vel_n", "vel_e"], 10_000_000, 3000,
+                                 dict.fromkeys(["vel_z", "vel_n", "vel_e"], 0))
+                for sta in ("BIRD", "JSC")}),
     ],
 )  # fmt: skip
-def test_mseed_matches_obspy(
-    mseed_dir: Path, name: str, names: list[str], step_ns: int, length: int, offsets: dict
-) -> None:
-    path = mseed_dir / name
-    (arr,) = read_waveforms([path])
-    st = obspy.read(str(path))
-    assert arr.names == names
-    assert all(v.units == "counts" and v.modality == "waveform" for v in arr.variables)
-    assert arr.step == np.timedelta64(step_ns, "ns")
-    assert arr.values.shape == (1, len(names), length)
-    t0 = min(tr.stats.starttime for tr in st)
-    assert arr.start[0] == np.datetime64(t0.ns, "ns")
-    for tr in st:
-        var = "vel_" + tr.stats.channel[-1].lower()
-        row = arr.values[0, names.index(var)]
-        k = round((tr.stats.starttime - t0) * tr.stats.sampling_rate)
-        n = tr.stats.npts
-        # Values exact: the counts fit float32's 24-bit significand.
-        assert np.array_equal(row[k : k + n].astype(np.float64), tr.data.astype(np.float64))
-        assert np.isnan(row[:k]).all() and np.isnan(row[k + n :]).all()
-        offset = int(arr.record_attrs[f"start_offset_ns_{var}"][0])
-        assert offset == tr.stats.starttime.ns - (t0.ns + k * step_ns) == offsets[var]
-    s = st[0].stats
-    expected = {"network": s.network, "station": s.station, "location": s.location}
-    expected |= {"band": s.channel[0], "instrument": s.channel[1]}
-    assert {k: str(arr.record_attrs[k][0]) for k in expected} == expected
-    assert not arr.has_coordinates and np.isnan(arr.elevation).all()
-    assert arr.attrs["float32_exact"] and arr.attrs["coordinates_from"] == "none"
+def test_mseed_matches_obspy(mseed_dir: Path, files: list[str], expected: dict) -> None:
+    arrays = read_waveforms([mseed_dir / f for f in files])
+    st = obspy.Stream([tr for f in files for tr in obspy.read(str(mseed_dir / f))])
+    assert len(arrays) == len(expected)
+    for arr in arrays:
+        s0 = {k: str(arr.record_attrs[k][0]) for k in ("network", "station", "location")}
+        names, step_ns, length, offsets = expected[".".join(s0.values())]
+        own = st.select(network=s0["network"], station=s0["station"], location=s0["location"])
+        assert arr.names == names and len(own) == len(names)
+        assert all(v.units == "counts" and v.modality == "waveform" for v in arr.variables)
+        assert arr.step == np.timedelta64(step_ns, "ns")
+        assert arr.values.shape == (1, len(names), length)
+        t0 = min(tr.stats.starttime for tr in own)
+        assert arr.start[0] == np.datetime64(t0.ns, "ns")
+        for tr in own:
+            var = "vel_" + tr.stats.channel[-1].lower()
+            row = arr.values[0, names.index(var)]
+            k = round((tr.stats.starttime - t0) * tr.stats.sampling_rate)
+            n = tr.stats.npts
+            # Values exact: the counts fit float32's 24-bit significand.
+            assert np.array_equal(row[k : k + n].astype(np.float64), tr.data.astype(np.float64))
+            assert np.isnan(row[:k]).all() and np.isnan(row[k + n :]).all()
+            offset = int(arr.record_attrs[f"start_offset_ns_{var}"][0])
+            assert offset == tr.stats.starttime.ns - (t0.ns + k * step_ns) == offsets[var]
+        s = own[0].stats
+        band = {"band": s.channel[0], "instrument": s.channel[1]}
+        assert {k: str(arr.record_attrs[k][0]) for k in band} == band
+        assert not arr.has_coordinates and np.isnan(arr.elevation).all()
+        assert arr.attrs["float32_exact"] and arr.attrs["coordinates_from"] == "none"
 
 
-def test_mseed_anmo_start_and_station_sidecar(mseed_dir: Path) -> None:
-    (arr,) = read_waveforms([mseed_dir / ANMO], stations={"IU.ANMO": (34.9459, -106.4572, 1850)})
-    assert arr.start[0] == np.datetime64("2010-01-01T00:00:00.069500", "ns")
-    assert arr.lat[0] == 34.9459 and arr.lon[0] == -106.4572 and arr.elevation[0] == 1850.0
+def test_mseed_pokr_start_and_station_sidecar(mseed_dir: Path) -> None:
+    (arr,) = read_waveforms([mseed_dir / POKR_Z], stations={"TA.POKR": POKR_AT})
+    assert arr.start[0] == np.datetime64(POKR_START, "ns")
+    assert (arr.lat[0], arr.lon[0], arr.elevation[0]) == POKR_AT
     assert arr.attrs["coordinates_from"] == "stations"
-    with pytest.raises(ValueError, match=r"stations\['ANMO'\].*NET\.STA"):
-        read_waveforms([mseed_dir / ANMO], stations={"ANMO": (34.9, -106.5, 1850.0)})
+    with pytest.raises(ValueError, match=r"stations\['POKR'\].*NET\.STA"):
+        read_waveforms([mseed_dir / POKR_Z], stations={"POKR": POKR_AT})
     with pytest.raises(ValueError, match=r"latitude first"):
-        read_waveforms([mseed_dir / ANMO], stations={"IU.ANMO": (-106.5, 34.9, 1850.0)})
+        read_waveforms([mseed_dir / POKR_Z], stations={"TA.POKR": (-147.4335, 65.1171, 501.0)})
 
 
 @pytest.fixture(scope="module")
 def gap_files(mseed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Derived: samples [a:b] = GAP cut out of IU.ANMO LHZ with obspy, written as miniSEED, once
+    """Derived: samples [a:b] = GAP cut out of TA.POKR BHZ with obspy, written as miniSEED, once
     as one file holding both pieces and once as two files (one piece each)."""
     out = tmp_path_factory.mktemp("gap")
-    tr = obspy.read(str(mseed_dir / ANMO))[0]
+    tr = obspy.read(str(mseed_dir / POKR_Z))[0]
     a, b = GAP
     head = tr.copy()
     head.data = tr.data[:a].copy()
@@ -113,7 +135,7 @@ def gap_files(mseed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 
 
 def test_mseed_gap_is_nan_exactly_where_cut(mseed_dir: Path, gap_files: dict) -> None:
-    ref = obspy.read(str(mseed_dir / ANMO))[0].data.astype(np.float32)
+    ref = obspy.read(str(mseed_dir / POKR_Z))[0].data.astype(np.float32)
     a, b = GAP
     for paths in ([gap_files["one"]], gap_files["parts"]):
         (arr,) = read_waveforms(paths)
@@ -122,7 +144,7 @@ def test_mseed_gap_is_nan_exactly_where_cut(mseed_dir: Path, gap_files: dict) ->
         assert np.flatnonzero(np.isnan(row)).tolist() == list(range(a, b)), paths
         keep = np.r_[0:a, b : len(ref)]
         assert np.array_equal(row[keep], ref[keep])
-        assert arr.start[0] == np.datetime64("2010-01-01T00:00:00.069500", "ns")
+        assert arr.start[0] == np.datetime64(POKR_START, "ns")
     (arr,) = read_waveforms([gap_files["one"]], fill_gaps="interpolate")
     row = arr.values[0, 0]
     # obspy fills the gap on the straight line from sample a-1 to sample b (int32 data).
@@ -132,11 +154,11 @@ def test_mseed_gap_is_nan_exactly_where_cut(mseed_dir: Path, gap_files: dict) ->
 
 @pytest.fixture(scope="module")
 def sac_files(mseed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Derived: the three GE.APE components written as SAC files with stla/stlo/stel set."""
+    """Derived: the three TA.POKR components written as SAC files with stla/stlo/stel set."""
     out = tmp_path_factory.mktemp("sac")
     paths = []
-    for tr in obspy.read(str(mseed_dir / APE)):
-        tr.stats.sac = {"stla": 37.0689, "stlo": 25.5306, "stel": 620.0}
+    for tr in (obspy.read(str(mseed_dir / f))[0] for f in POKR):
+        tr.stats.sac = dict(zip(("stla", "stlo", "stel"), POKR_AT, strict=True))
         path = out / f"{tr.id}.sac"
         tr.write(str(path), format="SAC")
         paths.append(path)
@@ -144,15 +166,15 @@ def sac_files(mseed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list
 
 
 def test_sac_coordinates_from_headers(mseed_dir: Path, sac_files: list[Path]) -> None:
-    (from_mseed,) = read_waveforms([mseed_dir / APE])
+    (from_mseed,) = read_waveforms([mseed_dir / f for f in POKR])
     # The headers win over the sidecar.
-    (arr,) = read_waveforms(sac_files, stations={"GE.APE": (0.0, 0.0, 0.0)})
+    (arr,) = read_waveforms(sac_files, stations={"TA.POKR": (0.0, 0.0, 0.0)})
     head = obspy.read(str(sac_files[0]))[0].stats.sac  # float32 header values
     assert arr.lat[0] == float(head.stla) and arr.lon[0] == float(head.stlo)
-    assert arr.elevation[0] == float(head.stel) == 620.0
-    assert abs(arr.lat[0] - 37.0689) < 1e-5 and arr.attrs["coordinates_from"] == "sac"
-    # SAC stores delta as float32; the step is still 50 ms, the grid the miniSEED's.
-    assert arr.step == np.timedelta64(50_000_000, "ns") and arr.attrs["formats"] == ["SAC"]
+    assert arr.elevation[0] == float(head.stel) == POKR_AT[2]
+    assert abs(arr.lat[0] - POKR_AT[0]) < 1e-5 and arr.attrs["coordinates_from"] == "sac"
+    # SAC stores delta as float32; the step is still 25 ms, the grid the miniSEED's.
+    assert arr.step == np.timedelta64(25_000_000, "ns") and arr.attrs["formats"] == ["SAC"]
     assert arr.names == from_mseed.names and arr.start[0] == from_mseed.start[0]
     assert np.array_equal(arr.values, from_mseed.values, equal_nan=True)
 
@@ -167,22 +189,27 @@ def test_sac_components_disagreeing_on_coordinates(sac_files: list[Path], tmp_pa
         read_waveforms([moved, *sac_files[1:]])
 
 
-def test_merge_components_and_min_samples(mseed_dir: Path) -> None:
-    single = read_waveforms([mseed_dir / APE], merge_components=False)
-    assert [a.source for a in single] == ["seismic:GE.APE..BHE", "seismic:GE.APE..BHN",
-                                          "seismic:GE.APE..BHZ"]  # fmt: skip
+def test_merge_components_and_min_samples(mseed_dir: Path, gap_files: dict) -> None:
+    """TA.POKR BHN and BHE (168,001 samples each) beside a derived BHZ: its first 1000 samples
+    alone (gap fixture, part 1), then the whole channel less the GAP's 500 samples."""
+    horizontals = [mseed_dir / f for f in POKR[1:]]
+    single = read_waveforms([gap_files["parts"][0], *horizontals], merge_components=False)
+    assert [a.source for a in single] == ["seismic:TA.POKR..BHE", "seismic:TA.POKR..BHN",
+                                          "seismic:TA.POKR..BHZ"]  # fmt: skip
     assert [a.names for a in single] == [["vel_e"], ["vel_n"], ["vel_z"]]
-    assert [a.values.shape[2] for a in single] == [610, 602, 623]  # no padding: own spans
-    (arr,) = read_waveforms([mseed_dir / APE], min_samples=605)  # BHN has 602 samples
-    assert arr.names == ["vel_z", "vel_e"]
-    assert arr.attrs["dropped_channels"] == ["GE.APE..BHN: 602 valid samples < 605"]
-    with pytest.raises(ReaderError, match="min_samples=10000"):
-        read_waveforms([mseed_dir / APE], min_samples=10_000)
+    assert [a.values.shape[2] for a in single] == [168001, 168001, 1000]  # own spans
+    # BHZ has 168001 - 500 = 167501 valid samples.
+    (arr,) = read_waveforms([gap_files["one"], *horizontals], min_samples=167_600)
+    assert arr.names == ["vel_n", "vel_e"]
+    assert arr.attrs["dropped_channels"] == ["TA.POKR..BHZ: 167501 valid samples < 167600"]
+    with pytest.raises(ReaderError, match="min_samples=200000"):
+        read_waveforms([gap_files["one"], *horizontals], min_samples=200_000)
 
 
 def _truncated(src: Path, dst: Path) -> None:
     data = src.read_bytes()
-    dst.write_bytes(data[: len(data) // 2 + 100])  # mid-record
+    # 300 B into a 512-byte record (under 128 B, obspy's own warning would come first)
+    dst.write_bytes(data[: len(data) // 2 // 512 * 512 + 300])
 
 
 def _bad_steim(src: Path, dst: Path) -> None:
@@ -220,11 +247,11 @@ def _restituted_sac(src: Path, dst: Path) -> None:
 def test_damaged_waveform_file_is_refused(
     mseed_dir: Path, tmp_path: Path, damage, match: str
 ) -> None:
-    """Derived damaged copies of IU.ANMO: the error names the path and the reason."""
+    """Derived damaged copies of TA.POKR BHZ: the error names the path and the reason."""
     bad = tmp_path / "damaged.mseed"
-    damage(mseed_dir / ANMO, bad)
+    damage(mseed_dir / POKR_Z, bad)
     with pytest.raises(ReaderError, match=match) as info:
-        read_waveforms([mseed_dir / BALST, bad])
+        read_waveforms([mseed_dir / CO, bad])
     assert info.value.path == str(bad) and str(bad) in str(info.value)
 
 
@@ -477,8 +504,8 @@ def test_registry_and_option_types() -> None:
     )
     # Options arrive from YAML: their annotations must resolve and validate (lists → tuples).
     hints = typing.get_type_hints(read_waveforms)
-    stations = TypeAdapter(hints["stations"]).validate_python({"IU.ANMO": [34.9, -106.5, 1850]})
-    assert stations == {"IU.ANMO": (34.9, -106.5, 1850.0)}
+    stations = TypeAdapter(hints["stations"]).validate_python({"TA.POKR": [*POKR_AT[:2], 501]})
+    assert stations == {"TA.POKR": POKR_AT}
     for fn in (read_segy, read_seisbench):
         typing.get_type_hints(fn)
     assert TypeAdapter(typing.get_type_hints(read_segy)["endian"]).validate_python("auto")

@@ -275,12 +275,15 @@ def test_every_format_through_prepare(tmp_path, shared_data, monkeypatch):
     manifest = prepare_from_config(loaded, tmp_path / "store", progress=False)
     counts = {name: s["n_samples"] for name, s in manifest["sources"].items()}
     assert counts == {
-        "era5-netcdf": 24, "era5-grib": 40, "modis": 1, "mseed": 291, "segy-f3": 414,
+        "era5-netcdf": 24, "era5-grib": 40, "modis": 1, "mseed": 281, "segy-f3": 414,
         "seisbench": 100, "ghcn": 29, "camels": 5, "fluxnet": 53, "poisson": 16,
     }  # fmt: skip
     [reject] = manifest["rejects"]
     assert "h00v08" in reject["paths"][0] and "no valid pixel" in reject["reason"]
     with PatchStore(tmp_path / "store") as store:  # verifies every sha256
+        # TA.POKR's three files as one unit: ceil(168001 / 600) = 281 windows of 3 components.
+        assert len(store.sources["mseed"]["units"]) == 1
+        assert [v.name for v in store.variables("mseed")] == ["vel_z", "vel_n", "vel_e"]
         src = store.sources["seisbench"]
         assert [v.name for v in store.variables("seisbench")] == ["vel_z", "vel_n", "vel_e"]
         shard = store.file(src["units"][0]["shard"])
