@@ -6,10 +6,7 @@ devices, with model FLOPs = 3 x forward matmul FLOPs (``forward_flops_per_token`
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-from scigpt.rundir import MetricsLog, read_metrics
+from scigpt.rundir import read_metrics
 
 # Dense bf16 peak TFLOP/s per device (vendor datasheets, without sparsity).
 PEAK_TFLOPS_BF16 = {
@@ -66,31 +63,4 @@ def detect_peak_tflops(precision: str) -> float | None:
     return None
 
 
-class MetricsLogger:
-    """Step metrics to every sink: the run directory's ``metrics.jsonl`` through its one writer
-    (``RunDir.open_metrics``: flushed per record, de-duplicated on resume) and TensorBoard.
-    ``purge_step``: a resumed run's first step; TensorBoard hides the killed segment's events
-    from there on, as metrics.jsonl drops its records."""
-
-    def __init__(self, log: MetricsLog, tb_dir: Path | None, purge_step: int | None = None):
-        self._log = log
-        self._tb = None
-        if tb_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(tb_dir), purge_step=purge_step)
-
-    def log(self, record: dict[str, Any], step: int) -> None:
-        self._log.append(record, step)
-        if self._tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        self._log.close()
-        if self._tb is not None:
-            self._tb.close()
-
-
-__all__ = ["PEAK_TFLOPS_BF16", "MetricsLogger", "detect_peak_tflops", "read_metrics"]
+__all__ = ["PEAK_TFLOPS_BF16", "detect_peak_tflops", "read_metrics"]
