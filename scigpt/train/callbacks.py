@@ -328,4 +328,3 @@ def write_outputs(run: RunDir, store, test: dict, cfg) -> dict[str, Path]:
         out=run.plots / f"forecast_{var}.png",
     )
     return files
-

@@ -258,5 +258,12 @@ def batch_sampler(
     )
 
 
-__all__ = ["Registry", "RunData", "batch_sampler", "build_datasets", "ingest",
-           "open_data", "training_stream"]
+__all__ = [
+    "Registry",
+    "RunData",
+    "batch_sampler",
+    "build_datasets",
+    "ingest",
+    "open_data",
+    "training_stream",
+]

@@ -1,4 +1,4 @@
-"""Step metrics to console, JSONL and TensorBoard, plus throughput and MFU.
+"""Throughput and MFU: the peak FLOP/s of the devices (the sinks are in callbacks.py).
 
 MFU follows PaLM (Chowdhery et al. 2022, appendix B): achieved model FLOP/s over the peak of the
 devices, with model FLOPs = 3 x forward matmul FLOPs (``forward_flops_per_token``) per token.
