@@ -59,10 +59,8 @@ from scigpt.train.callbacks import (
     CallbackList,
     JsonlMetrics,
     MemoryReport,
-    MlflowSink,
     RunOutputs,
     TensorBoardSink,
-    WandbSink,
 )
 from scigpt.train.checkpoint import (
     CheckpointManager,
@@ -73,6 +71,7 @@ from scigpt.train.checkpoint import (
     tag_of,
 )
 from scigpt.train.metrics import detect_peak_tflops
+from scigpt.train.tracking import MlflowSink, WandbSink
 
 
 @dataclass
