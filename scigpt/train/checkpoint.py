@@ -233,3 +233,20 @@ class CheckpointState:
         if state.layout is None:
             state.layout = checkpoint_layout(ckpt, raw).to_dict()
         return state
+
+
+RESHARD_NOTE = (
+    "weights, step, learning-rate schedule and data position continue exactly; the optimizer "
+    "state (AdamW moments) restarts, and the per-rank RNG streams are reseeded. Resume at the "
+    "saved layout to keep them."
+)
+
+
+def load_schedule(engine, ckpt: Path) -> CheckpointState:
+    """Resuming ``ckpt`` at another layout, after its weights were loaded resharded: its
+    learning-rate schedule and step counters into ``engine``; returns its state."""
+    raw = client_state(ckpt)
+    engine.lr_scheduler.load_state_dict(raw["lr_scheduler"])
+    engine.global_steps = raw["global_steps"]
+    engine.global_samples = raw["global_samples"]
+    return CheckpointState.from_dict(raw, where=str(ckpt))

@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scigpt.atomic import atomic_write_text
+from scigpt.config import RunConfig
 from scigpt.rundir import RunDir
-from scigpt.train.callbacks import Callback
+from scigpt.train.callbacks import Callback, JsonlMetrics, TensorBoardSink
 
 if TYPE_CHECKING:
     from scigpt.train.trainer import Trainer
@@ -241,3 +242,18 @@ class WandbSink(TrackerSink):
 
     def on_train_end(self, trainer: Trainer, status: str) -> None:
         self.wb.finish(exit_code=0 if status == "completed" else 1)
+
+
+def metrics_sinks(
+    cfg: RunConfig, run: RunDir, *, run_name: str, config: dict[str, Any], purge_step: int | None
+) -> list[Callback]:
+    """Rank 0's sinks: metrics.jsonl, and TensorBoard, MLflow and W&B as ``logging`` turns
+    them on (``purge_step``: a resumed run's first step, for TensorBoard)."""
+    sinks: list[Callback] = [JsonlMetrics(run.open_metrics())]
+    if cfg.logging.tensorboard:
+        sinks.append(TensorBoardSink(run.tb, purge_step=purge_step))
+    if cfg.logging.mlflow:
+        sinks.append(MlflowSink(run, experiment=cfg.name, run_name=run_name, config=config))
+    if cfg.logging.wandb:
+        sinks.append(WandbSink(run, project=cfg.name, run_name=run_name, config=config))
+    return sinks

@@ -11,19 +11,12 @@ then per step ``train_step`` and ``after_step`` (guards, logging, ``validate``, 
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
-import signal
-import threading
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -32,139 +25,51 @@ from scigpt.config import check_trainable
 from scigpt.config_loader import ConfigError, LoadedConfig
 from scigpt.eval.forecast import evaluate_forecast
 from scigpt.eval.metrics import lat_weights
-from scigpt.eval.series import evaluate_series
-from scigpt.export.errors import PackageError
 from scigpt.finetune import recipe
 from scigpt.launch.distributed import init_distributed
 from scigpt.models.build import (
     build_model,
-    build_model_zero3,
     forward_flops_per_token,
-    materialise,
 )
-from scigpt.models.objectives import Objectives
 from scigpt.models.vit import ModelSpec
 from scigpt.parallel import reshard
-from scigpt.parallel.checkpointing import apply_activation_checkpointing
-from scigpt.parallel.engine import build_engine, deepspeed_config
-from scigpt.parallel.pipeline import PipelineForecaster, build_pipeline, to_pipe
-from scigpt.parallel.tensor_parallel import apply_tensor_parallel
+from scigpt.parallel.engine import build_engine
+from scigpt.parallel.pipeline import PipelineForecaster, to_pipe
 from scigpt.parallel.topology import ProcessGroups, Topology
-from scigpt.preflight import check_run, machine_target, memory_problem
-from scigpt.prepare import IngestRejected
-from scigpt.rundir import RunDir, Segment, default_run_name, provenance, runs_root
-from scigpt.runlock import RunLocked, RunLockLost
+from scigpt.preflight import machine_target, memory_problem
+from scigpt.rundir import RunDir, default_run_name, runs_root
+from scigpt.runlock import RunLockLost
 from scigpt.train import data as run_data
 from scigpt.train.callbacks import (
     CallbackList,
-    JsonlMetrics,
     MemoryReport,
     RunOutputs,
-    TensorBoardSink,
 )
 from scigpt.train.checkpoint import (
+    RESHARD_NOTE,
     CheckpointManager,
     CheckpointState,
     barrier,
+    load_schedule,
     read_info,
     step_of,
     tag_of,
 )
+from scigpt.train.evaluate import run_test, wins_and_losses
 from scigpt.train.metrics import detect_peak_tflops
-from scigpt.train.tracking import MlflowSink, WandbSink
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    final_loss: float
-    test: dict[str, Any] = field(default_factory=dict)
-    files: dict[str, Path] = field(default_factory=dict)
-    preempted: bool = False  # stopped by SIGUSR1 after checkpointing; resume with --resume
-    main: bool = True  # this process is rank 0 (it reports for the run)
-    finished_before: bool = False  # resumed a run that had finished: nothing was done
-
-
-@dataclass
-class _Held:
-    """What rank 0 holds while it trains: the run directory (and its lock), its segment."""
-
-    run: RunDir | None = None
-    segment: Segment | None = None
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _to_device(
-    batch: dict[str, Any], device: torch.device, non_blocking: bool = False
-) -> dict[str, Any]:
-    return {
-        k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
-        for k, v in batch.items()
-    }
-
-
-class _Preemption:
-    """SIGUSR1 (Slurm's ``--signal=B:USR1@grace``, forwarded by the batch script) asks the run
-    to checkpoint at the end of the current step and exit cleanly. Installed before the data
-    loaders fork, so their workers inherit the handler instead of dying on the signal."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGUSR1, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        self.requested = True
-
-    def agreed(
-        self, world: int, device: torch.device, lock_lost: bool = False
-    ) -> tuple[bool, bool]:
-        """(any rank was signalled, rank 0 lost the run directory's lock), agreed by all
-        ranks: all stop at the same step."""
-        flags = [float(self.requested), float(lock_lost)]
-        if world > 1:
-            t = torch.tensor(flags, device=device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flags = t.tolist()
-        return bool(flags[0]), bool(flags[1])
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGUSR1, self._previous)
-
-
-def _test_nan_steps() -> set[int]:
-    """Fault injection for the numerical-guard tests: SCIGPT_TEST_NAN_STEPS="5,6" turns those
-    steps' inputs into NaN. Unset in normal runs."""
-    raw = os.environ.get("SCIGPT_TEST_NAN_STEPS", "")
-    return {int(x) for x in raw.split(",") if x.strip()}
-
-
-def _on_rank0(fn, *, is_main: bool, world: int):
-    """Run ``fn`` on rank 0 only; every rank returns its result, or raises what it raised (a
-    refusal on rank 0 stops every rank cleanly instead of leaving them in a collective)."""
-    out: tuple[str, Any] = ("ok", None)
-    if is_main:
-        try:
-            out = ("ok", fn())
-        except (ConfigError, RunLocked, ValueError, OSError, IngestRejected, PackageError) as e:
-            if world == 1:
-                raise
-            out = ("error", e)
-    if world > 1:
-        box = [out]
-        dist.broadcast_object_list(box, src=0)
-        out = box[0]
-    if out[0] == "error":
-        raise out[1]
-    return out[1]
+from scigpt.train.model import heads_record, layout_model, objectives_of, pooled_outputs
+from scigpt.train.session import (
+    Held,
+    Preemption,
+    TrainResult,
+    on_rank0,
+    open_run,
+    seed_everything,
+    test_nan_steps,
+    to_device,
+    write_provenance,
+)
+from scigpt.train.tracking import metrics_sinks
 
 
 def train(
@@ -184,7 +89,7 @@ def train(
     (``scigpt.runlock``; ``break_lock`` takes it from a holder judged alive). ``trusted_keys``:
     a fine-tune package must be signed by one of these public keys.
     """
-    held = _Held()
+    held = Held()
     trainer = Trainer(
         loaded, run_name=run_name, root=root, resume=resume, break_lock=break_lock,
         trusted_keys=trusted_keys, held=held,
@@ -205,41 +110,20 @@ def train(
             held.run.unlock()
 
 
-def _open_run(
-    loaded: LoadedConfig, run: RunDir, resolved: dict[str, Any], *, resume: bool,
-    break_lock: bool, target, package_config: dict | None, held: _Held,
-) -> dict[str, Any]:  # fmt: skip
-    """Rank 0, before anything is written: everything ``scigpt validate`` checks (against this
-    machine), the lock, and whether the run resumes or has finished already."""
-    cfg = loaded.config
-    check_run(loaded, target=target, run_name=run.path.name, package_config=package_config)
-    run.lock(break_lock=break_lock)
-    held.run = run
-    if run.run_lock is not None and run.run_lock.broke:
-        print(f"scigpt: {run.path}: {run.run_lock.broke}", flush=True)
-    resuming = resume and run.config_path.is_file()
-    if not resuming:
-        RunDir.create(run.path.parent, run.path.name, resolved)
-        return {"resuming": False}
-    run.check_same_config(resolved)
-    test = run.finished(cfg.schedule.steps)
-    return {"resuming": True, "finished": test}
-
-
 class Trainer:
     """One run on one rank. ``run()`` sets up and trains; see the module docstring."""
 
     def __init__(
         self, loaded: LoadedConfig, *, run_name: str | None = None, root: Path | None = None,
         resume: bool = False, break_lock: bool = False, trusted_keys: list | None = None,
-        held: _Held | None = None,
+        held: Held | None = None,
     ):  # fmt: skip
         if resume and run_name is None:
             raise ValueError("--resume needs --run-name: the run directory to continue")
         self.loaded, self.cfg = loaded, loaded.config
         self.run_name, self.root, self.resume = run_name, root, resume
         self.break_lock, self.trusted_keys = break_lock, trusted_keys
-        self.held = held or _Held()
+        self.held = held or Held()
         self.package = None
         self.callbacks = CallbackList()
         self._ended = False
@@ -293,7 +177,7 @@ class Trainer:
             torch.set_num_threads(cfg.runtime.threads)
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.preemption = _Preemption()
+        self.preemption = Preemption()
         self.info = init_distributed()
         self.rank, self.world = self.info.rank, self.info.world_size
         self.topo = self.layout = Topology.from_config(cfg.parallel, self.world)
@@ -317,7 +201,7 @@ class Trainer:
         self._build_stream()
         self._build_callbacks()
         self.steps, self.accum = cfg.schedule.steps, cfg.schedule.grad_accum
-        self.nan_steps = _test_nan_steps()
+        self.nan_steps = test_nan_steps()
         self.bar = tqdm(total=self.steps, initial=self.start_step, desc="train", unit="step",
                         disable=not self.show, dynamic_ncols=True)  # fmt: skip
         self.window_t, self.window_samples = time.perf_counter(), 0
@@ -339,8 +223,8 @@ class Trainer:
         self.resolved = self.loaded.resolved_dict()
         target = machine_target(self.world, self.info.local_world_size)
         pkg_config = self.package.config if self.package is not None else None
-        opened = _on_rank0(
-            lambda: _open_run(
+        opened = on_rank0(
+            lambda: open_run(
                 self.loaded, self.run, self.resolved, resume=self.resume,
                 break_lock=self.break_lock, target=target, package_config=pkg_config,
                 held=self.held,
@@ -361,7 +245,7 @@ class Trainer:
     def _build_data(self) -> None:
         """Ingest (rank 0), open the stores, the registry (a fine-tune's: the package's
         variables first) and the datasets."""
-        _on_rank0(
+        on_rank0(
             lambda: run_data.ingest(self.loaded, self.store_dir, progress=self.show),
             is_main=self.is_main, world=self.world,
         )  # fmt: skip
@@ -391,43 +275,17 @@ class Trainer:
             else reshard.checkpoint_layout(self.run.checkpoints / tag)
         )  # fmt: skip
 
-    def _objectives(self) -> Objectives:
-        oc, reg_names = self.cfg.objectives, self.data.registry.names
-        unknown = sorted(set(oc.variable_weights) - set(reg_names))
-        if unknown:
-            raise ValueError(
-                f"objectives.variable_weights names {unknown}, not variables of the run "
-                f"({reg_names}): use canonical names such as {reg_names[0]!r}"
-            )
-        return Objectives(
-            forecast=oc.forecast, masked=oc.masked, mask_ratio=oc.mask_ratio, pooled=oc.pooled,
-            pooled_kind=oc.pooled_kind,
-            variable_weights={reg_names.index(k): w for k, w in oc.variable_weights.items()},
-        )  # fmt: skip
-
-    def _heads(self) -> tuple[int, dict[str, Any]]:
-        """The pooled head's outputs (the run's targets or classes, else the package's head
-        size) and the run's heads record."""
-        oc, base = self.cfg.objectives, self.package.model if self.package else None
-        num_targets = (
-            (oc.pooled_classes if oc.pooled_kind == "classification" else len(oc.pooled_targets))
-            if oc.pooled
-            else (base.spec.num_targets if base is not None else 0)
-        )
-        if base is not None:
-            return num_targets, recipe.finetune_heads(
-                base, self.cfg, num_targets, self.package.config
-            )
-        pooled = {"kind": oc.pooled_kind, "targets": list(oc.pooled_targets)} if oc.pooled else None
-        return num_targets, {"leads": {"head": self.data.lead}, "forecast_head": None,
-                             "pooled": pooled}  # fmt: skip
-
     def _build_model(self) -> None:
         """The single-device model on the meta device, then the run's layout of it."""
         cfg, topo, data = self.cfg, self.topo, self.data
-        self.objectives = self._objectives()
-        _seed_everything(cfg.seed)
-        num_targets, self.heads_info = self._heads()
+        self.objectives = objectives_of(cfg, data.registry.names)
+        seed_everything(cfg.seed)
+        base = self.package.model if self.package is not None else None
+        num_targets = pooled_outputs(cfg, base)
+        self.heads_info = (
+            recipe.finetune_heads(base, cfg, num_targets, self.package.config) if base is not None
+            else heads_record(cfg, data.lead)
+        )  # fmt: skip
         spec = ModelSpec(num_vars=len(data.registry.names), history=cfg.data.history,
                          num_targets=num_targets)  # fmt: skip
         meta = build_model(cfg.model, spec)  # on the meta device: sizes, and the layouts' source
@@ -447,30 +305,13 @@ class Trainer:
             if problem:
                 raise ConfigError(str(self.loaded.path or "<config>"), [problem])
 
-        _on_rank0(fits, is_main=self.is_main, world=self.world)
+        on_rank0(fits, is_main=self.is_main, world=self.world)
         self.groups = ProcessGroups(topo, self.rank) if topo.tp > 1 or topo.pp > 1 else None
         self.tp_rank = self.groups.tp_rank if self.groups else 0
-        ac = cfg.parallel.activation_checkpointing
-        if ac != "none":
-            # Patches block forwards: survives materialisation, pipelining and tensor parallelism.
-            apply_activation_checkpointing(meta, ac)
-        if topo.pp > 1:
-            model = build_pipeline(
-                meta, topo=topo, groups=self.groups, device=self.device, seed=cfg.seed,
-                objectives=self.objectives, partition=cfg.parallel.pp_partition,
-                dynamic_shape=len(cfg.data.sources) > 1,
-            )  # fmt: skip
-        elif topo.zero_stage == 3:
-            model = build_model_zero3(
-                cfg.model, spec, deepspeed_config(cfg, topo, self.n_params), device=self.device,
-                seed=cfg.seed,
-            )  # fmt: skip
-            if ac != "none":
-                apply_activation_checkpointing(model, ac)
-        else:
-            model = materialise(meta, self.device, seed=cfg.seed)
-            if topo.tp > 1:
-                apply_tensor_parallel(model, self.groups.tp_group)
+        model = layout_model(
+            meta, cfg, spec, topo=topo, groups=self.groups, device=self.device,
+            objectives=self.objectives, n_params=self.n_params,
+        )  # fmt: skip
         if self.package is not None:
             model = recipe.finetune_model(
                 model, self.package.model, cfg, self.data.registry.new_ids, tp=topo.tp,
@@ -492,7 +333,7 @@ class Trainer:
             PipelineForecaster(self.engine, residual=self.residual) if topo.pp > 1
             else self.engine.module
         )  # fmt: skip
-        _seed_everything(self.cfg.seed + self.rank)  # per-rank streams for dropout etc.
+        seed_everything(self.cfg.seed + self.rank)  # per-rank streams for dropout etc.
 
     def _resume(self) -> None:
         """Load the checkpoint to resume from (same layout: everything, exactly; another
@@ -502,19 +343,12 @@ class Trainer:
         if self.resume_tag is not None:
             if self.foreign is None:  # the same layout: everything, exactly (DeepSpeed's load)
                 state = CheckpointState.from_dict(self.ckpts.load(self.engine, self.resume_tag))
-            else:
-                raw = reshard.client_state(self.run.checkpoints / self.resume_tag)
-                self.engine.lr_scheduler.load_state_dict(raw["lr_scheduler"])
-                self.engine.global_steps = raw["global_steps"]
-                self.engine.global_samples = raw["global_samples"]
-                state = CheckpointState.from_dict(raw)
+            else:  # the weights were loaded resharded (_build_model)
+                state = load_schedule(self.engine, self.run.checkpoints / self.resume_tag)
                 if self.is_main:
                     warnings.warn(
                         f"resharding {self.resume_tag} from {self.foreign.describe()} to "
-                        f"{self.layout.describe()}: weights, step, learning-rate schedule and "
-                        "data position continue exactly; the optimizer state (AdamW moments) "
-                        "restarts, and the per-rank RNG streams are reseeded. Resume at the "
-                        "saved layout to keep them.",
+                        f"{self.layout.describe()}: {RESHARD_NOTE}",
                         stacklevel=1,
                     )
             self.start_step, self.loader_state = state.step, state.loader
@@ -544,29 +378,15 @@ class Trainer:
             p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
             for p in self.model.parameters()
         )
-        prov = provenance(
-            data_manifest_sha256=store.manifest_sha256,
-            hosts=[self.info.master_addr],
+        write_provenance(
+            self.run, resuming=self.resuming, start_step=self.start_step,
+            data_manifest_sha256=store.manifest_sha256, hosts=[self.info.master_addr],
             extra={
                 "world_size": self.world, "topology": self.topo.describe(),
                 "launcher": self.info.launcher, "n_params": self.n_params,
                 "params_local_fraction": n_local / self.n_params, "store": str(self.store_dir),
             },
         )  # fmt: skip
-        if self.resuming and (self.run.path / "provenance.json").is_file():
-            # Keep the run's original provenance; record each restart (Slurm requeues too).
-            first = json.loads((self.run.path / "provenance.json").read_text())
-            first.setdefault("restarts", []).append(
-                {
-                    "utc": prov["created_utc"],
-                    "step": self.start_step,
-                    "git": prov["git"],
-                    "world_size": self.world,
-                    "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
-                }
-            )
-            prov = first
-        self.run.write_json("provenance.json", prov)
         print(
             f"run {self.name}: {self.n_params / 1e6:.2f}M parameters, "
             f"{'+'.join(str(len(d)) for d in self.data.train_dss)} train / "
@@ -590,19 +410,11 @@ class Trainer:
         self.callbacks.append(MemoryReport())
         if not self.is_main:
             return
-        self.callbacks.append(JsonlMetrics(run.open_metrics()))
-        if cfg.logging.tensorboard:
-            self.callbacks.append(
-                TensorBoardSink(run.tb, purge_step=self.start_step + 1 if self.resuming else None)
-            )
-        if cfg.logging.mlflow:
-            self.callbacks.append(
-                MlflowSink(run, experiment=cfg.name, run_name=self.name, config=self.resolved)
-            )
-        if cfg.logging.wandb:
-            self.callbacks.append(
-                WandbSink(run, project=cfg.name, run_name=self.name, config=self.resolved)
-            )
+        purge = self.start_step + 1 if self.resuming else None
+        for sink in metrics_sinks(
+            cfg, run, run_name=self.name, config=self.resolved, purge_step=purge
+        ):
+            self.callbacks.append(sink)
         self.callbacks.append(RunOutputs())
 
     def checkpoint_state(self, step: int) -> CheckpointState:
@@ -624,7 +436,7 @@ class Trainer:
         """The training stream as engine-ready micro-batches (device, dtype, fault injection)."""
         lc = self.cfg.data.loader
         while True:
-            batch = _to_device(next(self.stream), self.device, non_blocking=lc.pin_memory)
+            batch = to_device(next(self.stream), self.device, non_blocking=lc.pin_memory)
             self.source_counts[batch.get("source", 0)] += 1
             if self.cfg.precision == "bf16":
                 batch["fields"] = batch["fields"].to(torch.bfloat16)  # the model's dtype
@@ -655,24 +467,6 @@ class Trainer:
             dist.all_reduce(t)
             loss = t.item() / self.world
         return loss
-
-    def _agree_to_stop(self, step: int) -> bool:
-        """Every rank agrees to stop at this step (SIGUSR1), or that rank 0 lost the run lock
-        (another process took the directory over: write nothing more). Rank 0 re-reads the
-        lock before the steps that write; its heartbeat checks it in between."""
-        cfg = self.cfg
-        writes = step % cfg.logging.every == 0 or step == self.steps or (
-            cfg.checkpoint.every and step % cfg.checkpoint.every == 0
-        ) or (cfg.eval.every and step % cfg.eval.every == 0)  # fmt: skip
-        lock = self.run.run_lock if self.is_main else None
-        lost = lock is not None and (lock.lost or (bool(writes) and not lock.verify()))
-        stop, lost = self.preemption.agreed(self.world, self.device, lock_lost=lost)
-        if lost:
-            raise RunLockLost(
-                f"rank 0 lost the lock of {self.run.path} at step {step}: another process took "
-                "the run directory over; this job stops without writing"
-            )
-        return stop
 
     def _guard(self, step: int) -> bool:
         """Whether the step was applied. DeepSpeed's ZeRO optimizers skip an update whose
@@ -727,7 +521,12 @@ class Trainer:
         """Guards, logging, validation and checkpoints after the step; ``"early_stop"``,
         ``"preempted"`` or None (go on)."""
         cfg = self.cfg
-        stop = self._agree_to_stop(step)
+        writes = step % cfg.logging.every == 0 or step == self.steps or (
+            cfg.checkpoint.every and step % cfg.checkpoint.every == 0
+        ) or (cfg.eval.every and step % cfg.eval.every == 0)  # fmt: skip
+        lock = self.run.run_lock if self.is_main else None
+        stop = self.preemption.stop_here(step, lock, writes=bool(writes), world=self.world,
+                                         device=self.device, run=self.run.path)  # fmt: skip
         finite = self._guard(step)
         self.bar.update(1)
         if self.held.segment is not None:
@@ -806,30 +605,13 @@ class Trainer:
                 )  # fmt: skip
         return tested or tag_of(steps)
 
-    def _test(self) -> dict[str, Any]:
-        test = evaluate_forecast(
-            self.forecaster, self.data.test_ds, self.weights, self.device, batch_size=8
-        )
-        oc = self.cfg.objectives
-        if self.data.series_test:
-            test["series"] = {
-                name: evaluate_series(
-                    self.forecaster, ds, self.device,
-                    pooled_kind=oc.pooled_kind if oc.pooled else None,
-                    mask_ratio=oc.mask_ratio if oc.masked else None,
-                )
-                for name, ds in self.data.series_test.items()
-                if len(ds)
-            }  # fmt: skip
-        return test
-
     def finish(self) -> TrainResult:
         """The final checkpoint, the test on the tested checkpoint, outputs and the test
         record (last: a run that has one has finished)."""
         steps, run = self.steps, self.run
         ckpt = self.save(steps) if self.saved_at != steps else run.checkpoints / tag_of(steps)
         tested = self._load_tested()
-        test = self._test()
+        test = run_test(self.forecaster, self.data, self.weights, self.device)
         self.files.update({"checkpoint": ckpt, "tested": run.checkpoints / tested})
         if self.is_main:
             assert self.held.segment is not None
@@ -849,7 +631,7 @@ class Trainer:
             "kind": "test",
             **test["summary"],
             "checkpoint_step": step_of(tested),
-            **_wins_and_losses(test, data.store.names),
+            **wins_and_losses(test, data.store.names),
             **{
                 f"{name}/{k}": v
                 for name, res in test.get("series", {}).items()
@@ -865,19 +647,3 @@ class Trainer:
             "device_hours": run.device_hours(),
             "segments": len(run.segments()),
         }
-
-
-def _wins_and_losses(test: dict[str, Any], names: list[str]) -> dict[str, list[str]]:
-    """The scored variables whose test RMSE is below persistence's, and those above it."""
-    scored = test.get("scored") or [True] * len(names)
-    pairs = [
-        (n, float(m), float(p))
-        for n, m, p, ok in zip(
-            names, test["rmse_model"], test["rmse_persistence"], scored, strict=True
-        )
-        if ok
-    ]
-    return {
-        "better_than_persistence": [n for n, m, p in pairs if m < p],
-        "worse_than_persistence": [n for n, m, p in pairs if m >= p],
-    }
