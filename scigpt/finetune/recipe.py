@@ -34,7 +34,6 @@ from scigpt.finetune.adapt import (
 )
 from scigpt.finetune.lora import apply_lora
 from scigpt.parallel import reshard
-from scigpt.train.data import Registry
 
 
 def load_package(
@@ -55,23 +54,26 @@ def load_package(
     return loaded, package
 
 
-def extend_registry(package: PretrainedModel, registry: Registry, *, seed: int) -> None:
-    """The fine-tuning registry: the package's variables in its order, then the data's new
-    ones (added to ``package.model``, rows seeded by ``seed``); package-only variables keep the
-    package's statistics."""
-    data_dicts = dict(zip(registry.names, registry.dicts, strict=True))
-    registry.names, registry.new_ids = extend_variables(
-        package.model, package.var_names, registry.names, seed=seed
-    )
+def extend_registry(
+    package: PretrainedModel, names: list[str], dicts: list[dict[str, Any]],
+    stats: dict[str, list[float]], *, seed: int,
+) -> tuple[list[str], list[dict[str, Any]], list[int]]:  # fmt: skip
+    """The fine-tuning registry from the data's (``names``, entries ``dicts``): the package's
+    variables in its order, then the data's new ones (added to ``package.model``, rows seeded
+    by ``seed``). Returns (names, entries, ids of the new variables); package-only variables
+    get the package's statistics in ``stats``."""
+    data_dicts = dict(zip(names, dicts, strict=True))
+    names, new_ids = extend_variables(package.model, package.var_names, names, seed=seed)
     pkg_vars = {v["name"]: v for v in package.variables}
     # the fields a registry entry has (a data variable's), for the package-only ones
     keep = set(next(iter(data_dicts.values()))) if data_dicts else set()
-    registry.dicts = [
+    dicts = [
         data_dicts.get(n) or {k: v for k, v in pkg_vars[n].items() if k in keep or not keep}
-        for n in registry.names
+        for n in names
     ]
     for n in package.var_names:
-        registry.stats.setdefault(n, [pkg_vars[n]["mean"], pkg_vars[n]["std"]])
+        stats.setdefault(n, [pkg_vars[n]["mean"], pkg_vars[n]["std"]])
+    return names, dicts, new_ids
 
 
 def train_paths(model: nn.Module, train: list[str], cfg: RunConfig) -> list[str]:

@@ -6,6 +6,8 @@ devices, with model FLOPs = 3 x forward matmul FLOPs (``forward_flops_per_token`
 
 from __future__ import annotations
 
+import torch
+
 from scigpt.rundir import read_metrics
 
 # Dense bf16 peak TFLOP/s per device (vendor datasheets, without sparsity).
@@ -38,8 +40,6 @@ PEAK_TFLOPS_FP32 = {
 def tf32_enabled() -> bool:
     """Whether fp32 matmuls may run as TF32 (``torch.backends.cuda.matmul.allow_tf32`` or a
     float32 matmul precision other than "highest")."""
-    import torch
-
     return bool(
         torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
     )
@@ -50,8 +50,6 @@ def detect_peak_tflops(precision: str) -> float | None:
     MFU reported). fp32 counts the TF32 tensor-core peak (half bf16's) only when TF32 is
     enabled, and the plain fp32 peak otherwise, so MFU is never flattered by a peak the run
     cannot reach."""
-    import torch
-
     if not torch.cuda.is_available():
         return None
     name = torch.cuda.get_device_name().upper()

@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 
 from scigpt.config_loader import ConfigError, LoadedConfig
-from scigpt.export.errors import PackageError
 from scigpt.preflight import check_run
 from scigpt.prepare import IngestRejected
 from scigpt.rundir import RunDir, Segment, provenance
@@ -121,7 +120,13 @@ def on_rank0(fn, *, is_main: bool, world: int):
     if is_main:
         try:
             out = ("ok", fn())
-        except (ConfigError, RunLocked, ValueError, OSError, IngestRejected, PackageError) as e:
+        except (
+            ConfigError,
+            RunLocked,
+            ValueError,
+            OSError,
+            IngestRejected,
+        ) as e:  # PackageError too
             if world == 1:
                 raise
             out = ("error", e)

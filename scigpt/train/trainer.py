@@ -251,7 +251,10 @@ class Trainer:
         )  # fmt: skip
         self.data = run_data.open_data(self.cfg, self.store_dir)
         if self.package is not None:
-            recipe.extend_registry(self.package, self.data.registry, seed=self.cfg.seed)
+            reg = self.data.registry
+            reg.names, reg.dicts, reg.new_ids = recipe.extend_registry(
+                self.package, reg.names, reg.dicts, reg.stats, seed=self.cfg.seed
+            )
         run_data.build_datasets(self.data)
 
     def _find_resume_checkpoint(self) -> None:
