@@ -27,10 +27,7 @@ from scigpt.eval.forecast import evaluate_forecast
 from scigpt.eval.metrics import lat_weights
 from scigpt.finetune import recipe
 from scigpt.launch.distributed import init_distributed
-from scigpt.models.build import (
-    build_model,
-    forward_flops_per_token,
-)
+from scigpt.models.build import build_model, forward_flops_per_token
 from scigpt.models.vit import ModelSpec
 from scigpt.parallel import reshard
 from scigpt.parallel.engine import build_engine
@@ -40,11 +37,7 @@ from scigpt.preflight import machine_target, memory_problem
 from scigpt.rundir import RunDir, default_run_name, runs_root
 from scigpt.runlock import RunLockLost
 from scigpt.train import data as run_data
-from scigpt.train.callbacks import (
-    CallbackList,
-    MemoryReport,
-    RunOutputs,
-)
+from scigpt.train.callbacks import CallbackList, MemoryReport, RunOutputs
 from scigpt.train.checkpoint import (
     RESHARD_NOTE,
     CheckpointManager,
