@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from scigpt.rundir import read_metrics
@@ -63,3 +64,25 @@ def test_legacy_checkpoint_resumes_exactly(tmp_path, torch_extensions_dir):
     assert [(r["kind"], r["step"]) for r in got] == [(r["kind"], r["step"]) for r in expected]
     for a, b in zip(got, expected, strict=True):
         assert a == b, (a, b)
+
+
+def test_checkpoint_state_reads_the_legacy_client_state():
+    """``CheckpointState.read`` takes every client key 7c1cec6 saved, and ``to_dict`` writes
+    them back unchanged (same keys, same order, same values); a state without the keys older
+    versions lacked gets the defaults those versions implied."""
+    from scigpt.parallel.reshard import client_state
+    from scigpt.train.checkpoint import CheckpointState
+
+    ckpt = LEGACY / "run" / "checkpoints" / "step_00000002"
+    raw = client_state(ckpt)
+    state = CheckpointState.read(ckpt)
+    ours = state.to_dict()
+    assert list(ours) == [k for k in raw if k in ours]  # the order 7c1cec6 wrote
+    assert ours == {k: raw[k] for k in ours}
+    assert state.step == 2 and state.layout == {"dp": 1, "tp": 1, "pp": 1, "zero_stage": 1}
+    old = {k: raw[k] for k in ("config", "step", "world_size", "variables", "stats", "loader")}
+    older = CheckpointState.from_dict(old)
+    assert older.best_val == float("inf") and older.skipped == 0 and older.heads is None
+    assert older.variable_stats == {} and older.layout is None
+    with pytest.raises(ValueError, match="holds no run config"):
+        CheckpointState.from_dict({"step": 3})
