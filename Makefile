@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints-cpu.txt 'numpy>=1.26' setuptools wheel
 	$(PIP) install -q -c constraints-cpu.txt --no-build-isolation --no-binary ibm2ieee 'ibm2ieee>=1.3.3'
-	$(PIP) install -q -c constraints-cpu.txt -e '.[dev,mpi,formats,dali,kernels]'
+	$(PIP) install -q -c constraints-cpu.txt -e '.[dev,mpi,formats,dali,kernels,tracking]'
 	@touch $(STAMP)
 
 venv: system-deps $(STAMP)

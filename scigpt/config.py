@@ -381,6 +381,10 @@ class GuardsConfig(_Strict):
 class LoggingConfig(_Strict):
     every: PositiveInt = 10
     tensorboard: bool = True
+    # Experiment trackers (the `tracking` extra), both beside the run: MLflow in a SQLite store
+    # per run (RUN_DIR/mlflow.db), Weights & Biases offline in RUN_DIR/wandb (`wandb sync` it).
+    mlflow: bool = False
+    wandb: bool = False
     progress: bool = True
     # Peak dense TFLOP/s of one device in the run's precision, for MFU. None: detect from the
     # device name; unknown devices (CPUs) report no MFU.

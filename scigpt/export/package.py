@@ -206,7 +206,8 @@ def export_run(
     from safetensors.torch import save_file
 
     from scigpt.export.card import render_card
-    from scigpt.parallel.reshard import checkpoint_layout, client_state, consolidate
+    from scigpt.parallel.reshard import consolidate
+    from scigpt.train.checkpoint import CheckpointState
 
     run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
     if dtype not in DTYPES:
@@ -215,11 +216,10 @@ def export_run(
         raise FileExistsError(f"{out} already exists: choose another OUT or pass --force")
     key = signing.load_private_key(sign) if sign is not None else None  # before the work
     ckpt = resolve_checkpoint(run_dir, step=step, best=best)
-    state = client_state(ckpt)
-    if "config" not in state:
-        raise ValueError(f"{ckpt}: the checkpoint holds no run config; it predates packages")
+    typed = CheckpointState.read(ckpt)  # legacy checkpoints too; no run config: ValueError
+    state = typed.to_dict()
     cfg = state["config"]
-    layout = checkpoint_layout(ckpt, state).to_dict()
+    layout = typed.layout
     full = merge_lora_state(consolidate(ckpt), cfg.get("finetune") or {})
     tensors = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in sorted(full.items())}
     variables = _variables_with_stats(state)

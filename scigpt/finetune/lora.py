@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scigpt.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+
 __all__ = [
     "DEFAULT_TARGETS",
     "LoRALinear",
@@ -111,8 +113,6 @@ class LoRALinear(nn.Module):
 
 
 def _check_not_tensor_parallel(module: nn.Module, where: str) -> None:
-    from scigpt.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear
-
     if isinstance(module, ColumnParallelLinear | RowParallelLinear):
         raise ValueError(
             f"{where} is a {type(module).__name__}: LoRA does not support tensor-parallel "

@@ -12,15 +12,19 @@ pickled files and our per-rank RNG files are ``torch.load``-ed from there and no
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from scigpt.atomic import atomic_write_text
+from scigpt.parallel.reshard import checkpoint_layout, client_state
 
 TMP_PREFIX = ".tmp-"
 INFO_FILE = "scigpt.json"
@@ -62,8 +66,6 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def barrier(world: int) -> None:
     if world > 1:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -166,3 +168,85 @@ class CheckpointManager:
             elif client.get("world_size") == self.world:
                 raise RuntimeError(f"{rng_file} is missing: the checkpoint is incomplete")
         return client
+
+
+@dataclass
+class CheckpointState:
+    """The training state SciGPT saves beside DeepSpeed's (the checkpoint's client state): what
+    a resume continues from and what export reads. Written as a plain dict with the keys below
+    (``to_dict``); ``from_dict`` also reads checkpoints of older versions, whose missing keys
+    take the defaults those versions implied."""
+
+    config: dict[str, Any]  # the resolved run config
+    step: int
+    world_size: int
+    loader: dict[str, Any] | None = None  # the data stream after the last consumed micro-batch
+    variables: list[dict[str, Any]] = field(default_factory=list)  # the registry, in id order
+    variable_stats: dict[str, list[float]] = field(default_factory=dict)  # name -> [mean, std]
+    stats: dict[str, Any] = field(default_factory=dict)  # the first store's {"mean", "std"}
+    source_stats: dict[str, Any] = field(default_factory=dict)
+    heads: dict[str, Any] | None = None  # {"leads", "forecast_head", "pooled"}
+    time_step_ns: int | None = None  # one step of the first grid source
+    data_manifest_sha256: str | None = None
+    best_val: float = math.inf
+    skipped: int = 0  # non-finite steps skipped so far
+    layout: dict[str, Any] | None = None  # Topology.to_dict() at save time
+
+    def to_dict(self) -> dict[str, Any]:
+        """The client-state dict, keys in the order 7c1cec6 wrote them."""
+        return {
+            "config": self.config,
+            "step": self.step,
+            "world_size": self.world_size,
+            "variables": self.variables,
+            "variable_stats": self.variable_stats,
+            "stats": self.stats,
+            "source_stats": self.source_stats,
+            "heads": self.heads,
+            "time_step_ns": self.time_step_ns,
+            "data_manifest_sha256": self.data_manifest_sha256,
+            "loader": self.loader,
+            "best_val": self.best_val,
+            "skipped": self.skipped,
+            "layout": self.layout,
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any], *, where: str = "checkpoint") -> CheckpointState:
+        """Read a client-state dict (DeepSpeed's own keys beside it are ignored). Older
+        checkpoints lack some keys: no ``heads`` (one forecast head at ``data.lead``), no
+        ``variable_stats`` (statistics by source), no ``layout`` (inferred from the files by
+        ``read``), no ``best_val``/``skipped``."""
+        if "config" not in state:
+            raise ValueError(f"{where}: the checkpoint holds no run config; it predates packages")
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in state.items() if k in names and v is not None}
+        known.setdefault("step", -1)
+        known.setdefault("world_size", 1)
+        return cls(**known)
+
+    @classmethod
+    def read(cls, ckpt: str | Path) -> CheckpointState:
+        """The state of the checkpoint folder ``ckpt`` (any layout), without DeepSpeed."""
+        raw = client_state(ckpt)
+        state = cls.from_dict(raw, where=str(ckpt))
+        if state.layout is None:
+            state.layout = checkpoint_layout(ckpt, raw).to_dict()
+        return state
+
+
+RESHARD_NOTE = (
+    "weights, step, learning-rate schedule and data position continue exactly; the optimizer "
+    "state (AdamW moments) restarts, and the per-rank RNG streams are reseeded. Resume at the "
+    "saved layout to keep them."
+)
+
+
+def load_schedule(engine, ckpt: Path) -> CheckpointState:
+    """Resuming ``ckpt`` at another layout, after its weights were loaded resharded: its
+    learning-rate schedule and step counters into ``engine``; returns its state."""
+    raw = client_state(ckpt)
+    engine.lr_scheduler.load_state_dict(raw["lr_scheduler"])
+    engine.global_steps = raw["global_steps"]
+    engine.global_samples = raw["global_samples"]
+    return CheckpointState.from_dict(raw, where=str(ckpt))

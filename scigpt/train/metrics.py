@@ -1,4 +1,4 @@
-"""Step metrics to console, JSONL and TensorBoard, plus throughput and MFU.
+"""Throughput and MFU: the peak FLOP/s of the devices (the sinks are in callbacks.py).
 
 MFU follows PaLM (Chowdhery et al. 2022, appendix B): achieved model FLOP/s over the peak of the
 devices, with model FLOPs = 3 x forward matmul FLOPs (``forward_flops_per_token``) per token.
@@ -6,10 +6,9 @@ devices, with model FLOPs = 3 x forward matmul FLOPs (``forward_flops_per_token`
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import torch
 
-from scigpt.rundir import MetricsLog, read_metrics
+from scigpt.rundir import read_metrics
 
 # Dense bf16 peak TFLOP/s per device (vendor datasheets, without sparsity).
 PEAK_TFLOPS_BF16 = {
@@ -41,8 +40,6 @@ PEAK_TFLOPS_FP32 = {
 def tf32_enabled() -> bool:
     """Whether fp32 matmuls may run as TF32 (``torch.backends.cuda.matmul.allow_tf32`` or a
     float32 matmul precision other than "highest")."""
-    import torch
-
     return bool(
         torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
     )
@@ -53,8 +50,6 @@ def detect_peak_tflops(precision: str) -> float | None:
     MFU reported). fp32 counts the TF32 tensor-core peak (half bf16's) only when TF32 is
     enabled, and the plain fp32 peak otherwise, so MFU is never flattered by a peak the run
     cannot reach."""
-    import torch
-
     if not torch.cuda.is_available():
         return None
     name = torch.cuda.get_device_name().upper()
@@ -66,31 +61,4 @@ def detect_peak_tflops(precision: str) -> float | None:
     return None
 
 
-class MetricsLogger:
-    """Step metrics to every sink: the run directory's ``metrics.jsonl`` through its one writer
-    (``RunDir.open_metrics``: flushed per record, de-duplicated on resume) and TensorBoard.
-    ``purge_step``: a resumed run's first step; TensorBoard hides the killed segment's events
-    from there on, as metrics.jsonl drops its records."""
-
-    def __init__(self, log: MetricsLog, tb_dir: Path | None, purge_step: int | None = None):
-        self._log = log
-        self._tb = None
-        if tb_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(tb_dir), purge_step=purge_step)
-
-    def log(self, record: dict[str, Any], step: int) -> None:
-        self._log.append(record, step)
-        if self._tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        self._log.close()
-        if self._tb is not None:
-            self._tb.close()
-
-
-__all__ = ["PEAK_TFLOPS_BF16", "MetricsLogger", "detect_peak_tflops", "read_metrics"]
+__all__ = ["PEAK_TFLOPS_BF16", "detect_peak_tflops", "read_metrics"]

@@ -6,22 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: clusters and CI have no display
-    import matplotlib.pyplot as plt
-
-    return plt
+from matplotlib.figure import Figure
 
 
 def plot_loss(records: list[dict[str, Any]], out: Path, title: str = "") -> Path:
-    plt = _plt()
     steps = [r["step"] for r in records if r.get("kind") == "train"]
     loss = [r["loss"] for r in records if r.get("kind") == "train"]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    fig = Figure(figsize=(6, 3.5), dpi=120)  # no pyplot: no global state, no display
+    ax = fig.subplots()
     ax.plot(steps, loss, lw=1.2, label="train loss (area-weighted MSE, normalised)")
     ev = [r for r in records if r.get("kind") == "test"]
     if ev:
@@ -37,7 +29,6 @@ def plot_loss(records: list[dict[str, Any]], out: Path, title: str = "") -> Path
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
     return out
 
 
@@ -54,8 +45,8 @@ def plot_forecast_map(
     out: Path,
 ) -> Path:
     """Four panels: current state, truth, forecast, forecast error (physical units)."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), dpi=110, sharey=True)
+    fig = Figure(figsize=(14, 3.4), dpi=110)
+    axes = fig.subplots(1, 4, sharey=True)
     vmin, vmax = float(np.nanmin(truth)), float(np.nanmax(truth))
     extent = (float(lon.min()), float(lon.max()), float(lat.min()), float(lat.max()))
     origin = "upper" if lat[0] > lat[-1] else "lower"
@@ -74,5 +65,4 @@ def plot_forecast_map(
     axes[0].set_ylabel("lat [°N]")
     fig.suptitle(f"{variable}, valid {valid_time}", fontsize=10)
     fig.savefig(out, bbox_inches="tight")
-    plt.close(fig)
     return out

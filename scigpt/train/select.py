@@ -24,8 +24,12 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from tqdm import tqdm
+
 from scigpt.atomic import atomic_write_text
 from scigpt.config_loader import LoadedConfig, load_config
+from scigpt.prepare import prepare_from_config
+from scigpt.rundir import read_metrics
 
 
 def run_name(index: int, seed: int) -> str:
@@ -65,8 +69,6 @@ def _train(config: Path, sets: list[str], name: str, out: Path, env: dict | None
 
 def _scores(run: Path, metric: str) -> dict[str, Any]:
     """A finished run's best validation score and its test scores (at that checkpoint)."""
-    from scigpt.train.metrics import read_metrics
-
     recs = read_metrics(run / "metrics.jsonl")
     vals = [r for r in recs if r["kind"] == "val"]
     test = [r for r in recs if r["kind"] == "test"][-1]
@@ -111,10 +113,6 @@ def select(
 ) -> dict[str, Any]:
     """Run the selection of ``config`` (with ``overrides``) in ``out``; returns the result
     (also written to ``out/selection.json`` and ``out/selection.md``)."""
-    from tqdm import tqdm
-
-    from scigpt.prepare import prepare_from_config
-
     loaded = load_config(config, overrides)
     cfg = loaded.config
     sel = cfg.selection
