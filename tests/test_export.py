@@ -304,3 +304,24 @@ def test_lora_merge_matches_hand_computed():
     assert not torch.equal(out["x.weight"], w)
     with pytest.raises(ValueError, match="lora_rank=8"):
         merge_lora_state(full, {"lora_rank": 8})
+
+
+@pytest.mark.slow
+def test_evaluated_run_exports_its_scores_into_the_card(run_dir, tmp_path):
+    """`scigpt evaluate RUN` writes RUN/eval/evaluate/eval.json; a later export puts those rows
+    in the card (export reads the file; it imports nothing from scigpt.eval). The card's RMSE
+    cells are eval.json's values at 4 significant digits."""
+    from scigpt.cli import main
+    from scigpt.config_loader import shipped_config
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("store", "tb", "plots"))
+    code = main(["evaluate", str(run), str(shipped_config("runs/demo.yaml")), "--set",
+                 "eval.acc=false", "--set", "eval.horizon=1", "--set",
+                 f"data.store={tmp_path / 'store'}"])  # fmt: skip
+    assert code == 0
+    rows = json.loads((run / "eval" / "evaluate" / "eval.json").read_text())["gridded"]
+    card = (export_run(run, tmp_path / "pkg") / "MODEL_CARD.md").read_text()
+    assert "<!-- scigpt-evaluate:begin -->" in card and "WeatherBench-2 scores" in card
+    for r in rows:
+        assert f"| {r['variable']} | {r['units']} | 1 | {r['rmse']:.4g} |" in card, r
