@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "run"),
     "export": ("export", "run"),
     "finetune": ("train", "finetune"),
-    "keygen": ("export", "keygen"),
+    "keygen": ("keygen", "run"),
     "plan": ("plan", "run"),
     "predict": ("predict", "run"),
     "submit": ("submit", "run"),
