@@ -2,9 +2,9 @@
 described in ``scigpt.export.writer``; its files and field checks in ``scigpt.export.verify``).
 
 Loading never unpickles anything (DESIGN.md §9): weights come through safetensors, everything
-else is JSON. This module imports nothing from ``scigpt.parallel``, DeepSpeed, Slurm or Triton
-(``tests/test_export.py`` checks it in a fresh interpreter): a package loads where only
-PyTorch is installed.
+else is JSON. This module imports no DeepSpeed, Slurm or Triton, and neither the checkpoint
+reader (``scigpt.parallel.reshard``) nor the trainer (``tests/test_export.py`` checks it in a
+fresh interpreter): a package loads where only PyTorch is installed.
 """
 
 from __future__ import annotations
