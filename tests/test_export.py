@@ -283,7 +283,7 @@ def test_loader_imports_no_deepspeed():
                      if m.split(".")[0] == "deepspeed" or m.startswith(heavy))
         assert not bad, bad
         from scigpt.export.package import export_run, load_pretrained
-        assert load_pretrained is scigpt.export.load_pretrained
+        assert load_pretrained is scigpt.export.loader.load_pretrained
         print("ok")
         """
     )
