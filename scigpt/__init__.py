@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 
 def load_pretrained(path, **kwargs):
-    """Load a model package written by ``scigpt export`` (scigpt.export.package)."""
-    from scigpt.export.package import load_pretrained as f
+    """Load a model package written by ``scigpt export`` (``scigpt.export.loader``; imported
+    here, not at the top, so that ``import scigpt`` stays free of torch)."""
+    from scigpt.export.loader import load_pretrained as f
 
     return f(path, **kwargs)

@@ -12,7 +12,11 @@
     checkpoints/       DeepSpeed checkpoints
     store/             ingested data (unless data.store points elsewhere)
     plots/             PNG figures
-    eval/              evaluation tables
+    eval/              evaluation tables (test_rmse.csv/.md: the run's test scores)
+    eval/evaluate/     ``scigpt evaluate RUN``'s tables, plots and eval.json (read by export)
+
+Every command that reads a run (train, export, evaluate, sweep, transfer, demo selection)
+finds these paths through ``RunDir``; ``check_run_name`` is the one run-name check.
 """
 
 from __future__ import annotations
@@ -194,6 +198,10 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     @property
+    def provenance_path(self) -> Path:
+        return self.path / "provenance.json"
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
@@ -204,6 +212,20 @@ class RunDir:
     @property
     def eval_dir(self) -> Path:
         return self.path / "eval"
+
+    @property
+    def test_table(self) -> Path:
+        """The run's per-variable test RMSE (``eval/test_rmse.csv``, written at the end)."""
+        return self.eval_dir / "test_rmse.csv"
+
+    @property
+    def evaluate_dir(self) -> Path:
+        """Where ``scigpt evaluate RUN`` writes (``eval/evaluate``; export reads its eval.json)."""
+        return self.eval_dir / "evaluate"
+
+    def is_run(self) -> bool:
+        """Whether the directory looks like a run directory (it has ``checkpoints/``)."""
+        return self.checkpoints.is_dir()
 
     @property
     def tb(self) -> Path:

@@ -266,3 +266,65 @@ def test_import_scigpt_stays_light():
     code = "import sys, scigpt; assert 'torch' not in sys.modules; print(scigpt.load_pretrained)"
     out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_loader_imports_no_deepspeed():
+    """The load path (loader, the package namespace, predict) imports no DeepSpeed, no
+    checkpoint reader or engine (scigpt.parallel.reshard/engine), no trainer and not the
+    writer; ``scigpt.export.package`` (the old module, kept for its importers) still has the
+    writer's names. ~4 s (a fresh interpreter)."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import scigpt.export, scigpt.export.loader, scigpt.eval.predict
+        heavy = ("scigpt.parallel.reshard", "scigpt.parallel.engine", "scigpt.train",
+                 "scigpt.export.writer")
+        bad = sorted(m for m in sys.modules
+                     if m.split(".")[0] == "deepspeed" or m.startswith(heavy))
+        assert not bad, bad
+        from scigpt.export.package import export_run, load_pretrained
+        assert load_pretrained is scigpt.export.loader.load_pretrained
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_lora_merge_matches_hand_computed():
+    """The writer folds adapters with finetune.lora's merge: W + alpha/rank · B·A, checked
+    against the formula in float64 (tolerance: one fp32 rounding of the sum, atol 1e-6 on
+    weights of size ~1)."""
+    from scigpt.export.writer import merge_lora_state
+
+    g = torch.Generator().manual_seed(0)
+    w, a, b = (torch.randn(s, generator=g) for s in ((6, 5), (4, 5), (6, 4)))
+    full = {"x.weight": w, "x.lora_A": a, "x.lora_B": b, "y.bias": torch.ones(3)}
+    out = merge_lora_state(full, {"lora_rank": 4, "lora_alpha": 8.0})
+    assert sorted(out) == ["x.weight", "y.bias"]
+    want = w.double() + 2.0 * (b.double() @ a.double())
+    torch.testing.assert_close(out["x.weight"].double(), want, rtol=0, atol=1e-6)
+    assert not torch.equal(out["x.weight"], w)
+    with pytest.raises(ValueError, match="lora_rank=8"):
+        merge_lora_state(full, {"lora_rank": 8})
+
+
+@pytest.mark.slow
+def test_evaluated_run_exports_its_scores_into_the_card(run_dir, tmp_path):
+    """`scigpt evaluate RUN` writes RUN/eval/evaluate/eval.json; a later export puts those rows
+    in the card (export reads the file; it imports nothing from scigpt.eval). The card's RMSE
+    cells are eval.json's values at 4 significant digits."""
+    from scigpt.cli import main
+    from scigpt.config_loader import shipped_config
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("store", "tb", "plots"))
+    code = main(["evaluate", str(run), str(shipped_config("runs/demo.yaml")), "--set",
+                 "eval.acc=false", "--set", "eval.horizon=1", "--set",
+                 f"data.store={tmp_path / 'store'}"])  # fmt: skip
+    assert code == 0
+    rows = json.loads((run / "eval" / "evaluate" / "eval.json").read_text())["gridded"]
+    card = (export_run(run, tmp_path / "pkg") / "MODEL_CARD.md").read_text()
+    assert "<!-- scigpt-evaluate:begin -->" in card and "WeatherBench-2 scores" in card
+    for r in rows:
+        assert f"| {r['variable']} | {r['units']} | 1 | {r['rmse']:.4g} |" in card, r

@@ -10,21 +10,23 @@ import torch
 from torch import nn
 
 from scigpt.config import ModelConfig
-from scigpt.finetune import (
-    LoRALinear,
+from scigpt.finetune.adapt import (
     add_lead_head,
     add_pooled_head,
-    apply_lora,
-    base_state_dict,
     extend_variables,
     freeze_backbone,
+    modality_parameters,
+    train_new_variable_rows,
+    use_lead_head,
+)
+from scigpt.finetune.lora import (
+    LoRALinear,
+    apply_lora,
+    base_state_dict,
     load_base_state_dict,
     lora_parameters,
     lora_state_dict,
     merge_lora,
-    modality_parameters,
-    train_new_variable_rows,
-    use_lead_head,
 )
 from scigpt.models.build import build_model, materialise
 from scigpt.models.objectives import Objectives, total_loss

@@ -223,14 +223,14 @@ def test_missing_package_file(pkg_dir, inputs, tmp_path):
 def test_multi_step_model_rollout_limits(pkg_dir, inputs, tmp_path, monkeypatch):
     """A package forecasting 2 steps per call from 2 frames: one call works, a rollout is
     refused; without a recorded time step, the inputs' spacing is used."""
-    import scigpt.export.package as package
+    import scigpt.eval.predict as predict_module
 
     def fake_load(path, device="cpu", **kw):
         m = load_pretrained(path, device=device, **kw)
         m.config["data"] = {**m.config["data"], "lead": 2, "time_step_ns": None}
         return m
 
-    monkeypatch.setattr(package, "load_pretrained", fake_load)
+    monkeypatch.setattr(predict_module, "load_pretrained", fake_load)
     out = predict(pkg_dir, inputs, tmp_path / "fc.nc", leads=["2h"], init=str(INIT))
     with xr.open_dataset(out) as ds:
         assert ds.prediction_timedelta.values.tolist() == [2 * HOUR]

@@ -230,3 +230,20 @@ def test_run_names_are_one_bounded_directory_name():
     from scigpt.slurm import submit
 
     assert submit.check_run_name is check_run_name  # one check, beside RunDir
+
+
+def test_run_paths_are_the_run_directory_layout(tmp_path):
+    """Commands find a run's files through RunDir (export, evaluate, sweep, transfer): the
+    paths are the documented layout. < 0.1 s."""
+    run = RunDir.create(tmp_path, "r", {"name": "r"})
+    p = tmp_path / "r"
+    assert (run.metrics_path, run.provenance_path, run.checkpoints) == (
+        p / "metrics.jsonl",
+        p / "provenance.json",
+        p / "checkpoints",
+    )
+    assert (run.test_table, run.evaluate_dir) == (
+        p / "eval" / "test_rmse.csv",
+        p / "eval" / "evaluate",
+    )
+    assert run.is_run() and not RunDir(tmp_path / "nothing").is_run()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from scigpt.atomic import atomic_write_text
+from scigpt.data_pipeline.loader import collate_forecast
 from scigpt.eval.metrics import weighted_mse, weighted_rmse_per_channel
+from scigpt.tables import Table, fmt
 
 
 @torch.no_grad()
@@ -25,8 +27,6 @@ def evaluate_forecast(
     Persistence (tomorrow = today: the last input frame) is the baseline every learned model must
     beat. Returns per-channel scores, a summary, and the stacked tensors for plots.
     """
-    from scigpt.data_pipeline.loader import collate_forecast
-
     was_training = model.training
     model.eval()
     loader = torch.utils.data.DataLoader(
@@ -75,7 +75,8 @@ def evaluate_forecast(
 
 
 def write_tables(out_dir: Path, result: dict[str, Any], names: list[str]) -> dict[str, Path]:
-    """Per-variable RMSE of model and persistence as CSV and Markdown."""
+    """Per-variable RMSE of model and persistence as CSV (6 decimals: the figures the model
+    card quotes) and Markdown."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     scored = result.get("scored") or [True] * len(names)
@@ -86,20 +87,19 @@ def write_tables(out_dir: Path, result: dict[str, Any], names: list[str]) -> dic
         rows.append((name, m, p, 1 - m / p))
     s = result["summary"]
     rows.append(("mean", s["rmse_model"], s["rmse_persistence"], s["improvement_vs_persistence"]))
+    table = Table(["variable", "rmse_model", "rmse_persistence", "improvement"])
+    shown = Table(["variable", "model", "persistence", "improvement"],
+                  specs={"model": ".4f", "persistence": ".4f"},
+                  right=("model", "persistence", "improvement"))  # fmt: skip
+    for name, m, p, gain in rows:
+        table.add([name, fmt(m, ".6f"), fmt(p, ".6f"), fmt(gain, ".4f")])
+        shown.add([name, m, p, fmt(100 * gain, "+.1f") + "%"])
     csv_path = out_dir / "test_rmse.csv"
-    with csv_path.open("w", newline="") as f:
-        wr = csv.writer(f)
-        wr.writerow(["variable", "rmse_model", "rmse_persistence", "improvement"])
-        for r in rows:
-            wr.writerow([r[0], f"{r[1]:.6f}", f"{r[2]:.6f}", f"{r[3]:.4f}"])
+    atomic_write_text(csv_path, table.csv())
     md_path = out_dir / "test_rmse.md"
-    lines = [
+    text = (
         "Latitude-weighted RMSE on normalised channels (WeatherBench 2 convention: mean over "
-        f"space and {s['n_forecasts']} forecasts, then square root).",
-        "",
-        "| variable | model | persistence | improvement |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    lines += [f"| {r[0]} | {r[1]:.4f} | {r[2]:.4f} | {100 * r[3]:+.1f}% |" for r in rows]
-    md_path.write_text("\n".join(lines) + "\n")
+        f"space and {s['n_forecasts']} forecasts, then square root).\n\n"
+    )
+    atomic_write_text(md_path, text + shown.markdown() + "\n")
     return {"rmse_csv": csv_path, "rmse_md": md_path}

@@ -28,7 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+import xarray as xr
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from scigpt.atomic import atomic_write_text
+from scigpt.data_pipeline.loader import ForecastDataset
+from scigpt.eval.metrics import lat_weights
+from scigpt.tables import Table
 
 __all__ = [
     "Climatology",
@@ -105,8 +114,6 @@ class ClimatologyError(ValueError):
 
 
 def _doy_hour(times) -> tuple[np.ndarray, np.ndarray]:
-    import pandas as pd
-
     t = pd.DatetimeIndex(np.asarray(times, dtype="datetime64[ns]"))
     return t.day_of_year.to_numpy(), t.hour.to_numpy()
 
@@ -123,8 +130,6 @@ class Climatology:
     def from_store(cls, store, time_range, variables: Sequence[str] | None = None) -> Climatology:
         """The mean of every (day of year, hour) present in ``store`` within ``time_range``
         (inclusive), read from the store's raw (physical) fields; NaNs are left out."""
-        import xarray as xr
-
         names = list(store.names) if variables is None else list(variables)
         idx = [store.names.index(n) for n in names]
         t0, t1 = (np.datetime64(t, "ns") for t in time_range)
@@ -177,8 +182,6 @@ class Climatology:
     def open(cls, path: str | Path) -> Climatology:
         """A climatology file: netCDF (or Zarr) with dims dayofyear (1..366) and hour (0..23)
         (WeatherBench-2 layout); ``latitude``/``longitude`` must match the evaluated grid."""
-        import xarray as xr
-
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"climatology file {path} does not exist")
@@ -276,11 +279,6 @@ def evaluate_rollouts(
     ``pm``: a ``PretrainedModel`` (``scigpt.load_pretrained``). Inputs are normalised with its
     statistics exactly as in training; outputs are scored in physical units.
     """
-    from tqdm import tqdm
-
-    from scigpt.data_pipeline.loader import ForecastDataset
-    from scigpt.eval.metrics import lat_weights
-
     names = [n for n in store.names if n in pm.var_names]
     if variables is not None:
         names = [n for n in variables if n in names]
@@ -372,35 +370,16 @@ def evaluate_rollouts(
 # --- report ----------------------------------------------------------------------------------
 
 
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return "—" if not np.isfinite(x) else f"{x:.4g}"
-    return str(x)
-
-
 def write_gridded_report(result: dict[str, Any], out: str | Path) -> dict[str, Path]:
     """metrics.csv, metrics.md, skill_vs_lead.png and error_map_<variable>.png in ``out``."""
-    import csv
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from scigpt.atomic import atomic_write_text
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = result["rows"]
     cols = ["variable", "units", "lead_steps", "lead_hours", "n_forecasts", "rmse", "bias",
             "acc", "rmse_persistence", "rmse_climatology"]  # fmt: skip
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    table = Table(cols, rows)
     files = {"metrics_csv": out / "metrics.csv", "metrics_md": out / "metrics.md"}
-    atomic_write_text(files["metrics_csv"], buf.getvalue())
+    atomic_write_text(files["metrics_csv"], table.csv())
     md = [
         f"# Gridded evaluation ({result['n_forecasts']} forecasts per lead)",
         "",
@@ -408,10 +387,8 @@ def write_gridded_report(result: dict[str, Any], out: str | Path) -> dict[str, P
         "(WeatherBench 2). ACC: per forecast against the climatology "
         f"({result['climatology'] or 'none supplied: not computed'}), averaged. Physical units.",
         "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "---|" * len(cols),
+        table.markdown(),
     ]
-    md += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
     atomic_write_text(files["metrics_md"], "\n".join(md) + "\n")
 
     names, leads = result["variables"], result["leads"]
@@ -419,7 +396,8 @@ def write_gridded_report(result: dict[str, Any], out: str | Path) -> dict[str, P
     has_acc = any(np.isfinite(r["acc"]) for r in rows)
     ncol = min(4, len(names))
     nrow = -(-len(names) // ncol) * (2 if has_acc else 1)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False)
+    fig = Figure(figsize=(3.2 * ncol, 2.6 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     for j, n in enumerate(names):
         sub = [r for r in rows if r["variable"] == n]
         ax = axes[(j // ncol) * (2 if has_acc else 1), j % ncol]
@@ -441,12 +419,12 @@ def write_gridded_report(result: dict[str, Any], out: str | Path) -> dict[str, P
     fig.tight_layout()
     files["skill_vs_lead"] = out / "skill_vs_lead.png"
     fig.savefig(files["skill_vs_lead"], dpi=110)
-    plt.close(fig)
 
     lat, lon = result["lat"], result["lon"]
     for j, n in enumerate(names):
         shown = [leads[0]] if len(leads) == 1 else [leads[0], leads[-1]]
-        fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.4), squeeze=False)
+        fig = Figure(figsize=(4.2 * len(shown), 3.4))
+        axes = fig.subplots(1, len(shown), squeeze=False)
         vmax = max(float(np.nanmax(result["maps"][ld][j])) for ld in shown)
         for ax, ld in zip(axes[0], shown, strict=True):
             im = ax.pcolormesh(lon, lat, result["maps"][ld][j], vmin=0, vmax=vmax, cmap="magma")
@@ -459,5 +437,4 @@ def write_gridded_report(result: dict[str, Any], out: str | Path) -> dict[str, P
         fig.tight_layout()
         files[f"error_map_{n}"] = out / f"error_map_{n}.png"
         fig.savefig(files[f"error_map_{n}"], dpi=100)
-        plt.close(fig)
-    return files
+        return files

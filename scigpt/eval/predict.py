@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+import xarray as xr
+from tqdm import tqdm
+
+from scigpt import __version__
+from scigpt.atomic import atomic_write, sha256_file
+from scigpt.data_pipeline.ingest.base import GridArray, format_kind, get_reader
+from scigpt.export.loader import load_pretrained
+from scigpt.export.verify import WEIGHTS
 
 # Input file suffix → reader format (scigpt.data_pipeline.ingest.base.READERS).
 SUFFIX_FORMATS: dict[str, str] = {
@@ -182,8 +191,6 @@ def infer_format(paths: Sequence[Path]) -> str:
 
 
 def _read_grid(paths: list[Path], fmt: str, options: dict[str, Any]):
-    from scigpt.data_pipeline.ingest.base import GridArray, format_kind, get_reader
-
     if format_kind(fmt) != "grid":
         raise ValueError(f"format {fmt!r} holds series, not grids: predict forecasts grids")
     reader = get_reader(fmt)
@@ -212,8 +219,6 @@ def _read_grid(paths: list[Path], fmt: str, options: dict[str, Any]):
 
 
 def _parse_time(text: str) -> np.datetime64:
-    import pandas as pd
-
     try:
         ts = pd.Timestamp(text)
     except (ValueError, TypeError) as e:
@@ -276,8 +281,6 @@ def _build_dataset(
     attrs: dict[str, Any],
 ):
     """(L, V, H, W) float32 forecasts → the CF dataset and its encoding."""
-    import xarray as xr
-
     leads = lead_ns.astype("timedelta64[ns]")
     valid = (init + leads)[None, :]
     coords = {
@@ -377,12 +380,6 @@ def predict(
     ``allow_missing``: then the missing ones are listed in the ``scigpt_missing_variables``
     attribute of the output. Writes ``out`` atomically and returns its path.
     """
-    from tqdm import tqdm
-
-    from scigpt import __version__
-    from scigpt.atomic import atomic_write, sha256_file
-    from scigpt.export.package import WEIGHTS, load_pretrained
-
     if isinstance(leads, str):
         leads = [leads]
     if not leads:

@@ -21,6 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from scigpt.data_pipeline.loader import collate_series
+from scigpt.models.objectives import patch_targets, random_token_mask
+
 
 def _pair(sim: Any, obs: Any, mask: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(torch.as_tensor(sim).double().cpu().numpy() if torch.is_tensor(sim) else sim,
@@ -84,9 +87,6 @@ def evaluate_series(
     channel, denormalised with the dataset's statistics. Returns ``{"summary": {...},
     "per_target": [...], "per_channel": [...]}``.
     """
-    from scigpt.data_pipeline.loader import collate_series
-    from scigpt.models.objectives import patch_targets, random_token_mask
-
     was_training = model.training
     model.eval()
     loader = torch.utils.data.DataLoader(

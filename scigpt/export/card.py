@@ -1,9 +1,20 @@
-"""MODEL_CARD.md of a model package: data and licences, training, evaluation, intended use."""
+"""MODEL_CARD.md of a model package: data and licences, training, evaluation, intended use.
+
+``render_card`` writes the card at export; ``evaluation_markdown`` turns the rows that
+``scigpt evaluate`` scored into the card's evaluation section, ``fill_card`` puts that section
+into a card (replacing an earlier one) and ``update_package_card`` rewrites a package's card
+and its checksum line. Evaluation hands this module its rows; nothing here imports
+``scigpt.eval``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from scigpt.atomic import atomic_write_text, sha256_file
+from scigpt.export.verify import CARD, CHECKSUMS
+from scigpt.tables import Table, fmt
 
 UNKNOWN_LICENCE = "see the data provider"
 SAMPLE_ERA5_LICENCE = (
@@ -41,13 +52,8 @@ def source_licence(source: dict[str, Any]) -> tuple[str, str | None]:
     return UNKNOWN_LICENCE, None
 
 
-def _fmt(x: Any, spec: str = ".4g") -> str:
-    if x is None:
-        return "n/a"
-    try:
-        return format(float(x), spec)
-    except (TypeError, ValueError):
-        return str(x)
+def _fmt(x: Any, spec: str) -> str:
+    return fmt(x, spec, none="n/a")
 
 
 def render_card(
@@ -80,17 +86,15 @@ def render_card(
         "",
         "## Data sources and licences",
         "",
-        "| source | format | path | licence |",
-        "|---|---|---|---|",
     ]
+    sources = Table(["source", "format", "path", "licence"])
     attributions = []
     for src in run.get("data", {}).get("sources", []):
         licence, attribution = source_licence(src)
-        lines.append(
-            f"| {src.get('name')} | {src.get('format')} | `{src.get('path')}` | {licence} |"
-        )
+        sources.add([str(src.get("name")), str(src.get("format")), f"`{src.get('path')}`", licence])
         if attribution:
             attributions.append(f"- {src.get('name')}: {attribution}")
+    lines.append(sources.markdown())
     if attributions:
         lines += ["", "Attribution:", "", *attributions]
     lines += [
@@ -99,13 +103,11 @@ def render_card(
         "",
         "Variables (normalisation: (x − mean) / std):",
         "",
-        "| id | variable | units | mean | std |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {v['id']} | {v['name']} | {v.get('units') or ''} | {_fmt(v['mean'], '.6g')} | "
-        f"{_fmt(v['std'], '.6g')} |"
-        for v in variables
+        Table(
+            ["id", "variable", "units", "mean", "std"],
+            [{**v, "variable": v["name"], "units": v.get("units") or ""} for v in variables],
+            specs={"mean": ".6g", "std": ".6g"},
+        ).markdown(),
     ]
     layout = provenance.get("layout") or {}
     lines += [
@@ -131,18 +133,20 @@ def render_card(
             f"Test split, {test.get('n_forecasts')} forecasts, latitude-weighted RMSE over "
             "normalised channels:",
             "",
-            "| forecast | RMSE |",
-            "|---|---|",
-            f"| model | {_fmt(test.get('rmse_model'), '.6f')} |",
-            f"| persistence | {_fmt(test.get('rmse_persistence'), '.6f')} |",
+            Table(
+                ["forecast", "RMSE"],
+                [
+                    {"forecast": "model", "RMSE": test.get("rmse_model")},
+                    {"forecast": "persistence", "RMSE": test.get("rmse_persistence")},
+                ],
+                specs={"RMSE": ".6f"},
+                none="n/a",
+            ).markdown(),
             "",
             f"Improvement over persistence: {100 * float(test.get('improvement_vs_persistence', 0)):.1f}%",  # noqa: E501
         ]
         if per_variable:
-            cols = list(per_variable[0])
-            lines += ["", "Per variable:", "", "| " + " | ".join(cols) + " |"]
-            lines.append("|" + "---|" * len(cols))
-            lines += ["| " + " | ".join(r[c] for c in cols) + " |" for r in per_variable]
+            lines += ["", "Per variable:", "", Table.of(per_variable).markdown()]
     else:
         lines.append(
             "No test evaluation of this checkpoint is recorded (the run's test record is for "
@@ -164,3 +168,59 @@ def render_card(
         "",
     ]
     return "\n".join(lines)
+
+
+# ---- the evaluation section (rows from ``scigpt evaluate``) -------------------------------------
+MARK_BEGIN = "<!-- scigpt-evaluate:begin -->"
+MARK_END = "<!-- scigpt-evaluate:end -->"
+
+
+def evaluation_markdown(gridded: list[dict[str, Any]], series: list[dict[str, Any]]) -> str:
+    """The model card's ``scigpt evaluate`` section: RMSE/ACC per variable and lead (the
+    gridded rows), and the pooled head's scores (the ``kind: pooled`` series rows)."""
+    scores = Table(["variable", "units", "lead (h)", "RMSE", "bias", "ACC", "RMSE persistence"])
+    for r in gridded:
+        scores.add([r["variable"], r["units"], r["lead_hours"], r["rmse"], r["bias"], r["acc"],
+                    r["rmse_persistence"]])  # fmt: skip
+    lines = [
+        "### WeatherBench-2 scores (`scigpt evaluate`)",
+        "",
+        "Area-weighted RMSE (squared error averaged over space and time, root last), bias and "
+        "ACC against the climatology, physical units.",
+        "",
+        scores.markdown(),
+    ]
+    pooled = [r for r in series if r["kind"] == "pooled"]
+    if pooled:
+        table = Table(["source", "target", "n", "MAE", "RMSE", "accuracy"])
+        for r in pooled:
+            table.add([r["source"], r["target"], r["n"], r.get("mae"), r.get("rmse"),
+                       r.get("accuracy")])  # fmt: skip
+        lines += ["", table.markdown()]
+    return "\n".join(lines) + "\n"
+
+
+def fill_card(card: str, section: str) -> str:
+    """Put ``section`` into the card's Evaluation part (replacing an earlier one)."""
+    block = f"{MARK_BEGIN}\n{section}{MARK_END}\n"
+    if MARK_BEGIN in card and MARK_END in card:
+        head, rest = card.split(MARK_BEGIN, 1)
+        return head + block + rest.split(MARK_END, 1)[1].lstrip("\n")
+    anchor = "## Intended use and limits"
+    if anchor in card:
+        head, tail = card.split(anchor, 1)
+        return head.rstrip("\n") + "\n\n" + block + "\n" + anchor + tail
+    return card.rstrip("\n") + "\n\n" + block
+
+
+def update_package_card(pkg: Path, section: str) -> None:
+    """Rewrite the package's MODEL_CARD.md with the evaluation ``section`` and its checksum
+    line, each file atomically (the card first; a crash between leaves a checksum mismatch
+    that ``load_pretrained`` reports, never a silently wrong card)."""
+    card = (pkg / CARD).read_text()
+    atomic_write_text(pkg / CARD, fill_card(card, section))
+    lines = []
+    for line in (pkg / CHECKSUMS).read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        lines.append(f"{sha256_file(pkg / CARD) if name == CARD else digest}  {name}\n")
+    atomic_write_text(pkg / CHECKSUMS, "".join(lines))

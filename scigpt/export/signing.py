@@ -25,22 +25,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
 from scigpt.export.errors import PackageError
 
 SIGNATURE = "signature.json"
 SIGNED = "checksums.sha256"
 CONTEXT = b"scigpt-model-package-v1\n"
-
-
-def _crypto():
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-        Ed25519PrivateKey,
-        Ed25519PublicKey,
-    )
-
-    return serialization, Ed25519PrivateKey, Ed25519PublicKey, InvalidSignature
 
 
 def key_id(public_raw: bytes) -> str:
@@ -51,14 +47,13 @@ def key_id(public_raw: bytes) -> str:
 def generate_key(path: str | Path) -> tuple[Path, Path, str]:
     """Write a new private key to ``path`` (PEM, PKCS#8, readable by its owner only) and its
     public key to ``path.pub`` (PEM); returns both paths and the key id. Never overwrites."""
-    serialization, private_cls, _, _ = _crypto()
     path = Path(path)
     pub = path.with_name(path.name + ".pub")
     for p in (path, pub):
         if p.exists():
             raise FileExistsError(f"{p} already exists: choose another name (keys are never "
                                   "overwritten)")  # fmt: skip
-    key = private_cls.generate()
+    key = Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -80,7 +75,6 @@ def generate_key(path: str | Path) -> tuple[Path, Path, str]:
 
 def load_private_key(path: str | Path):
     """An Ed25519 private key from a PEM file written by ``scigpt keygen``."""
-    serialization, private_cls, _, _ = _crypto()
     path = Path(path)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -89,7 +83,7 @@ def load_private_key(path: str | Path):
                                 f"{path})") from None  # fmt: skip
     except (ValueError, TypeError) as e:
         raise ValueError(f"--sign {path}: not an unencrypted PEM private key ({e})") from None
-    if not isinstance(key, private_cls):
+    if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"--sign {path}: an {type(key).__name__}, not an Ed25519 key")
     return key
 
@@ -97,8 +91,7 @@ def load_private_key(path: str | Path):
 def public_raw(key: Any) -> bytes:
     """The 32 raw bytes of a trusted public key given as a ``.pub`` PEM file path, PEM text or
     bytes, 32 raw bytes, or an ``Ed25519PublicKey``."""
-    serialization, _, public_cls, _ = _crypto()
-    if isinstance(key, public_cls):
+    if isinstance(key, Ed25519PublicKey):
         return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     if isinstance(key, bytes) and len(key) == 32:
         return key
@@ -113,7 +106,7 @@ def public_raw(key: Any) -> bytes:
         loaded = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as e:
         raise ValueError(f"trusted key: not a PEM public key ({e})") from None
-    if not isinstance(loaded, public_cls):
+    if not isinstance(loaded, Ed25519PublicKey):
         raise ValueError(f"trusted key: an {type(loaded).__name__}, not an Ed25519 key")
     return loaded.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
@@ -121,7 +114,6 @@ def public_raw(key: Any) -> bytes:
 def sign_package(pkg: Path, key: Any) -> Path:
     """Write ``signature.json`` into the package folder ``pkg`` (its checksums file complete):
     ``key`` is a private key or the path of one."""
-    serialization, _, _, _ = _crypto()
     if isinstance(key, (str, os.PathLike)):
         key = load_private_key(key)
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -146,7 +138,6 @@ def verify_signature(pkg: Path, trusted: Iterable[Any] | None) -> str:
     """Check ``signature.json`` over ``checksums.sha256``; returns the signing key's id. With
     ``trusted`` keys the signer must be one of them (without, the package's own key is used:
     that finds damage, not forgery). Raises ``PackageError``."""
-    _, _, public_cls, invalid = _crypto()
     path = Path(pkg) / SIGNATURE
     try:
         rec = json.loads(path.read_text())
@@ -170,8 +161,10 @@ def verify_signature(pkg: Path, trusted: Iterable[Any] | None) -> str:
                 f"({', '.join(sorted(key_id(k) for k in keys)) or 'none given'})"
             )
     try:
-        public_cls.from_public_bytes(raw).verify(signature, CONTEXT + (pkg / SIGNED).read_bytes())
-    except invalid:
+        Ed25519PublicKey.from_public_bytes(raw).verify(
+            signature, CONTEXT + (pkg / SIGNED).read_bytes()
+        )
+    except InvalidSignature:
         raise PackageError(
             f"{path}: the signature of key {kid} does not match {SIGNED}: the package was "
             "changed after it was signed"

@@ -21,7 +21,7 @@ from torch import nn
 from scigpt.config import ModelConfig, RunConfig
 from scigpt.config_loader import LoadedConfig
 from scigpt.data_pipeline.variables import MODALITIES
-from scigpt.export.package import PretrainedModel, load_pretrained
+from scigpt.export.loader import PretrainedModel, load_pretrained
 from scigpt.finetune.adapt import (
     add_lead_head,
     add_pooled_head,

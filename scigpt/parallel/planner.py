@@ -125,6 +125,7 @@ from pathlib import Path
 from scigpt.config import ModelConfig
 from scigpt.models.sizing import flops_breakdown, grid_tokens, param_count
 from scigpt.models.vit import ModelSpec
+from scigpt.tables import Table
 
 GiB = 2**30
 PRECISIONS = ("bf16", "fp32")
@@ -862,8 +863,7 @@ _COLUMNS = [
 
 def render_table(rows: list[PlanRow]) -> str:
     """A ranked table; memory columns in GiB per GPU (worst rank), TFLOP/s per GPU."""
-    header = " ".join(f"{name:>{w}}" for name, w in _COLUMNS)
-    lines = [header, " ".join("-" * w for _, w in _COLUMNS)]
+    table = Table([name for name, _ in _COLUMNS])
     for i, r in enumerate(rows, 1):
         m, lay, s = r.memory, r.layout, r.step
         cells = [
@@ -873,8 +873,8 @@ def render_table(rows: list[PlanRow]) -> str:
                                          m.buffers, m.total)),
             f"{s.seconds:.3f}", f"{s.tflops_per_gpu:.0f}", s.bottleneck,
         ]  # fmt: skip
-        lines.append(" ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, _COLUMNS, strict=True)))
-    return "\n".join(lines)
+        table.add(cells)
+    return table.text([w for _, w in _COLUMNS])
 
 
 def config_fragment(row: PlanRow) -> str:

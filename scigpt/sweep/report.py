@@ -41,8 +41,6 @@ raised):
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -64,6 +62,7 @@ from scigpt.sweep.fit import (
     pareto_frontier,
     saturation,
 )
+from scigpt.tables import Table
 
 FIRST_COLUMNS = ("name", "params", "data", "tokens", "compute")
 NOT_ENOUGH = "not enough points"
@@ -101,34 +100,6 @@ def _num(v: Any) -> float:
         return float(v)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, (int, np.integer)):
-        return str(int(v)) if abs(v) < 10**6 else f"{float(v):.4g}"
-    if isinstance(v, (float, np.floating)):
-        if not math.isfinite(v):
-            return "—"
-        return str(int(v)) if float(v).is_integer() and abs(v) < 10**6 else f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return json.dumps(v, default=str)
-    return str(v)
-
-
-def _csv_value(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, (list, tuple, dict)):
-        return json.dumps(v, default=str)
-    return v
-
-
-def _md_cell(v: Any) -> str:
-    return _fmt(v).replace("|", "\\|").replace("\n", " ")
 
 
 def _ci(fit_ci: tuple[float, float]) -> str:
@@ -349,13 +320,9 @@ def write_report(
             row["excluded_from_fits"] = excluded.get(i, "")
         return row
 
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns + extra, lineterminator="\n")
-    writer.writeheader()
-    for i in order:
-        writer.writerow({c: _csv_value(v) for c, v in cells(i).items()})
+    points = Table(columns + extra, [cells(i) for i in order])
     paths = {"csv": out_dir / "points.csv"}
-    atomic_write_text(paths["csv"], buf.getvalue())
+    atomic_write_text(paths["csv"], points.csv())
 
     # fits.json
     def fit_json(fit: Any, why: str) -> dict[str, Any]:
@@ -468,11 +435,7 @@ def _markdown(**k: Any) -> str:
 
     cols = k["columns"] + k["extra"]
     lines += ["## Points (by compute)", ""]
-    lines.append("| " + " | ".join(_md_cell(c) for c in cols) + " |")
-    lines.append("| " + " | ".join("---" for _ in cols) + " |")
-    for i in k["order"]:
-        row = k["cells"](i)
-        lines.append("| " + " | ".join(_md_cell(row[c]) for c in cols) + " |")
+    lines.append(Table(cols, [k["cells"](i) for i in k["order"]]).markdown())
     lines.append("")
 
     lines += ["## Compute frontier", ""]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from scigpt.atomic import atomic_write_text
+from scigpt.rundir import RunDir
 from scigpt.safe_yaml import load_yaml_file
 from scigpt.sweep.spec import Point, Sweep
 
@@ -241,14 +242,12 @@ def run_array_task(sweep: Sweep, out: Path, group: str) -> int:
 
 def collect(out: Path, objective: str = "test", metric: str = "model_mse") -> list[dict]:
     """One record per finished point: its settings, scale (params, data, compute) and losses."""
-    from scigpt.train.metrics import read_metrics
-
     records = []
     for entry in json.loads((out / "points.json").read_text()):
         name = entry["name"]
         if read_status(out, name)["state"] != "done":
             continue
-        recs = read_metrics(out / "runs" / name / "metrics.jsonl")
+        recs = RunDir(out / "runs" / name).metrics()
         test = [r for r in recs if r["kind"] == "test"][-1]
         vals = [r[metric] for r in recs if r["kind"] == "val"]
         row = {

@@ -28,8 +28,6 @@ pretrained arm is better by more than the seed spread) and ``transfer.png``.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import subprocess
@@ -39,9 +37,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scigpt.rundir import RunDir
 from scigpt.safe_yaml import load_yaml_file
 from scigpt.sweep.runner import _tail, read_status, write_status
 from scigpt.sweep.spec import config_beside, load_spec
+from scigpt.tables import Table
 
 ARMS = ("pretrained", "scratch")
 
@@ -159,8 +159,6 @@ def run(transfer: Transfer, out: Path, *, env: dict | None = None) -> dict[str, 
 
 
 def collect(out: Path, metric: str) -> list[dict[str, Any]]:
-    from scigpt.train.metrics import read_metrics
-
     spec = TransferSpec.model_validate(load_yaml_file(out / "transfer.yaml", "transfer"))
     rows = []
     for f in spec.downstream.fractions:
@@ -169,7 +167,7 @@ def collect(out: Path, metric: str) -> list[dict[str, Any]]:
                 name = point_name(arm, f, seed)
                 if read_status(out, name)["state"] != "done":
                     continue
-                recs = read_metrics(out / "runs" / name / "metrics.jsonl")
+                recs = RunDir(out / "runs" / name).metrics()
                 test = [r for r in recs if r["kind"] == "test"][-1]
                 if metric not in test:
                     raise ValueError(f"metric {metric!r} is not in {name}'s test record")
@@ -212,13 +210,7 @@ def verdicts(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
+    return Table.of(rows).csv() if rows else ""
 
 
 def report(out: Path, metric: str) -> dict[str, Any]:

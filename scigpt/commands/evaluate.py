@@ -1,0 +1,103 @@
+"""``scigpt evaluate PACKAGE_OR_RUN CONFIG``: score a model on a config's data and write tables,
+plots and the model card's evaluation section.
+
+A run directory is evaluated at its latest checkpoint (consolidated through ``scigpt export``
+into a temporary package) and its outputs go to ``RUN/eval/evaluate`` (``RunDir.evaluate_dir``),
+where a later ``scigpt export`` finds them for the card. A package is evaluated as it is, and
+its MODEL_CARD.md (and checksum list) is updated in place unless ``card=False``; a signed
+package's card is left as it is (a change would break its signature). The scoring itself is
+``scigpt.eval.run.score_model``; the card section is ``scigpt.export.card``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from scigpt.atomic import atomic_write_text
+from scigpt.commands import EXIT_OK
+from scigpt.config_loader import LoadedConfig, load_config
+from scigpt.eval.run import check_forecaster, score_model
+from scigpt.export.card import evaluation_markdown, update_package_card
+from scigpt.export.errors import PackageError
+from scigpt.export.loader import load_pretrained
+from scigpt.export.signing import is_signed
+from scigpt.export.verify import CARD, FORMAT
+from scigpt.export.writer import export_run
+from scigpt.prepare import IngestRejected, prepare_from_config
+from scigpt.rundir import RunDir
+
+
+def _is_package(path: Path) -> bool:
+    return (path / FORMAT).is_file()
+
+
+def default_out(target: Path) -> Path:
+    """``PACKAGE-eval`` beside a package; ``RUN/eval/evaluate`` in a run directory."""
+    target = Path(target)
+    if _is_package(target):
+        return target.parent / f"{target.name}-eval"
+    return RunDir(target).evaluate_dir
+
+
+def evaluate(
+    target: str | Path,
+    loaded: LoadedConfig,
+    *,
+    out: str | Path | None = None,
+    card: bool = True,
+    progress: bool = True,
+    trusted_keys: list | None = None,
+) -> dict[str, Any]:
+    """Evaluate a package or run directory ``target`` on the data of ``loaded``; returns the
+    written files, the summary and the output folder. ``trusted_keys``: a package must be
+    signed by one of these public keys."""
+    target = Path(target).resolve()
+    cfg = loaded.config
+    if not target.is_dir():
+        raise FileNotFoundError(f"{target}: not a model package or run directory")
+    is_pkg = _is_package(target)
+    if not is_pkg and not RunDir(target).is_run():
+        raise PackageError(
+            f"{target} is neither a model package (format.json) nor a run directory "
+            "(checkpoints/): pass one of them"
+        )
+    out = Path(out) if out is not None else default_out(target)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".pkg-") as tmp:
+        pkg_path = target if is_pkg else export_run(target, Path(tmp) / "pkg")
+        pm = load_pretrained(pkg_path, trusted_keys=trusted_keys if is_pkg else None)
+    check_forecaster(pm, loaded)  # before the data is prepared
+    store_dir = loaded.resolve_path(cfg.data.store) if cfg.data.store else out / "store"
+    manifest = prepare_from_config(loaded, store_dir, progress=progress)
+    if manifest and manifest["rejects"]:
+        raise IngestRejected.of(manifest["rejects"])
+    files, scores = score_model(pm, loaded, store_dir, out, progress=progress)
+    summary = {"target": str(target), "kind": "package" if is_pkg else "run", **scores}
+    files["eval_json"] = out / "eval.json"
+    atomic_write_text(files["eval_json"], json.dumps(summary, indent=1, default=float) + "\n")
+    if card and is_pkg and is_signed(target):
+        print(f"{target} is signed: its MODEL_CARD.md is left as it is; the scores are in {out}")
+    elif card and is_pkg:
+        section = evaluation_markdown(scores["gridded"], scores["series"])
+        update_package_card(target, section)
+        files["model_card"] = target / CARD
+    return {"files": files, "summary": summary, "out": out}
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config, args.overrides)
+    res = evaluate(
+        args.target, loaded, out=args.out, card=not args.no_card, trusted_keys=args.trusted_keys
+    )
+    rows = res["summary"]["gridded"]
+    print(f"{res['summary']['n_forecasts']} forecasts per lead; RMSE (ACC) by lead:")
+    for r in rows:
+        print(f"  {r['variable']:>10s} {r['lead_hours']:6g} h  {r['rmse']:.4g} {r['units']}"
+              f"  ({r['acc']:.3f})  persistence {r['rmse_persistence']:.4g}")  # fmt: skip
+    for key, path in res["files"].items():
+        print(f"  {key:18s} {path}")
+    return EXIT_OK
