@@ -53,6 +53,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from scigpt.kernels.aot import AotCase
 from scigpt.kernels.patch_embed_kernels import (
     _KEY,  # noqa: F401  (tests reach it through this module)
     DW_CONFIGS,
@@ -492,8 +493,6 @@ def aot_cases() -> list:
     swap: no embeddings) and fp32 (tf32x3, embeddings added), and an odd fp16 patch (K = 72:
     two K chunks in the forward, two K tiles in the backward). A dot lowers to wgmma when its
     M side (tokens in fwd/dx, D in dw) is at least 64 rows; narrower configs are not checked."""
-    from scigpt.kernels.aot import AotCase
-
     ints = {a: "i32" for a in ("M", "N", "H", "W", "GW", "V", "M_BUCKET")}
     cases = []
     for dtype, patch, d, extras in (
