@@ -6,7 +6,8 @@ abort the process inside them (HDF4: ``*** stack smashing detected ***``, SIGABR
 file system can block a read forever, and their diagnostics go straight to file descriptor 2.
 So ``prepare`` hands each unit to a worker process and waits for its record:
 
-* the worker runs :func:`..prepare.run_unit` (read, check, patchify, write shard and record);
+* the worker runs :func:`..prepare.serve`, which calls ``run_unit`` (read, check, patchify,
+  write shard and record) per unit;
   any Python exception there is already that unit's reject;
 * a worker that dies (a signal, an exit code) or gives no answer within the source's
   ``unit_timeout_s`` (then it is killed) becomes a reject whose reason says what happened and
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import socket
@@ -43,53 +43,23 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from .work_units import reject_unit
+
 LOG_DIR = "logs"
 _STARTUP_TIMEOUT_S = 600.0  # a fresh interpreter importing numpy and h5py on a loaded machine
-_UNIT_MARK = "=== unit "  # the worker writes one such line before each unit it reads
+UNIT_MARK = "=== unit "  # the worker writes one such line before each unit it reads
 # Environment a worker does not inherit: it is no MPI rank (a library calling MPI_Init there
 # must not join the parent's job).
 _NOT_INHERITED = ("OMPI_", "PMIX_", "PMI_")
 _BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "from scigpt.data_pipeline.isolate import serve; serve(int(sys.argv[2]), sys.argv[3:])"
+    "from scigpt.data_pipeline.prepare import serve; serve(int(sys.argv[2]), sys.argv[3:])"
 )
 
 
 def log_path(store: Path, rank: int) -> Path:
     """Where the worker of ``rank`` writes what the libraries print."""
     return store / LOG_DIR / f"prepare-rank{rank}.log"
-
-
-def serve(fd: int, preload: Sequence[str] = ()) -> None:
-    """Worker main loop (``python -c _BOOT``): read units from the socket ``fd``, answer with
-    their records. Its stdout and stderr are the rank's log (set up by the parent). The readers
-    of the ``preload`` formats are imported first (while the parent resolves the config)."""
-    conn = Connection(fd)
-    sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
-    sys.stderr.reconfigure(line_buffering=True, errors="backslashreplace")
-    fmt = "%(asctime)s %(name)s %(levelname)s: %(message)s"
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=fmt)
-    from .ingest.base import get_reader
-    from .prepare import run_unit
-
-    for fmt_name in preload:
-        with contextlib.suppress(Exception):  # a reader that cannot import says so per unit
-            get_reader(fmt_name)
-    conn.send("ready")  # imports done: unit timeouts count from here
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return  # the parent is gone
-        if task is None:
-            return
-        store, unit, stats_time_range = task
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        print(f"{_UNIT_MARK}{unit.name} {stamp} {[str(p) for p in unit.paths]}", flush=True)
-        rec = run_unit(store, unit, stats_time_range)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        conn.send(rec)
 
 
 def _last_message(log: Path, offset: int) -> str:
@@ -102,7 +72,7 @@ def _last_message(log: Path, offset: int) -> str:
     except OSError:
         return ""
     lines = [ln.strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith(_UNIT_MARK)]
+    lines = [ln for ln in lines if ln and not ln.startswith(UNIT_MARK)]
     for i, ln in enumerate(lines):
         if ln.startswith("Fatal Python error"):
             before = lines[:i]
@@ -193,8 +163,6 @@ class UnitWorker:
 
     def run(self, store: Path, unit, stats_time_range, timeout_s: float) -> dict[str, Any]:
         """Run ``unit`` in the worker; a crash or a hang becomes its reject record."""
-        from .prepare import reject_unit
-
         if not self._alive():
             self._stop(kill=True)
         self._start()

@@ -13,70 +13,28 @@ the libraries print goes to the store's log. Entries of a source folder that are
 
 from __future__ import annotations
 
+import contextlib
 import glob
-import hashlib
-import json
+import inspect
 import logging
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
+from tqdm import tqdm
 
 from .ingest.base import GridArray, ReaderError, SeriesArray, format_kind, get_reader
-from .isolate import UnitWorker, log_path
+from .isolate import UNIT_MARK, UnitWorker, log_path
 from .plausibility import check_arrays
-from .shards import MANIFEST, PatchSpec, build_manifest, read_record, write_record, write_unit
+from .shards import MANIFEST, build_manifest, read_record, write_unit
+from .work_units import SourceSpec, Unit, input_stamp, reject_unit, unit_meta
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass
-class SourceSpec:
-    """One source to ingest (resolved: absolute paths, options checked against the reader)."""
-
-    name: str
-    format: str
-    paths: list[Path]
-    options: dict[str, Any] = field(default_factory=dict)
-    unit: str = "file"  # "file": one unit per path; "all": every path in one unit
-    patch: PatchSpec = field(default_factory=PatchSpec)
-    require_coordinates: bool = True
-    samples_per_unit: int = 64  # generated sources (pde): samples per unit
-    # this source's statistics block when it has its own splits (default: the store's)
-    stats_time_range: tuple[Any, Any] | None = None
-    plausibility: str = "reject"  # out-of-range values: "reject" the unit, "warn" or "off"
-    # a unit whose read gives no result within this many seconds is stopped and rejected
-    unit_timeout_s: float = 3600.0
-    # entries of the source folder that are not read, with the reason ({"path", "reason"})
-    skipped: list[dict[str, str]] = field(default_factory=list)
-
-    def fingerprint(self) -> str:
-        """Hash of everything that shapes this source's output (a changed spec redoes units)."""
-        d = {
-            "format": self.format,
-            "options": self.options,
-            "unit": self.unit,
-            "patch": self.patch.to_dict(),
-            "require_coordinates": self.require_coordinates,
-            "samples_per_unit": self.samples_per_unit,
-        }
-        if self.stats_time_range is not None:
-            d["stats_time_range"] = [str(t) for t in self.stats_time_range]
-        if self.plausibility != "reject":
-            d["plausibility"] = self.plausibility
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Unit:
-    source: SourceSpec
-    name: str  # "<source>-<index>"
-    index: int
-    paths: tuple[Path, ...]
-    options: dict[str, Any]  # reader options of this unit (ranges for generated sources)
 
 
 def _skip_reason(f: Path, suffixes: Sequence[str]) -> str | None:
@@ -122,10 +80,6 @@ def expand_paths(
 
 def check_options(fmt: str, options: dict[str, Any], where: str) -> None:
     """Options must be keyword parameters of the format's reader, of the annotated types."""
-    import inspect
-
-    from pydantic import TypeAdapter, ValidationError
-
     fn = get_reader(fmt)
     params = {
         n: p
@@ -200,39 +154,6 @@ def _check_arrays(arrays: list, unit: Unit) -> None:
                 raise ReaderError(where, "valid values at pixels without coordinates")
 
 
-def _input_stamp(unit: Unit) -> list[list[int]]:
-    """(size, mtime in ns) of each input: a reject is retried once its input changes."""
-    out = []
-    for p in unit.paths:
-        try:
-            st = p.stat()
-            out.append([st.st_size, st.st_mtime_ns])
-        except OSError:
-            out.append([-1, -1])
-    return out
-
-
-def unit_meta(unit: Unit) -> dict[str, Any]:
-    """What every record of ``unit`` carries: its inputs and the spec it was made with."""
-    stamp = _input_stamp(unit)
-    return {
-        "index": unit.index,
-        "paths": [str(p) for p in unit.paths],
-        "fingerprint": unit.source.fingerprint(),
-        "input_bytes": sum(max(size, 0) for size, _ in stamp),
-        "input_stamp": stamp,
-    }
-
-
-def reject_unit(store: Path, unit: Unit, reason: str, **extra: Any) -> dict[str, Any]:
-    """Write ``unit``'s reject record (and drop a shard of an earlier ingest); returns it."""
-    rec = {"unit": unit.name, "source": unit.source.name, "status": "rejected",
-           "reason": reason, **unit_meta(unit), **extra}  # fmt: skip
-    (store / "shards" / unit.source.name / f"{unit.name}.h5").unlink(missing_ok=True)
-    write_record(store, unit.source.name, unit.name, rec)
-    return rec
-
-
 def run_unit(store: Path, unit: Unit, stats_time_range) -> dict[str, Any]:
     """Read, check, patchify and write one unit; bad input becomes a reject record."""
     t0 = time.perf_counter()
@@ -269,7 +190,7 @@ def _is_done(store: Path, unit: Unit) -> bool:
         # Otherwise retried only if the input changed since (a fixed file gets another
         # chance); a file that crashed the reader is not read again as it is.
         if "input_stamp" in rec:
-            return rec["input_stamp"] == _input_stamp(unit)
+            return rec["input_stamp"] == input_stamp(unit)
         return rec.get("input_bytes") == sum(p.stat().st_size for p in unit.paths if p.exists())
     shard = store / rec["shard"]
     return shard.is_file() and shard.stat().st_size == rec["bytes"]
@@ -296,8 +217,6 @@ def prepare_store(
     ingest down and library messages reach the terminal. ``worker``: one the caller booted
     early (``UnitWorker.boot``) and closes; default: one started here when needed.
     """
-    from tqdm import tqdm
-
     store = Path(out)
     store.mkdir(parents=True, exist_ok=True)
     units = plan_units(sources)
@@ -368,3 +287,33 @@ def prepare_store(
     return build_manifest(store, meta, [(u.source.name, u.name) for u in units],
                           producer=producer or {}, stats_time_range=stats_time_range,
                           skipped=skipped)  # fmt: skip
+
+
+def serve(fd: int, preload: Sequence[str] = ()) -> None:
+    """The worker's main loop (``isolate._BOOT`` runs it in the worker process): read units from
+    the socket ``fd``, answer with their records. Its stdout and stderr are the rank's log (set
+    up by the parent). The readers of the ``preload`` formats are imported first (while the
+    parent resolves the config)."""
+    conn = Connection(fd)
+    sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
+    sys.stderr.reconfigure(line_buffering=True, errors="backslashreplace")
+    fmt = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=fmt)
+    for fmt_name in preload:
+        with contextlib.suppress(Exception):  # a reader that cannot import says so per unit
+            get_reader(fmt_name)
+    conn.send("ready")  # imports done: unit timeouts count from here
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if task is None:
+            return
+        store, unit, stats_time_range = task
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        print(f"{UNIT_MARK}{unit.name} {stamp} {[str(p) for p in unit.paths]}", flush=True)
+        rec = run_unit(store, unit, stats_time_range)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        conn.send(rec)

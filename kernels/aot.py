@@ -28,12 +28,14 @@ import importlib
 import inspect
 import io
 import json
+import multiprocessing as mp
 import os
 import re
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -302,9 +304,6 @@ def report(
     jobs = max(1, min(jobs or (os.cpu_count() or 1), len(work)))
     if jobs == 1:
         return [_compile_by_index(w) for w in work]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     # spawn, not fork: a forked copy of a process holding MLIR/LLVM state is not safe
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
         return list(pool.map(_compile_by_index, work))

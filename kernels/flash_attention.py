@@ -34,131 +34,58 @@ import torch
 import triton
 import triton.language as tl
 
-from scigpt.kernels import config_subset
+from scigpt.kernels import interpreter_compat
+from scigpt.kernels.flash_attention_aot import attention_aot_cases
+from scigpt.kernels.flash_attention_configs import (
+    KINDS,
+    PREPROCESS_BLOCK_M,
+    ConfigKey,
+    all_configs,
+    candidate_configs,
+    config_key,
+    dot_precision,
+    interpret_configs,
+    prune_for,
+    shipped_configs,
+)
+from scigpt.kernels.flash_attention_reference import (
+    SUPPORTED_DTYPES,
+    SUPPORTED_HEAD_DIMS,
+    attention_reference,
+    check_inputs,
+)
 
-SUPPORTED_HEAD_DIMS = (32, 64, 128)
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+__all__ = [
+    "CONFIGS",
+    "INTERPRET",
+    "INTERPRET_CONFIGS",
+    "SUPPORTED_DTYPES",
+    "SUPPORTED_HEAD_DIMS",
+    "ConfigKey",
+    "FlashAttentionFunction",
+    "aot_cases",
+    "attention_reference",
+    "candidate_configs",
+    "config_key",
+    "flash_attention",
+    "shipped_configs",
+]
 
 # The interpreter (TRITON_INTERPRET=1: CPU tensors, numpy) runs every config of an autotuner, so
 # it gets one small config; the real ones are still compiled ahead of time by kernels/aot.py.
 # triton.jit reads the same knob when the kernels below are decorated.
 INTERPRET = bool(triton.knobs.runtime.interpret)
 if INTERPRET:
-    from scigpt.kernels import interpreter_compat
-
     interpreter_compat()
 
-
-ConfigKey = tuple[int, int, int, int]  # (block rows, block cols, num_warps, num_stages)
-
-# Autotune candidates for Hopper (H100/H200) as (rows, cols, num_warps, num_stages): BLOCK_M ×
-# BLOCK_N (forward), BLOCK_M1 × BLOCK_N1 (dK/dV), BLOCK_M2 × BLOCK_N2 (dQ). The causal split needs
-# BLOCK_M % BLOCK_N == 0, BLOCK_N1 % BLOCK_M1 == 0 and BLOCK_M2 % BLOCK_N2 == 0. Keyed by bytes
-# per element: fp32 (3xTF32 dots: three MMAs on split operands) needs smaller tiles than 16-bit.
-_CANDIDATES: dict[tuple[str, int], list[ConfigKey]] = {
-    ("fwd", 2): [
-        (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (128, 64, 4, 4),
-        (128, 32, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 3), (64, 32, 4, 2),
-        (64, 16, 4, 2),
-    ],
-    ("dkdv", 2): [
-        (32, 128, 4, 3), (32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3),
-        (64, 64, 4, 2), (16, 64, 4, 2),
-    ],
-    ("dq", 2): [
-        (128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3),
-        (64, 32, 4, 2), (64, 16, 4, 2),
-    ],
-    ("fwd", 4): [
-        (128, 64, 8, 3), (64, 32, 4, 3), (64, 32, 4, 2), (64, 16, 4, 2), (32, 16, 4, 1),
-        (16, 16, 4, 2),
-    ],
-    ("dkdv", 4): [(32, 128, 8, 3), (32, 64, 4, 3), (16, 64, 4, 2), (16, 16, 4, 2), (16, 16, 8, 2)],
-    ("dq", 4): [
-        (128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 32, 4, 2), (64, 16, 4, 2),
-        (32, 16, 8, 2), (16, 16, 4, 2),
-    ],
-}  # fmt: skip
-
-# Candidates never tried, per (kernel, bytes per element, head_dim): they spill registers on
-# sm_90a (Triton 3.6.0; ``python -m scigpt.kernels.aot --report --full``, key padding mask on,
-# causal on and off). fp32 at head_dim 128 spills with any tile of 32+ rows, so it gets tiny ones
-# (no wgmma: mma.sync), which head dims 32/64 do not need.
-_FP32_TINY = {"fwd": {(32, 16, 4, 1), (16, 16, 4, 2)}, "dkdv": {(16, 16, 4, 2), (16, 16, 8, 2)},
-              "dq": {(32, 16, 8, 2), (16, 16, 4, 2)}}  # fmt: skip
-_EXCLUDED: dict[tuple[str, int, int], set[ConfigKey]] = {
-    ("dkdv", 2, 64): {(32, 128, 4, 3)},
-    ("fwd", 2, 128): {(128, 64, 4, 3), (128, 64, 4, 4), (128, 32, 4, 4)},
-    ("dkdv", 2, 128): {(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (64, 64, 4, 2)},
-    ("dq", 2, 128): {(128, 32, 4, 3)},
-    **{(kind, 4, 32): set(tiny) for kind, tiny in _FP32_TINY.items()},
-    ("fwd", 4, 64): {(128, 64, 8, 3), *_FP32_TINY["fwd"]},
-    ("dkdv", 4, 64): {(32, 64, 4, 3), *_FP32_TINY["dkdv"]},
-    ("dq", 4, 64): {(128, 64, 8, 3), *_FP32_TINY["dq"]},
-    ("fwd", 4, 128): {(128, 64, 8, 3), (64, 32, 4, 3), (64, 32, 4, 2), (64, 16, 4, 2),
-                      (32, 16, 4, 1)},
-    ("dkdv", 4, 128): {(32, 128, 8, 3), (32, 64, 4, 3), (16, 64, 4, 2)},
-    ("dq", 4, 128): {(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 32, 4, 2),
-                     (64, 16, 4, 2)},
-}  # fmt: skip
-
-_NAMES = {
-    "fwd": ("BLOCK_M", "BLOCK_N"),
-    "dkdv": ("BLOCK_M1", "BLOCK_N1"),
-    "dq": ("BLOCK_M2", "BLOCK_N2"),
-}
-
-
-def _config(kind: str, key: ConfigKey) -> triton.Config:
-    rows, cols, warps, stages = key
-    names = _NAMES[kind]
-    return triton.Config({names[0]: rows, names[1]: cols}, num_warps=warps, num_stages=stages)
-
-
-def config_key(cfg: triton.Config) -> ConfigKey:
-    rows, cols = cfg.kwargs.values()
-    return (rows, cols, cfg.num_warps, cfg.num_stages)
-
-
-def _element_bytes(dtype: torch.dtype) -> int:
-    return torch.finfo(dtype).bits // 8
-
-
-def candidate_configs(kind: str, dtype: torch.dtype) -> list[triton.Config]:
-    """Every config ``kind`` ("fwd", "dkdv", "dq") may try for ``dtype``, before pruning."""
-    return [_config(kind, k) for k in _CANDIDATES[(kind, _element_bytes(dtype))]]
-
-
-def shipped_configs(kind: str, dtype: torch.dtype, head_dim: int) -> list[triton.Config]:
-    """The configs ``kind`` autotunes over for this dtype and head dim (no register spills)."""
-    bad = _EXCLUDED.get((kind, _element_bytes(dtype), head_dim), set())
-    return [c for c in candidate_configs(kind, dtype) if config_key(c) not in bad]
-
-
-# What each autotuner holds: the union over dtypes; ``_prune`` keeps the shipped ones per launch.
-CONFIGS: dict[str, list[triton.Config]] = {
-    kind: [_config(kind, k) for k in dict.fromkeys(_CANDIDATES[(kind, 2)] + _CANDIDATES[(kind, 4)])]
-    for kind in _NAMES
-}
-# The interpreter (TRITON_INTERPRET=1) would run every candidate; it gets one small config that
-# still makes N = 37 cross block boundaries and end in a partial block.
+# Fresh config objects per import of this module (the tests import it afresh under the
+# interpreter); their values live in flash_attention_configs.
+CONFIGS: dict[str, list[triton.Config]] = {kind: all_configs(kind) for kind in KINDS}
 INTERPRET_CONFIGS: dict[str, list[triton.Config]] = {
-    "fwd": [_config("fwd", (32, 16, 4, 1))],
-    "dkdv": [_config("dkdv", (16, 32, 4, 1))],
-    "dq": [_config("dq", (32, 16, 4, 1))],
+    kind: interpret_configs(kind) for kind in KINDS
 }
-PREPROCESS_BLOCK_M = 64
-
-
-def _prune(kind: str):
-    def prune(configs, named_args, **kwargs):
-        shipped = shipped_configs(kind, named_args["Q"].dtype, kwargs["HEAD_DIM"])
-        if config_subset() == "first":
-            shipped = shipped[:1]
-        keep = {config_key(c) for c in shipped}
-        return [c for c in configs if config_key(c) in keep] or list(configs)
-
-    return prune
+_prune = prune_for
+_dot_precision = dot_precision
 
 
 def _configs(kind: str) -> list[triton.Config]:
@@ -520,111 +447,14 @@ def _attn_bwd_dq_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
-# reference, checks, launch, autograd
+# launch, autograd
 # ----------------------------------------------------------------------------------------------
-
-
-def attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None = None,
-    *,
-    causal: bool = False,
-    sm_scale: float | None = None,
-) -> torch.Tensor:
-    """softmax(Q Kᵀ·s + mask) V in fp32 (differentiable), cast back to q's dtype.
-
-    The model registry's ``math_attention`` with two additions the kernel shares: ``causal``,
-    and a defined result for query rows that see no key (output 0, gradients 0; softmax alone
-    would make them NaN).
-    """
-    scale = q.shape[-1] ** -0.5 if sm_scale is None else sm_scale
-    n = q.shape[-2]
-    s = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * scale  # (B, h, N, N)
-    keep = torch.ones(n, n, dtype=torch.bool, device=q.device)  # (N, N) query × key
-    if causal:
-        keep = torch.tril(keep)
-    keep = keep.expand(q.shape[0], 1, n, n)  # (B, 1, N, N)
-    if key_padding_mask is not None:
-        keep = keep & key_padding_mask[:, None, None, :]
-    seen = keep.any(dim=-1, keepdim=True)  # (B, 1, N, 1): the row has at least one key
-    # Rows without a key get an all-visible softmax (finite) that the 0 factor then discards.
-    s = s.masked_fill(~(keep | ~seen), float("-inf"))
-    p = torch.softmax(s, dim=-1) * seen
-    return torch.einsum("bhqk,bhkd->bhqd", p, v.float()).to(q.dtype)
-
-
-def _check_inputs(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None
-) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(
-                f"flash_attention: {name} must be a torch.Tensor, got {type(t).__name__}"
-            )
-        if t.dim() != 4:
-            raise ValueError(
-                f"flash_attention: {name} must be (B, heads, N, head_dim), got "
-                f"shape {tuple(t.shape)}"
-            )
-    if not (q.shape == k.shape == v.shape):
-        raise ValueError(
-            "flash_attention: q, k and v must have the same shape (self-attention), got "
-            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    if q.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"flash_attention: dtype {q.dtype} is not supported; use one of "
-            f"{[str(d) for d in SUPPORTED_DTYPES]}"
-        )
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(
-            f"flash_attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
-        )
-    if not (q.device == k.device == v.device):
-        raise ValueError(
-            "flash_attention: q, k, v must be on one device, got "
-            f"{q.device}, {k.device}, {v.device}"
-        )
-    head_dim = q.shape[-1]
-    if head_dim not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(
-            f"flash_attention: head_dim {head_dim} is not supported by the Triton kernel; use one "
-            f"of {SUPPORTED_HEAD_DIMS} (or impl='reference')"
-        )
-    if key_padding_mask is not None:
-        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
-            got = getattr(key_padding_mask, "dtype", type(key_padding_mask).__name__)
-            raise TypeError(
-                f"flash_attention: key_padding_mask must be a bool tensor (True = keep), got {got}"
-            )
-        want = (q.shape[0], q.shape[2])
-        if tuple(key_padding_mask.shape) != want:
-            raise ValueError(
-                f"flash_attention: key_padding_mask must be (B, N) = {want}, got "
-                f"{tuple(key_padding_mask.shape)}"
-            )
-        if key_padding_mask.device != q.device:
-            raise ValueError(
-                f"flash_attention: key_padding_mask is on {key_padding_mask.device}, "
-                f"q on {q.device}"
-            )
-    if q.device.type != "cuda" and not INTERPRET:
-        raise RuntimeError(
-            f"flash_attention: impl='triton' needs CUDA tensors, got {q.device}; use "
-            "impl='reference' on CPU (or TRITON_INTERPRET=1 to run the kernels in the interpreter)"
-        )
 
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     # The kernels take any batch/head/sequence strides (qkv.permute views need no copy) but
     # address head_dim with stride 1.
     return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    return "tf32x3" if dtype == torch.float32 else "tf32"  # ignored for 16-bit inputs
 
 
 def _mask_args(mask: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -747,114 +577,19 @@ def flash_attention(
     scale = q.shape[-1] ** -0.5 if sm_scale is None else float(sm_scale)
     if impl == "reference":
         return attention_reference(q, k, v, key_padding_mask, causal=causal, sm_scale=scale)
-    _check_inputs(q, k, v, key_padding_mask)
+    check_inputs(q, k, v, key_padding_mask, interpret=INTERPRET)
     if q.numel() == 0:  # nothing to launch; keeps autograd shapes right
         return attention_reference(q, k, v, key_padding_mask, causal=causal, sm_scale=scale)
     return FlashAttentionFunction.apply(q, k, v, key_padding_mask, bool(causal), scale)
 
 
-# ----------------------------------------------------------------------------------------------
-# ahead-of-time compilation cases (kernels/aot.py)
-# ----------------------------------------------------------------------------------------------
-
-_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-
-
-def _strides(*names: str) -> dict[str, str]:
-    return {f"stride_{n}{a}": "i32" for n in names for a in ("b", "h", "n")}
-
-
 def aot_cases(full: bool = False) -> list:
-    """What kernels/aot.py compiles for sm_90a, with the specialisation a launch on contiguous
-    (B, h, N, D) tensors gets (pointers and B/h/N strides 16-divisible, N arbitrary).
-
-    Default: every shipped config of the forward and backward kernels for fp16 (head dim 64,
-    causal), bf16 (128 with causal + key padding mask; 32) and fp32 (32 and 128, mask), which
-    together compile every shipped config at least once. ``full``: every
-    *candidate* config for bf16 and fp32 at each head dim, mask and causal on — the measurement
-    behind ``_EXCLUDED``. A dot lowers to Hopper ``wgmma`` (fp32: through 3xTF32) when its tile
-    has at least 64 rows (one warpgroup's M), else to ``mma.sync``.
-    """
-    from scigpt.kernels.aot import AotCase
-
-    if full:
-        variants = [
-            (dtype, d, True, True)
-            for dtype in (torch.bfloat16, torch.float32)
-            for d in SUPPORTED_HEAD_DIMS
-        ]
-    else:
-        variants = [
-            (torch.float16, 64, False, True),
-            (torch.bfloat16, 128, True, True),
-            (torch.bfloat16, 32, False, False),
-            (torch.float32, 32, True, False),
-            (torch.float32, 128, True, False),
-        ]
-    cases = []
-    for dtype, head_dim, has_mask, causal in variants:
-        t = "*" + _TRITON_DTYPE[dtype]
-        const = {
-            "HEAD_DIM": head_dim,
-            "CAUSAL": causal,
-            "HAS_MASK": has_mask,
-            "DOT_PRECISION": _dot_precision(dtype),
-            "stride_mn": 1,  # the runtime specialises an int argument equal to 1 as a constant
-        }
-        ints = {"H": "i32", "N_CTX": "i32", "N_BUCKET": "i32", "stride_mb": "i32"}
-        tag = f"{_TRITON_DTYPE[dtype]}_d{head_dim}{'_mask' if has_mask else ''}"
-        tag += "_causal" if causal else ""
-        fwd_sig = {
-            "Q": t, "K": t, "V": t, "Out": t, "Lse": "*fp32", "Mask": "*u8", "qk_scale": "fp32",
-            **_strides("q", "k", "v", "o"), **ints,
-        }  # fmt: skip
-        dkdv_sig = {
-            "Q": t, "K": t, "V": t, "DO": t, "DK": t, "DV": t, "Lse": "*fp32", "Delta": "*fp32",
-            "Mask": "*u8", "sm_scale": "fp32", "qk_scale": "fp32",
-            **_strides("q", "k", "v", "do", "dk"), **ints,
-        }  # fmt: skip
-        dq_sig = {
-            "Q": t, "K": t, "V": t, "DO": t, "DQ": t, "Lse": "*fp32", "Delta": "*fp32",
-            "Mask": "*u8", "sm_scale": "fp32", "qk_scale": "fp32",
-            **_strides("q", "k", "v", "do", "dq"), **ints,
-        }  # fmt: skip
-        pre_sig = {"Out": t, "DO": t, "Delta": "*fp32", **_strides("o", "do")}
-        pre_sig.update(H="i32", N_CTX="i32")
-        meta = {"dtype": _TRITON_DTYPE[dtype], "head_dim": head_dim, "full": full}
-        for kind, kernel, sig, mma_rows in (
-            ("fwd", _attn_fwd_kernel, fwd_sig, "BLOCK_M"),  # Q Kᵀ and P V: BLOCK_M rows
-            ("dkdv", _attn_bwd_dkdv_kernel, dkdv_sig, "BLOCK_N1"),  # K Qᵀ, Pᵀ dO, V dOᵀ, dSᵀ Q
-            ("dq", _attn_bwd_dq_kernel, dq_sig, "BLOCK_M2"),  # Q Kᵀ, dO Vᵀ, dS K
-        ):
-            cases.append(
-                AotCase(
-                    name=f"attn_{kind}_{tag}",
-                    kernel=kernel,
-                    signature=sig,
-                    constexprs=const,
-                    configs=(candidate_configs if full else _shipped_for(head_dim))(kind, dtype),
-                    expect_wgmma=lambda cfg, rows=mma_rows: cfg.kwargs[rows] >= 64,
-                    divisible_by_16=_divisible(sig),
-                    meta={"kind": kind, **meta},
-                )
-            )
-        cases.append(
-            AotCase(
-                name=f"attn_bwd_preprocess_{tag}",
-                kernel=_attn_bwd_preprocess_kernel,
-                signature=pre_sig,
-                constexprs={"HEAD_DIM": head_dim, "BLOCK_M": PREPROCESS_BLOCK_M},
-                expect_wgmma=False,  # no dot
-                divisible_by_16=_divisible(pre_sig),
-                meta={"kind": "preprocess", **meta},
-            )
-        )
-    return cases
-
-
-def _shipped_for(head_dim: int):
-    return lambda kind, dtype: shipped_configs(kind, dtype, head_dim)
-
-
-def _divisible(sig: dict[str, str]) -> tuple[str, ...]:
-    return tuple(k for k, v in sig.items() if v.startswith("*") or k.startswith("stride_"))
+    """What kernels/aot.py compiles for sm_90a (``flash_attention_aot.attention_aot_cases``),
+    with this module's kernels."""
+    kernels = {
+        "fwd": _attn_fwd_kernel,
+        "dkdv": _attn_bwd_dkdv_kernel,
+        "dq": _attn_bwd_dq_kernel,
+        "preprocess": _attn_bwd_preprocess_kernel,
+    }
+    return attention_aot_cases(kernels, full)

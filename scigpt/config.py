@@ -15,8 +15,11 @@ import itertools
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from scigpt.data_pipeline.ingest.base import READERS, format_kind
+from scigpt.data_pipeline.units import known_units, parse_units
 from scigpt.rundir import MAX_RUN_NAME, STAMP_CHARS
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -45,8 +48,6 @@ class TimeRange(_Strict):
 
     def bounds(self) -> tuple[Any, Any]:
         """``(start, end)`` as naive ``numpy.datetime64[ns]`` (what stores and datasets take)."""
-        import numpy as np
-
         return (
             np.datetime64(self.start.replace(tzinfo=None), "ns"),
             np.datetime64(self.end.replace(tzinfo=None), "ns"),
@@ -74,8 +75,6 @@ class SplitsConfig(_Strict):
 
     def gap_ns(self) -> Any:
         """``gap`` as a ``numpy.timedelta64[ns]`` (what the datasets take)."""
-        import numpy as np
-
         return np.timedelta64(round(self.gap.total_seconds() * 1e9), "ns")
 
     @model_validator(mode="after")
@@ -134,8 +133,6 @@ class SourceConfig(_Strict):
     @field_validator("units")
     @classmethod
     def _known_units(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        from scigpt.data_pipeline.units import known_units, parse_units
-
         for name, spelling in (v or {}).items():
             if parse_units(spelling) is None:
                 raise ValueError(
@@ -161,16 +158,12 @@ class SourceConfig(_Strict):
     @field_validator("format")
     @classmethod
     def _known_format(cls, v: str) -> str:
-        from scigpt.data_pipeline.ingest.base import READERS
-
         if v not in READERS:
             raise ValueError(f"unknown format {v!r}: choose one of {sorted(READERS)}")
         return v
 
     @model_validator(mode="after")
     def _shape(self) -> SourceConfig:
-        from scigpt.data_pipeline.ingest.base import format_kind
-
         if self.path is None and self.format != "pde":
             raise ValueError(f"source {self.name!r} (format {self.format}) needs a path")
         if self.units is not None and self.format not in ("modis_hdf4", "hdf5_grid"):
@@ -462,8 +455,6 @@ def check_trainable(cfg: RunConfig) -> None:
     """What training needs beyond a valid config (``scigpt prepare`` takes any sources): a
     grid source first (test forecasts, plots and exports use it), and series sources trained
     through the masked or pooled objective with the torch loader."""
-    from scigpt.data_pipeline.ingest.base import format_kind
-
     kinds = [format_kind(src.format) for src in cfg.data.sources]
     if kinds[0] != "grid":
         raise ValueError(

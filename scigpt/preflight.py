@@ -30,8 +30,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from scigpt.cluster import load_profile
 from scigpt.config import ModelConfig, RunConfig, check_trainable
 from scigpt.config_loader import ConfigError, LoadedConfig
+from scigpt.data_pipeline.ingest.base import ReaderError, probe
+from scigpt.data_pipeline.prepare import plan_units
+from scigpt.export.errors import PackageError
+from scigpt.export.verify import read_package
+from scigpt.models.sizing import grid_tokens, param_count
+from scigpt.models.vit import ModelSpec
+from scigpt.parallel.planner import Layout, predict_memory, usable_gib
+from scigpt.parallel.topology import Topology
+from scigpt.prepare import source_specs
+from scigpt.rundir import check_run_name
 
 DEFAULT_GPU_MEM_GIB = 80.0  # validate's target when none is given: one H100-class GPU per rank
 
@@ -67,8 +80,6 @@ def validate_target(
     if cluster is not None and not isinstance(cluster, str):
         profile, label = cluster, "the job's profile"
     elif cluster is not None:
-        from scigpt.slurm.submit import load_profile
-
         profile = load_profile(cluster)
     per_node = profile.tasks if profile else None
     if gpus is not None:
@@ -105,8 +116,6 @@ def _cgroup_limit() -> int | None:
 def machine_target(world_size: int, local_world_size: int) -> Target:
     """The target ``scigpt train`` judges memory against: the CUDA device of this rank, or
     without one this machine's memory (its cgroup limit if lower) shared by its ranks."""
-    import torch
-
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         gib = props.total_memory / 2**30
@@ -134,11 +143,6 @@ def memory_problem(
     """ "this model needs N GiB per rank, the target has M" by the planner's memory model, or
     None when it fits. ``tokens=None``: the grid is not known yet, so activations are left out
     and N is a lower bound."""
-    from scigpt.models.sizing import param_count
-    from scigpt.models.vit import ModelSpec
-    from scigpt.parallel.planner import Layout, predict_memory, usable_gib
-    from scigpt.parallel.topology import Topology
-
     topo = Topology.from_config(cfg.parallel, target.world_size)
     layout = Layout(topo.dp, topo.tp, topo.pp, topo.zero_stage,
                     cfg.parallel.activation_checkpointing)  # fmt: skip
@@ -178,10 +182,6 @@ class SourceFacts:
 
 
 def _source_problems(loaded: LoadedConfig) -> tuple[list[str], SourceFacts]:
-    from scigpt.data_pipeline.ingest.base import ReaderError, probe
-    from scigpt.data_pipeline.prepare import plan_units
-    from scigpt.prepare import source_specs
-
     cfg = loaded.config
     try:
         specs = source_specs(loaded)
@@ -267,8 +267,6 @@ def check_run(
     except ValueError as e:
         problems.append(str(e))
     if run_name is not None:
-        from scigpt.rundir import check_run_name
-
         try:
             check_run_name(run_name)
         except ValueError as e:
@@ -279,8 +277,6 @@ def check_run(
         problems += found + _variable_problems(cfg, facts)
     model, num_vars, num_targets = cfg.model, None, 0
     if cfg.finetune.package:
-        from scigpt.export.package import PackageError, read_package
-
         try:
             pkg_config = (
                 package_config
@@ -303,8 +299,6 @@ def check_run(
         known = [n for v in facts.variables.values() for n in v or []]
         tokens = None
         if facts.grid is not None:
-            from scigpt.models.sizing import grid_tokens
-
             tokens = grid_tokens(model, *facts.grid)
         try:
             problem = memory_problem(

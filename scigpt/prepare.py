@@ -8,7 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from scigpt import __version__
 from scigpt.config_loader import ConfigError, LoadedConfig
+from scigpt.data_pipeline.ingest.base import format_kind
+from scigpt.data_pipeline.isolate import UnitWorker, log_path
+from scigpt.data_pipeline.prepare import SourceSpec, check_options, expand_paths, prepare_store
+from scigpt.data_pipeline.shards import PatchSpec
 
 # Suffixes taken from a folder per format (a folder may also hold sidecars and READMEs).
 SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -46,10 +51,6 @@ class IngestRejected(RuntimeError):
 
 def source_specs(loaded: LoadedConfig) -> list:
     """Resolve every configured source: paths expanded, reader options checked."""
-    from scigpt.data_pipeline.ingest.base import format_kind
-    from scigpt.data_pipeline.prepare import SourceSpec, check_options, expand_paths
-    from scigpt.data_pipeline.shards import PatchSpec
-
     specs = []
     for i, src in enumerate(loaded.config.data.sources):
         where = f"data.sources.{i}"
@@ -120,9 +121,6 @@ def stats_range(loaded: LoadedConfig) -> tuple[np.datetime64, np.datetime64]:
 def prepare_from_config(
     loaded: LoadedConfig, out: Path, *, rank: int = 0, world_size: int = 1, progress: bool = True
 ) -> dict[str, Any] | None:
-    from scigpt.data_pipeline.isolate import UnitWorker, log_path
-    from scigpt.data_pipeline.prepare import prepare_store
-
     # The reader worker boots (and imports the readers) while this process resolves the
     # sources, which imports the same reader modules to check their options.
     formats = sorted({s.format for s in loaded.config.data.sources if s.path is not None})
@@ -147,6 +145,4 @@ def prepare_from_config(
 
 
 def _version() -> str:
-    from scigpt import __version__
-
     return __version__

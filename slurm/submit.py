@@ -27,84 +27,15 @@ import shlex
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Annotated
-
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scigpt.atomic import atomic_write_text
+from scigpt.cluster import Profile, load_profile, shipped_profiles
+from scigpt.config_loader import load_config
+from scigpt.preflight import check_run, validate_target
 from scigpt.rundir import check_run_name, default_run_name
-from scigpt.safe_yaml import YAMLRefused, safe_load
 
 TRAINING = ("train", "demo")  # subcommands that resume a run directory
-
-
-class Profile(BaseModel):
-    """A cluster profile (``slurm/profiles/*.yaml``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    description: str = ""
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    gpus_per_node: Annotated[int, Field(ge=0)] = 0  # 0: CPU tasks
-    # Memory of one GPU (for CPU tasks: what one task may use), GiB: the target `scigpt validate
-    # --cluster` and `scigpt submit` judge a model's memory per rank against.
-    gpu_mem_gib: Annotated[float, Field(gt=0)] | None = None
-    tasks_per_node: Annotated[int, Field(ge=1)] | None = None  # default: gpus_per_node or 1
-    cpus_per_task: Annotated[int, Field(ge=1)] = 1
-    nodes: Annotated[int, Field(ge=1)] = 1
-    time: str = "01:00:00"
-    # Seconds before the time limit at which Slurm sends USR1 (it arrives 30-60 s early).
-    signal_grace_s: Annotated[int, Field(ge=10)] = 180
-    cpu_bind: str | None = None  # srun --cpu-bind
-    gpu_bind: str | None = None  # srun --gpu-bind
-    python: str = "python"  # the interpreter inside the job (after setup)
-    setup: list[str] = []  # shell lines run first (module load, venv activation): trusted
-    env: dict[str, str] = {}  # exported (quoted), e.g. NCCL_* / RCCL settings
-    srun_args: list[str] = []  # extra srun arguments (quoted), e.g. container options
-    sbatch_args: list[str] = []  # extra #SBATCH options, e.g. "--constraint=gpu"
-    overrides: list[str] = []  # config --set overrides for train/demo (e.g. no DALI)
-
-    @property
-    def tasks(self) -> int:
-        return self.tasks_per_node or max(1, self.gpus_per_node)
-
-
-def shipped_profiles() -> list[str]:
-    root = resources.files("scigpt.slurm.profiles")
-    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
-def load_profile(name_or_path: str) -> Profile:
-    """A shipped profile by name (``local``, ``generic-gpu``, …) or a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        text, where = path.read_text(), str(path)
-    else:
-        res = resources.files("scigpt.slurm.profiles") / f"{name_or_path}.yaml"
-        if not res.is_file():
-            raise ValueError(
-                f"--cluster {name_or_path!r}: no such profile; shipped: "
-                f"{', '.join(shipped_profiles())} (or pass a profile .yaml)"
-            )
-        text, where = res.read_text(), f"profile {name_or_path}"
-    try:
-        raw = safe_load(text) or {}
-    except YAMLRefused as e:
-        raise ValueError(f"cluster profile {where} refused: {e}") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"cluster profile {where}: YAML syntax error: {e}") from None
-    try:
-        return Profile.model_validate(raw)
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
-        raise ValueError(f"invalid cluster profile {where}: {problems}") from None
 
 
 _SBATCH_SAFE = re.compile(r"^[^\x00-\x1f\x7f]*$")
@@ -232,13 +163,9 @@ def prepare_job(
     if sub in TRAINING:
         args += [a for o in profile.overrides for a in ("--set", o)]
         if sub == "train":
-            from scigpt.config_loader import load_config
-
             config = args[0] if args else None
             if not config or config.startswith("-"):
                 raise ValueError("scigpt submit -- train CONFIG: the config is missing")
-            from scigpt.preflight import check_run, validate_target
-
             overrides = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--set"]
             loaded = load_config(config, overrides)
             # What the job would refuse, refused now: sources, variables, and memory per rank
@@ -299,4 +226,13 @@ def sbatch(path: Path, env: dict[str, str] | None = None) -> int:
     return int(proc.stdout.strip().split(";")[0])
 
 
-__all__ = ["Job", "Profile", "load_profile", "prepare_job", "render", "sbatch", "write_script"]
+__all__ = [
+    "Job",
+    "Profile",
+    "load_profile",
+    "prepare_job",
+    "render",
+    "sbatch",
+    "shipped_profiles",
+    "write_script",
+]

@@ -24,15 +24,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ..variables import VariableInfo
-
-
-class ReaderError(ValueError):
-    """Bad input: the file, the variable (if any) and the reason."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
+from .errors import ReaderError
+from .sniff import check_signature
 
 
 def _check_names(kind: str, variables: Sequence[VariableInfo]) -> None:
@@ -237,7 +230,6 @@ def get_reader(fmt: str) -> Reader:
     module, func = READERS[fmt].split(":")
     mod = importlib.import_module(f"{__package__}.{module}")
     reader = getattr(mod, func)
-    from .sniff import check_signature
 
     @functools.wraps(reader)
     def checked(paths: Sequence[str | Path], **options: Any) -> list[Array]:

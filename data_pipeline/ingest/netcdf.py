@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cftime
 import numpy as np
 import xarray as xr
 
@@ -74,8 +75,6 @@ def _open(path: Path) -> xr.Dataset:
 
 def _calendar_problem(path: Path) -> str | None:
     """Why a time axis cannot be decoded, when the reason is its calendar (not damage)."""
-    import cftime
-
     try:
         ds = xr.open_dataset(path, decode_times=False, cache=False)
     except Exception:

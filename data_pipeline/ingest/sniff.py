@@ -29,7 +29,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from .base import ReaderError
+from .errors import ReaderError
 
 # Which sniffed kinds each source format accepts. A file whose kind is not listed but is one of
 # the known kinds is refused; an unrecognised file is left to the reader's own checks.

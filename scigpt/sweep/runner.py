@@ -28,10 +28,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+from tqdm import tqdm
+
 from scigpt.atomic import atomic_write_text
+from scigpt.cluster import load_profile
+from scigpt.config_loader import load_config
+from scigpt.data_pipeline.store import GridStore
+from scigpt.launch.env import discover
+from scigpt.models.sizing import flops_per_token, grid_tokens
+from scigpt.models.vit import ModelSpec
+from scigpt.prepare import prepare_from_config
 from scigpt.rundir import RunDir
 from scigpt.safe_yaml import load_yaml_file
+from scigpt.slurm.submit import Job, render, sbatch, write_script
+from scigpt.sweep.report import write_report
 from scigpt.sweep.spec import Point, Sweep
+from scigpt.train.trainer import train
 
 SHARED_DATA_KEYS = ("data.train_fraction", "data.loader.")  # keys that keep one store valid
 
@@ -70,10 +83,6 @@ def _shares_store(sweep: Sweep) -> bool:
 def _steps_for(sweep: Sweep, store_dir: Path) -> Callable[[dict[str, Any], float], int]:
     """Compute-matched designs: steps that spend ``budget`` training FLOPs for a model setting
     (3 × forward model FLOPs per sample, ``scigpt.models.sizing``, × samples per step)."""
-    from scigpt.config_loader import load_config
-    from scigpt.data_pipeline.store import GridStore
-    from scigpt.models.sizing import flops_per_token, grid_tokens
-    from scigpt.models.vit import ModelSpec
 
     def steps(overrides: dict[str, Any], budget: float) -> int:
         sets = [f"{k}={json.dumps(v)}" for k, v in {**sweep.spec.set, **overrides}.items()]
@@ -90,8 +99,6 @@ def _steps_for(sweep: Sweep, store_dir: Path) -> Callable[[dict[str, Any], float
 
 def plan(sweep: Sweep, out: Path, *, progress: bool = True) -> list[Point]:
     """Create the sweep directory, ingest the shared store once, expand and record the points."""
-    import yaml
-
     out.mkdir(parents=True, exist_ok=True)
     # The copy names its base config absolutely: job arrays load it from the sweep directory.
     raw = load_yaml_file(sweep.path, "sweep")
@@ -99,9 +106,6 @@ def plan(sweep: Sweep, out: Path, *, progress: bool = True) -> list[Point]:
     atomic_write_text(out / "sweep.yaml", yaml.safe_dump(raw, sort_keys=False))
     steps_for = None
     if _shares_store(sweep):
-        from scigpt.config_loader import load_config
-        from scigpt.prepare import prepare_from_config
-
         sets = [f"{k}={json.dumps(v)}" for k, v in sweep.spec.set.items()]
         loaded = load_config(sweep.base_config, sets)
         prepare_from_config(loaded, out / "store", progress=progress)
@@ -155,8 +159,6 @@ def todo(sweep: Sweep, out: Path, points: list[Point]) -> list[Point]:
 
 def run_local(sweep: Sweep, out: Path, points: list[Point], *, env: dict | None = None) -> None:
     """Run the points one after another, each in its own process (a crash fails one point)."""
-    from tqdm import tqdm
-
     (out / "logs").mkdir(parents=True, exist_ok=True)
     for point in tqdm(points, desc=f"sweep {sweep.spec.name}", unit="point"):
         attempts = read_status(out, point.name)["attempts"] + 1
@@ -178,8 +180,6 @@ def submit_arrays(
 ) -> list[int]:
     """One Slurm job array per resource shape (an array shares one resource request), throttled
     to ``slurm.throttle`` tasks at once. Each array task runs ``scigpt sweep --array-task``."""
-    from scigpt.slurm.submit import Job, load_profile, render, sbatch, write_script
-
     sl = sweep.spec.slurm
     profile = load_profile(cluster or sl.cluster)
     # The resource shape of a point: nodes and time (the same for every point of one sweep
@@ -209,10 +209,6 @@ def submit_arrays(
 def run_array_task(sweep: Sweep, out: Path, group: str) -> int:
     """Inside a job array task (every srun task calls this): train the point
     ``SLURM_ARRAY_TASK_ID`` of ``group`` in this process. Rank 0 records the status."""
-    from scigpt.config_loader import load_config
-    from scigpt.launch.env import discover
-    from scigpt.train.trainer import train
-
     names = json.loads((out / "arrays" / f"{group}.json").read_text())
     index = int(os.environ["SLURM_ARRAY_TASK_ID"])
     by_name = {p["name"]: p for p in json.loads((out / "points.json").read_text())}
@@ -280,8 +276,6 @@ def summary(sweep: Sweep, out: Path, points: list[Point]) -> tuple[int, list[tup
 
 
 def report(out: Path, objective: str, metric: str) -> dict[str, Path]:
-    from scigpt.sweep.report import write_report
-
     records = collect(out, objective, metric)
     if not records:
         raise ValueError(f"{out}: no finished points to report on")

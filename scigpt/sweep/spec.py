@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from scigpt.config_loader import find_config
 from scigpt.rundir import check_run_name
 from scigpt.safe_yaml import load_yaml_file
 
@@ -91,8 +92,6 @@ def load_spec(path: str | Path, model: type[BaseModel], what: str) -> tuple[Any,
     """Read and validate an experiment file (a path, or a shipped one such as
     ``sweeps/tiny-scaling.yaml``) with the bounded YAML loader (``scigpt.safe_yaml``); every
     problem in one message."""
-    from scigpt.config_loader import find_config
-
     path = find_config(path).resolve()
     raw = load_yaml_file(path, what) or {}
     try:
@@ -107,8 +106,6 @@ def load_spec(path: str | Path, model: type[BaseModel], what: str) -> tuple[Any,
 def config_beside(spec_path: Path, rel: str) -> Path:
     """A run config named in an experiment file: relative to that file if it exists there,
     else a shipped one (``runs/demo.yaml``)."""
-    from scigpt.config_loader import find_config
-
     candidate = (spec_path.parent / rel).resolve()
     if candidate.is_file():
         return candidate

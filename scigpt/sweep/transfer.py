@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
 
+from scigpt.atomic import atomic_write_text
 from scigpt.rundir import RunDir
 from scigpt.safe_yaml import load_yaml_file
 from scigpt.sweep.runner import _tail, read_status, write_status
@@ -110,10 +112,6 @@ def _run(out: Path, name: str, cmd: list[str], env: dict | None) -> bool:
 
 def run(transfer: Transfer, out: Path, *, env: dict | None = None) -> dict[str, Any]:
     """Run (or continue) the experiment in ``out``; returns the report's files and verdicts."""
-    from tqdm import tqdm
-
-    from scigpt.atomic import atomic_write_text
-
     s = transfer.spec
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "transfer.yaml", transfer.path.read_text())
@@ -218,8 +216,6 @@ def report(out: Path, metric: str) -> dict[str, Any]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from scigpt.atomic import atomic_write_text
 
     name = (load_yaml_file(out / "transfer.yaml", "transfer") or {}).get("name", out.name)
     rows = collect(out, metric)
