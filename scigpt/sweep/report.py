@@ -95,8 +95,6 @@ def _num(v: Any) -> float:
         return math.nan
 
 
-
-
 def _val_ci(value: float, fit_ci: tuple[float, float]) -> str:
     return f"{value:.4g}{_ci(fit_ci)}"
 
