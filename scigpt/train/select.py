@@ -29,7 +29,7 @@ from tqdm import tqdm
 from scigpt.atomic import atomic_write_text
 from scigpt.config_loader import LoadedConfig, load_config
 from scigpt.prepare import prepare_from_config
-from scigpt.rundir import read_metrics
+from scigpt.rundir import RunDir
 
 
 def run_name(index: int, seed: int) -> str:
@@ -48,7 +48,7 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
 
 
 def _finished(run: Path) -> bool:
-    path = run / "metrics.jsonl"
+    path = RunDir(run).metrics_path
     if not path.is_file():
         return False
     return any(json.loads(line)["kind"] == "test" for line in path.read_text().splitlines())
@@ -69,7 +69,7 @@ def _train(config: Path, sets: list[str], name: str, out: Path, env: dict | None
 
 def _scores(run: Path, metric: str) -> dict[str, Any]:
     """A finished run's best validation score and its test scores (at that checkpoint)."""
-    recs = read_metrics(run / "metrics.jsonl")
+    recs = RunDir(run).metrics()
     vals = [r for r in recs if r["kind"] == "val"]
     test = [r for r in recs if r["kind"] == "test"][-1]
     if not vals:
@@ -80,7 +80,7 @@ def _scores(run: Path, metric: str) -> dict[str, Any]:
             f"{run}: the test scored step {test.get('checkpoint_step')}, but the best "
             f"validation step is {best['step']}"
         )
-    with (run / "eval" / "test_rmse.csv").open() as f:
+    with RunDir(run).test_table.open() as f:
         rows = [r for r in csv.DictReader(f) if r["variable"] != "mean"]
     return {
         "run": str(run),
