@@ -66,8 +66,16 @@ ALLOWED_EDGES = {
 }
 
 # Modules that count as a node of their own in the cycle and order rules (not as part of their
-# package), each with its reason. Empty: every package is one node.
-OWN_UNITS: dict[str, str] = {}
+# package), each with its reason.
+OWN_UNITS: dict[str, str] = {
+    "scigpt.export.writer": "reads the trainer's checkpoints (train.checkpoint, parallel.reshard) "
+    "to write a package: it sits above train, while the rest of export (loader, verify, card) "
+    "sits below it so the trainer can fine-tune from a package",
+    "scigpt.export.package": "the old import path, re-exporting the writer and the loader",
+    "scigpt.finetune.recipe": "the trainer's fine-tune steps load a package (export.loader), "
+    "while the loader rebuilds a package's extra heads with finetune.adapt: the recipe sits "
+    "above the loader, the building blocks below it",
+}
 
 # The general order, top to bottom: a unit may import units of its own rank or below, never above.
 # Units not named here (data_pipeline, launch, slurm, and the top-level helper modules) stand
@@ -80,6 +88,8 @@ RANK = {
     "scigpt.__main__": 6,
     "scigpt.commands": 5,
     "scigpt.sweep": 4,
+    "scigpt.export.writer": 4,
+    "scigpt.export.package": 4,
     "scigpt.export": 3,
     "scigpt.eval": 3,
     "scigpt.train": 3,
