@@ -136,12 +136,10 @@ def memory_problem(
     and N is a lower bound."""
     from scigpt.models.sizing import param_count
     from scigpt.models.vit import ModelSpec
-    from scigpt.parallel.planner import Layout, predict_memory, usable_gib
+    from scigpt.parallel.planner import predict_memory, usable_gib
     from scigpt.parallel.topology import Topology
 
-    topo = Topology.from_config(cfg.parallel, target.world_size)
-    layout = Layout(topo.dp, topo.tp, topo.pp, topo.zero_stage,
-                    cfg.parallel.activation_checkpointing)  # fmt: skip
+    layout = Topology.from_config(cfg.parallel, target.world_size)  # with its checkpointing
     spec = ModelSpec(num_vars=num_vars, history=cfg.data.history, num_targets=num_targets)
     mem = predict_memory(
         model, spec, layout, tokens=tokens or 1, micro_batch=cfg.schedule.micro_batch_size,
@@ -161,7 +159,7 @@ def memory_problem(
     n = param_count(model, spec)["total"]
     return (
         f"model: this model needs {'at least ' if not tokens else ''}{need:,.1f} GiB per rank "
-        f"({n / 1e9:,.4g}B parameters, {layout.describe()}; {parts}), the target has "
+        f"({n / 1e9:,.4g}B parameters, {layout.label()}; {parts}), the target has "
         f"{have:,.1f} GiB usable of {target.what}: use a smaller model (model.embed_dim, "
         "model.depth), more ranks with parallel.zero_stage: 3, parallel.tp or parallel.pp, a "
         "smaller schedule.micro_batch_size or parallel.activation_checkpointing (`scigpt plan "

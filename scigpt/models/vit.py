@@ -109,7 +109,7 @@ class SciGPTModel(nn.Module):
 
     def init_steps(self) -> list[tuple[list[nn.Parameter], Callable[[], None]]]:
         """The initialisation, in order, as (parameters touched, init function) steps — so a
-        ZeRO-3 build can gather one step's parameters at a time (build.build_model_zero3) and
+        ZeRO-3 build can gather one step's parameters at a time (scigpt.parallel.parallelize) and
         still draw exactly the random numbers of a plain build."""
 
         def block_init(blk: nn.Module) -> None:
