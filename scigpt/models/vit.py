@@ -16,6 +16,7 @@ from torch import nn
 
 from scigpt.models.attention import get_attention
 from scigpt.models.heads import ForecastHead, PooledHead, ReconstructionHead
+from scigpt.models.objectives import total_loss
 from scigpt.models.tokenizer import GRID, MultimodalTokenizer
 
 
@@ -169,8 +170,6 @@ class SciGPTModel(nn.Module):
         ``objectives`` (scigpt.models.objectives.Objectives), the weighted training loss and its
         parts — so engines that wrap ``forward`` (DeepSpeed) see the whole computation."""
         if objectives is not None:
-            from scigpt.models.objectives import total_loss
-
             return total_loss(self, batch, objectives)
         if int(batch.get("modality_id", GRID)) != GRID:
             raise ValueError("forward() forecasts grids; use encode() + heads for series batches")

@@ -308,10 +308,11 @@ def _train(
     from scigpt.eval.forecast import evaluate_forecast
     from scigpt.eval.metrics import lat_weights
     from scigpt.launch.distributed import init_distributed
-    from scigpt.models.build import build_model, forward_flops_per_token, materialise
+    from scigpt.models.build import build_model, forward_flops_per_token
     from scigpt.models.objectives import Objectives
     from scigpt.models.vit import ModelSpec
     from scigpt.parallel.engine import build_engine
+    from scigpt.parallel.parallelize import parallelize  # also registers the attention kernels
     from scigpt.parallel.topology import Topology
     from scigpt.train.checkpoint import CheckpointManager, read_info, step_of, tag_of
     from scigpt.train.metrics import MetricsLogger, detect_peak_tflops
@@ -603,33 +604,8 @@ def _train(
         from scigpt.parallel.topology import ProcessGroups
 
         groups = ProcessGroups(topo, rank)
-    if cfg.parallel.activation_checkpointing != "none":
-        from scigpt.parallel.checkpointing import apply_activation_checkpointing
-
-        # Patches block forwards: survives materialisation, pipelining and tensor parallelism.
-        apply_activation_checkpointing(meta, cfg.parallel.activation_checkpointing)
-    if topo.pp > 1:
-        from scigpt.parallel.pipeline import build_pipeline
-
-        model = build_pipeline(
-            meta, topo=topo, groups=groups, device=device, seed=cfg.seed, objectives=objectives,
-            partition=cfg.parallel.pp_partition, dynamic_shape=len(cfg.data.sources) > 1,
-        )  # fmt: skip
-    elif topo.zero_stage == 3:
-        from scigpt.models.build import build_model_zero3
-        from scigpt.parallel.engine import deepspeed_config
-
-        model = build_model_zero3(
-            cfg.model, spec, deepspeed_config(cfg, topo, n_params), device=device, seed=cfg.seed
-        )
-        if cfg.parallel.activation_checkpointing != "none":
-            apply_activation_checkpointing(model, cfg.parallel.activation_checkpointing)
-    else:
-        model = materialise(meta, device, seed=cfg.seed)
-        if topo.tp > 1:
-            from scigpt.parallel.tensor_parallel import apply_tensor_parallel
-
-            apply_tensor_parallel(model, groups.tp_group)
+    # TP, (SP), pipeline stages, ZeRO-3, checkpointing, kernels: scigpt.parallel.parallelize
+    model = parallelize(meta, cfg, topo, groups=groups, device=device, objectives=objectives)
     if finetune_base is not None:
         model = _finetune_model(
             model, finetune_base, cfg, new_ids, topo=topo, tp_rank=groups.tp_rank if groups else 0,
@@ -724,7 +700,7 @@ def _train(
         [len(d) for d in train_dss],
         [src.weight for src in cfg.data.sources],
         batch_size=cfg.schedule.micro_batch_size,
-        rank=rank // (topo.tp * topo.pp),  # the data-parallel rank: TP peers share batches
+        rank=topo.dp_rank(rank),  # TP and pipeline peers share batches
         world_size=topo.dp,
         seed=cfg.seed,
         shuffle=lc.shuffle,
