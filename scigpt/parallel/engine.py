@@ -85,6 +85,12 @@ def build_engine(model: torch.nn.Module, cfg: RunConfig, topo: Topology, mpu=Non
     ProcessGroups when tensor parallelism is on (ZeRO then works over data-parallel ranks).
     With pp > 1 ``model`` is the stage's ``PipelineModule`` (parallel.pipeline), which brings
     its own process grid, and the engine is DeepSpeed's ``PipelineEngine``."""
+    m = cfg.model
+    check_layout(
+        dp=topo.dp, tp=topo.tp, pp=topo.pp, zero_stage=topo.zero_stage,
+        activation_checkpointing=topo.activation_checkpointing, heads=m.heads,
+        embed_dim=m.embed_dim, mlp_ratio=m.mlp_ratio, depth=m.depth, precision=cfg.precision,
+    )  # fmt: skip
     if topo.pp > 1:
         from deepspeed.pipe import PipelineModule  # optional heavy dependency
 
@@ -93,10 +99,6 @@ def build_engine(model: torch.nn.Module, cfg: RunConfig, topo: Topology, mpu=Non
                 f"parallel.pp={topo.pp} needs the model as a PipelineModule "
                 "(scigpt.parallel.pipeline.build_pipeline) and no mpu"
             )
-    check_layout(
-        dp=topo.dp, tp=topo.tp, pp=topo.pp, zero_stage=topo.zero_stage,
-        activation_checkpointing=topo.activation_checkpointing, precision=cfg.precision,
-    )  # fmt: skip
     import deepspeed  # optional heavy dependency: imported when an engine is built
 
     optimizer = build_optimizer(model, cfg)
