@@ -10,7 +10,6 @@ tests compare it with DeepSpeed's); ``blocks`` balances block counts, ``uniform`
 Tensor parallelism (``scigpt.parallel.tensor_parallel``) divides each block's qkv/proj/fc1/fc2
 matrices and the column-parallel biases (qkv, fc1) by tp; row-parallel biases (proj, fc2),
 LayerNorms, tokenizer and heads are replicated.
-
 """
 
 from __future__ import annotations
