@@ -7,7 +7,7 @@ run directories and checkpoints. Dataclasses would need all of that hand-written
 
 Cross-field checks that name both keys and the fix live in ``model_validator`` methods; checks that
 need the world size (``dp * tp * pp == world``) live in ``scigpt.parallel.topology``. The layout
-rules are stated once, in ``scigpt.parallel.layout_rules``: this module asks them too.
+rules are stated once, in ``scigpt.layout_rules``: this module asks them too.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from scigpt.parallel.layout_rules import check_layout
+from scigpt.layout_rules import check_layout
 from scigpt.rundir import MAX_RUN_NAME, STAMP_CHARS
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -518,7 +518,7 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
         m, p = self.model, self.parallel
-        # the layout rules (scigpt.parallel.layout_rules) that need no world size
+        # the layout rules (scigpt.layout_rules) that need no world size
         check_layout(
             tp=p.tp, pp=p.pp, zero_stage=p.zero_stage,
             activation_checkpointing=p.activation_checkpointing, heads=m.heads,

@@ -18,8 +18,8 @@ from pydantic import ValidationError
 
 from scigpt.config import ModelConfig, ParallelConfig, RunConfig
 from scigpt.config_loader import load_config, shipped_config
+from scigpt.layout_rules import LayoutError, check_layout, layout_problems
 from scigpt.parallel.engine import build_engine
-from scigpt.parallel.layout_rules import LayoutError, check_layout, layout_problems
 from scigpt.parallel.planner import Layout, enumerate_layouts, layout_problem
 from scigpt.parallel.topology import Topology
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from scigpt.config import RunConfig
-from scigpt.parallel.layout_rules import check_layout
+from scigpt.layout_rules import check_layout
 from scigpt.parallel.topology import Topology
 
 

@@ -84,9 +84,9 @@ import functools
 from dataclasses import dataclass
 
 from scigpt.config import ModelConfig
+from scigpt.layout_rules import layout_problems
 from scigpt.models.build import build_model
 from scigpt.models.vit import ModelSpec
-from scigpt.parallel.layout_rules import layout_problems
 from scigpt.parallel.stages import Stage, pipeline_stages
 from scigpt.parallel.topology import Topology
 
@@ -141,7 +141,7 @@ def check_precision(precision: str) -> None:
 
 def shape_problem(model: ModelConfig, layout: Topology) -> str | None:
     """Why ``layout`` cannot shard ``model`` at all (None: it can): the layout rules
-    (``scigpt.parallel.layout_rules``) that need the model's shape only."""
+    (``scigpt.layout_rules``) that need the model's shape only."""
     problems = layout_problems(
         dp=layout.dp, tp=layout.tp, pp=layout.pp, zero_stage=layout.zero_stage,
         activation_checkpointing=layout.activation_checkpointing, heads=model.heads,

@@ -6,7 +6,7 @@ device are ranked by estimated time per sample (= step time: every layout trains
 batch, so their steps do the same work).
 
 The layouts are ``Topology`` objects (``scigpt.parallel.topology``; ``Layout`` is its old name
-here), valid by the layout rules (``scigpt.parallel.layout_rules``) plus the node size. The
+here), valid by the layout rules (``scigpt.layout_rules``) plus the node size. The
 models: pipeline stages in ``scigpt.parallel.stages``, memory per rank in
 ``scigpt.parallel.memory_model``, step time in ``scigpt.parallel.step_time`` (each states its
 formulas and sources).
@@ -24,9 +24,9 @@ from pydantic import ValidationError
 from scigpt.atomic import atomic_write_text
 from scigpt.config import ModelConfig
 from scigpt.config_loader import ConfigError, _apply_preset
+from scigpt.layout_rules import CHECKPOINTING, ZERO_STAGES, layout_problems
 from scigpt.models.sizing import grid_tokens, param_count
 from scigpt.models.vit import ModelSpec
-from scigpt.parallel.layout_rules import CHECKPOINTING, ZERO_STAGES, layout_problems
 from scigpt.parallel.memory_model import (
     PRECISIONS,
     GiB,
@@ -120,7 +120,7 @@ def layout_problem(
     model: ModelConfig, layout: Topology, *, gpus_per_node: int, precision: str
 ) -> str | None:
     """Why ``layout`` is not a valid training layout (None: it is): the first layout rule
-    (``scigpt.parallel.layout_rules``: the config's, plus a tensor-parallel group inside a
+    (``scigpt.layout_rules``: the config's, plus a tensor-parallel group inside a
     node) it breaks."""
     problems = layout_problems(
         dp=layout.dp, tp=layout.tp, pp=layout.pp, zero_stage=layout.zero_stage,

@@ -19,9 +19,9 @@ import math
 from dataclasses import dataclass
 
 from scigpt.config import ModelConfig
+from scigpt.layout_rules import mlp_width
 from scigpt.models.sizing import param_count
 from scigpt.models.vit import ModelSpec
-from scigpt.parallel.layout_rules import mlp_width
 
 
 def _partition_uniform(num_items: int, num_parts: int) -> list[int]:

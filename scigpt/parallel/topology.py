@@ -6,7 +6,7 @@ checkpoint records (``to_dict``), and the planner's candidates (``scigpt.paralle
 enumerates Topologies). It knows every rank's place: ``rank = (dp_i · pp + pp_i) · tp + tp_i``
 (tensor-parallel innermost, so a TP group stays inside a node; then pipeline, then data), and the
 ranks of every group; ``ProcessGroups`` creates those groups. Its rules are
-``scigpt.parallel.layout_rules``'.
+``scigpt.layout_rules``'.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch.distributed as dist
 
 from scigpt.config import ParallelConfig
-from scigpt.parallel.layout_rules import check_layout
+from scigpt.layout_rules import check_layout
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ the planner (``scigpt.parallel.planner``: which layouts it enumerates, and why i
 and the engine (``scigpt.parallel.engine.build_engine``) all ask ``layout_problems``; each rule
 has a name (``LayoutProblem.rule``) and one message that names the config keys and the fix.
 
-The rules take plain numbers, so any layer can ask them (the config asks before any model or
-process exists). Rules whose inputs are not given are skipped: the config knows no world size,
-the engine no model shape.
+The rules take plain numbers and import nothing, so any layer can ask them (the config asks
+before any model or process exists; it lives beside the config, not in ``scigpt.parallel``, so
+that loading a config loads no parallel code). Rules whose inputs are not given are skipped: the
+config knows no world size, the planner's shape checks no precision.
 
 =====================  =================================================================
 rule                   why
