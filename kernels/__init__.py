@@ -4,8 +4,9 @@ Installed as ``scigpt.kernels``. Kernels import no model code; they are swapped 
 by ``scigpt.parallel.parallelize`` (DESIGN.md §4, §8): the attention kernels of
 ``ATTENTION_KERNELS`` are put into the model's attention registry (``scigpt.models.attention``)
 by ``register_attention_kernels``, which takes the registry's ``register`` function as an
-argument, and the fused patch embedding is routed in by ``scigpt.kernels.patch_embed``'s
-``use_fused_patch_embed`` (duck-typed: it finds the modules by their parameters).
+argument, and the fused patch embedding is routed in by ``fuse_patch_embed`` (duck-typed: it
+finds the modules by their parameters). Code that must not load ``scigpt.parallel`` (the
+package loader) calls these two directly.
 
 Importing this package does not import Triton: ``"triton"`` attention is a thin wrapper that
 loads ``scigpt.kernels.flash_attention`` on first call (and says how to install Triton when it is
@@ -37,6 +38,16 @@ def triton_attention(
             "(or choose model.attention: sdpa)"
         ) from exc
     return flash_attention(q, k, v, key_padding_mask)
+
+
+def fuse_patch_embed(model: torch.nn.Module) -> list[str]:
+    """``model.patch_embed: triton``: route every grid patch embedding of ``model`` through the
+    fused kernel, in place, parameters unchanged (``scigpt.kernels.patch_embed``'s
+    ``use_fused_patch_embed``, loaded here on first use because it imports Triton); returns the
+    swapped modules' names."""
+    from scigpt.kernels.patch_embed import use_fused_patch_embed
+
+    return use_fused_patch_embed(model)
 
 
 def interpreter_compat() -> None:

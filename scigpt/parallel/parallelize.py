@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from scigpt.config import ModelConfig, RunConfig
-from scigpt.kernels import register_attention_kernels
+from scigpt.kernels import fuse_patch_embed, register_attention_kernels
 from scigpt.models.attention import register_attention
 from scigpt.models.build import build_model, init_seed, materialise
 from scigpt.models.objectives import Objectives
@@ -93,10 +93,7 @@ def apply_kernels(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     ``model.patch_embed: triton`` (in place; parameters unchanged). Attention kernels were
     chosen by name when the blocks were built (``register_kernels``)."""
     if cfg.patch_embed == "triton":
-        # imports Triton (an optional heavy dependency) at module level: only when asked for
-        from scigpt.kernels.patch_embed import use_fused_patch_embed
-
-        use_fused_patch_embed(model)
+        fuse_patch_embed(model)
     return model
 
 
