@@ -1,21 +1,25 @@
 """Triton kernels, each beside a pure-PyTorch reference (DESIGN.md §4).
 
-Installed as ``scigpt.kernels``. Kernels import no model code; they are swapped in from outside
-(the attention registry in ``scigpt.models.attention``).
+Installed as ``scigpt.kernels``. Kernels import no model code; they are swapped in from outside,
+by ``scigpt.parallel.parallelize`` (DESIGN.md §4, §8): the attention kernels of
+``ATTENTION_KERNELS`` are put into the model's attention registry (``scigpt.models.attention``)
+by ``register_attention_kernels``, which takes the registry's ``register`` function as an
+argument, and the fused patch embedding is routed in by ``fuse_patch_embed`` (duck-typed: it
+finds the modules by their parameters). Code that must not load ``scigpt.parallel`` (the
+package loader) calls these two directly.
 
-Importing this package does not import Triton: ``"triton"`` is registered as attention with a
-thin wrapper that loads ``scigpt.kernels.flash_attention`` on first call (and says how to install
-Triton when it is missing), so the kernels are decorated under the ``TRITON_INTERPRET`` setting in
-force when they are first used.
+Importing this package does not import Triton: ``"triton"`` attention is a thin wrapper that
+loads ``scigpt.kernels.flash_attention`` on first call (and says how to install Triton when it is
+missing), so the kernels are decorated under the ``TRITON_INTERPRET`` setting in force when they
+are first used.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
-
-from scigpt.models.attention import register_attention
 
 _INSTALL_HINT = "pip install 'scigpt[gpu]'"
 
@@ -34,6 +38,16 @@ def triton_attention(
             "(or choose model.attention: sdpa)"
         ) from exc
     return flash_attention(q, k, v, key_padding_mask)
+
+
+def fuse_patch_embed(model: torch.nn.Module) -> list[str]:
+    """``model.patch_embed: triton``: route every grid patch embedding of ``model`` through the
+    fused kernel, in place, parameters unchanged (``scigpt.kernels.patch_embed``'s
+    ``use_fused_patch_embed``, loaded here on first use because it imports Triton); returns the
+    swapped modules' names."""
+    from scigpt.kernels.patch_embed import use_fused_patch_embed
+
+    return use_fused_patch_embed(model)
 
 
 def interpreter_compat() -> None:
@@ -76,4 +90,15 @@ def config_subset() -> str:
     return value
 
 
-register_attention("triton", triton_attention)
+# model.attention names → kernel: what ``register_attention_kernels`` puts into the registry.
+ATTENTION_KERNELS: dict[str, Callable[..., torch.Tensor]] = {"triton": triton_attention}
+
+
+def register_attention_kernels(
+    register: Callable[[str, Callable[..., torch.Tensor]], None],
+) -> None:
+    """Put every attention kernel into an attention registry: ``register(name, fn)`` is the
+    registry's function (``scigpt.models.attention.register_attention``), passed in so that
+    kernels import no model code. Idempotent."""
+    for name, fn in ATTENTION_KERNELS.items():
+        register(name, fn)

@@ -6,7 +6,8 @@ types (``steps: "many"`` must fail, not become NaN), and a JSON dump of the reso
 run directories and checkpoints. Dataclasses would need all of that hand-written.
 
 Cross-field checks that name both keys and the fix live in ``model_validator`` methods; checks that
-need the world size (``dp * tp * pp == world``) live in ``scigpt.parallel.topology``.
+need the world size (``dp * tp * pp == world``) live in ``scigpt.parallel.topology``. The layout
+rules are stated once, in ``scigpt.layout_rules``: this module asks them too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from scigpt.data_pipeline.ingest.base import READERS, format_kind
 from scigpt.data_pipeline.units import known_units, parse_units
+from scigpt.layout_rules import check_layout
 from scigpt.rundir import MAX_RUN_NAME, STAMP_CHARS
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -258,11 +260,13 @@ class ModelConfig(_Strict):
     @field_validator("attention")
     @classmethod
     def _known_attention(cls, v: str) -> str:
-        import scigpt.kernels  # noqa: F401  (registers "triton"; imports no Triton)
+        from scigpt.kernels import ATTENTION_KERNELS  # imports no Triton
         from scigpt.models.attention import available_attention
 
-        if v not in available_attention():
-            raise ValueError(f"unknown attention {v!r}: choose one of {available_attention()}")
+        # the registry's own functions, and the kernels parallelize puts into it
+        known = sorted({*available_attention(), *ATTENTION_KERNELS})
+        if v not in known:
+            raise ValueError(f"unknown attention {v!r}: choose one of {known}")
         return v
 
     @model_validator(mode="after")
@@ -509,41 +513,15 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
         m, p = self.model, self.parallel
-        if m.heads % p.tp:
-            raise ValueError(
-                f"parallel.tp={p.tp} does not divide model.heads={m.heads}: "
-                f"choose tp from {_divisors(m.heads)}"
-            )
-        hidden = int(m.embed_dim * m.mlp_ratio)
-        if hidden % p.tp:
-            raise ValueError(
-                f"parallel.tp={p.tp} does not divide the MLP width {hidden} "
-                f"(model.embed_dim={m.embed_dim} x model.mlp_ratio={m.mlp_ratio}): "
-                "choose a tp that divides it"
-            )
-        if p.pp > m.depth:
-            raise ValueError(
-                f"parallel.pp={p.pp} is larger than model.depth={m.depth}: every pipeline stage "
-                f"needs at least one block; use pp <= {m.depth}"
-            )
-        if p.tp > 1 and p.zero_stage > 1:
-            raise ValueError(
-                f"parallel.tp={p.tp} runs with parallel.zero_stage <= 1, got {p.zero_stage}: "
-                "set zero_stage: 1"
-            )
+        # the layout rules (scigpt.layout_rules) that need no world size
+        check_layout(
+            tp=p.tp, pp=p.pp, zero_stage=p.zero_stage,
+            activation_checkpointing=p.activation_checkpointing, heads=m.heads,
+            embed_dim=m.embed_dim, mlp_ratio=m.mlp_ratio, depth=m.depth, precision=self.precision,
+        )  # fmt: skip
         if self.eval.every and self.data.splits.val is None:
             raise ValueError(
                 f"eval.every={self.eval.every} needs a validation block: add data.splits.val"
-            )
-        if p.pp > 1 and p.zero_stage > 1:
-            raise ValueError(
-                f"parallel.pp={p.pp} needs parallel.zero_stage <= 1 (DeepSpeed's pipeline engine "
-                f"supports ZeRO 0/1), got {p.zero_stage}: set zero_stage: 1"
-            )
-        if p.pp > 1 and self.precision == "bf16" and p.zero_stage != 1:
-            raise ValueError(
-                f"parallel.pp={p.pp} with precision=bf16 needs parallel.zero_stage=1 (DeepSpeed "
-                "0.19.8 cannot reload a bf16 pipeline checkpoint without ZeRO): set zero_stage: 1"
             )
         ft = self.finetune
         if ft.package and ft.mode == "lora" and (p.tp > 1 or p.pp > 1 or p.zero_stage == 3):

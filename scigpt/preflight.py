@@ -41,7 +41,7 @@ from scigpt.export.errors import PackageError
 from scigpt.export.verify import read_package
 from scigpt.models.sizing import grid_tokens, param_count
 from scigpt.models.vit import ModelSpec
-from scigpt.parallel.planner import Layout, predict_memory, usable_gib
+from scigpt.parallel.planner import predict_memory, usable_gib
 from scigpt.parallel.topology import Topology
 from scigpt.prepare import source_specs
 from scigpt.rundir import check_run_name
@@ -143,9 +143,7 @@ def memory_problem(
     """ "this model needs N GiB per rank, the target has M" by the planner's memory model, or
     None when it fits. ``tokens=None``: the grid is not known yet, so activations are left out
     and N is a lower bound."""
-    topo = Topology.from_config(cfg.parallel, target.world_size)
-    layout = Layout(topo.dp, topo.tp, topo.pp, topo.zero_stage,
-                    cfg.parallel.activation_checkpointing)  # fmt: skip
+    layout = Topology.from_config(cfg.parallel, target.world_size)  # with its checkpointing
     spec = ModelSpec(num_vars=num_vars, history=cfg.data.history, num_targets=num_targets)
     mem = predict_memory(
         model, spec, layout, tokens=tokens or 1, micro_batch=cfg.schedule.micro_batch_size,
@@ -165,7 +163,7 @@ def memory_problem(
     n = param_count(model, spec)["total"]
     return (
         f"model: this model needs {'at least ' if not tokens else ''}{need:,.1f} GiB per rank "
-        f"({n / 1e9:,.4g}B parameters, {layout.describe()}; {parts}), the target has "
+        f"({n / 1e9:,.4g}B parameters, {layout.label()}; {parts}), the target has "
         f"{have:,.1f} GiB usable of {target.what}: use a smaller model (model.embed_dim, "
         "model.depth), more ranks with parallel.zero_stage: 3, parallel.tp or parallel.pp, a "
         "smaller schedule.micro_batch_size or parallel.activation_checkpointing (`scigpt plan "

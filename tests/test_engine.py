@@ -364,7 +364,7 @@ def test_reshard_checkpoints_load_at_one_process_and_tp2(
     same forecasts."""
     ckpts = [str(layout_run(n) / "checkpoints" / "step_00000020") for n in ("tp2", "pp2", "z3")]
     env = job_env(torch_extensions_dir)
-    probe = ["-m", "scigpt.parallel._reshard_probe", str(tmp_path), *ckpts]
+    probe = [str(Path(__file__).parent / "probes" / "reshard_probe.py"), str(tmp_path), *ckpts]
     for cmd in (
         [sys.executable, *probe],
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

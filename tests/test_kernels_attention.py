@@ -186,6 +186,7 @@ def test_reference_agrees_with_model_attention(fa):
 
 def test_registry_entry_runs_the_kernel(fa):
     import scigpt.kernels
+    import scigpt.parallel.parallelize  # puts the kernels into the registry
     from scigpt.models.vit import Attention
 
     fn = get_attention("triton")
@@ -294,14 +295,15 @@ def test_config_switches_route_the_model_through_the_kernels(fa, monkeypatch):
     from scigpt.config import ModelConfig
     from scigpt.models.build import build_model, materialise
     from scigpt.models.vit import ModelSpec
+    from scigpt.parallel.parallelize import apply_kernels  # and registers "triton" attention
 
     if not CUDA:
         monkeypatch.setenv("TRITON_INTERPRET", "1")  # the patch-embedding kernel reads it at launch
     spec = ModelSpec(num_vars=6, history=2)
     base = dict(patch_size=4, embed_dim=64, depth=1, heads=2)  # head_dim 32
     ref = materialise(build_model(ModelConfig(**base), spec), DEVICE, seed=3)
-    fused = build_model(ModelConfig(**base, attention="triton", patch_embed="triton"), spec)
-    fused = materialise(fused, DEVICE, seed=3)
+    fused_cfg = ModelConfig(**base, attention="triton", patch_embed="triton")
+    fused = apply_kernels(materialise(build_model(fused_cfg, spec), DEVICE, seed=3), fused_cfg)
     assert ref.state_dict().keys() == fused.state_dict().keys()
     for (name, a), b in zip(ref.state_dict().items(), fused.state_dict().values(), strict=True):
         assert torch.equal(a, b), name

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from scigpt.config import ModelConfig
-from scigpt.eval.metrics import lat_weights, weighted_mse, weighted_rmse_per_channel
+from scigpt.eval.metrics import weighted_rmse_per_channel
 from scigpt.models.attention import get_attention, math_attention, sdpa_attention
 from scigpt.models.build import build_model, count_params, materialise
 from scigpt.models.encodings import patch_centres
+from scigpt.models.losses import lat_weights, weighted_mse
 from scigpt.models.patch_embed import GridPatchEmbed
 from scigpt.models.vit import ModelSpec
 

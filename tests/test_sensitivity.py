@@ -71,13 +71,13 @@ MUTATIONS: dict[str, tuple[list[str], list[str]]] = {
     )
     * 2,
     # metrics: training and test scores (torch), WeatherBench-2 scores, series scores
-    "scigpt.eval.metrics:weighted_mse": ([f"{MODELS}::test_lat_weighted_metrics_against_numpy"],)
+    "scigpt.models.losses:weighted_mse": ([f"{MODELS}::test_lat_weighted_metrics_against_numpy"],)
     * 2,
     "scigpt.eval.metrics:weighted_rmse_per_channel": (
         [f"{MODELS}::test_lat_weighted_metrics_against_numpy"],
     )
     * 2,
-    "scigpt.eval.metrics:lat_weights": ([f"{MODELS}::test_lat_weighted_metrics_against_numpy"],)
+    "scigpt.models.losses:lat_weights": ([f"{MODELS}::test_lat_weighted_metrics_against_numpy"],)
     * 2,
     "scigpt.eval.gridded:rmse": (
         [f"{GRIDDED}::test_rmse_is_mean_then_sqrt_and_differs_from_sqrt_then_mean"],

@@ -143,7 +143,7 @@ def test_layout_options_that_cannot_hold(one_rank_group) -> None:
 def test_two_ranks_match_single_device(torch_extensions_dir: str, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
-    cmd += ["-m", "scigpt.parallel._tp_probe"]
+    cmd += [str(Path(__file__).parent / "probes" / "tp_probe.py")]  # a test-only probe
     records, report = run_job(cmd, job_env(torch_extensions_dir), tmp_path, _JOB_TIMEOUT_S)
     assert sorted(r["rank"] for r in records) == [0, 1], report
 

@@ -31,6 +31,8 @@ from scigpt.export.verify import (
     read_package,
 )
 from scigpt.finetune.adapt import add_lead_head, use_lead_head
+from scigpt.kernels import fuse_patch_embed, register_attention_kernels
+from scigpt.models.attention import register_attention
 from scigpt.models.build import build_model
 from scigpt.models.vit import ModelSpec
 
@@ -202,6 +204,8 @@ def build_from_config(
         if mcfg.get("attention") == "triton":
             mcfg["attention"] = "sdpa"
         mcfg["patch_embed"] = "reference"
+    if mcfg.get("attention") == "triton":
+        register_attention_kernels(register_attention)  # kernels import no model code
     spec = config["spec"]
     model = build_model(
         ModelConfig.model_validate(mcfg),
@@ -215,6 +219,8 @@ def build_from_config(
         use_lead_head(model, spec.get("forecast_head"))
     if spec.get("pooled"):
         model.pooled_kind = spec["pooled"]["kind"]
+    if mcfg.get("patch_embed") == "triton":
+        fuse_patch_embed(model)  # in place, parameters unchanged (the run's parallelize step 6)
     return model
 
 

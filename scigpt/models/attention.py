@@ -1,8 +1,8 @@
 """Attention as an injected function (DESIGN.md §8).
 
-Model code calls ``get_attention(name)`` and never imports a kernel library. Kernels register
-themselves from the outside (``scigpt.kernels`` registers ``"triton"``), so the model stays
-single-device, dependency-free code.
+Model code calls ``get_attention(name)`` and never imports a kernel library. Kernels are put into
+this plain registry from the outside (``scigpt.parallel.parallelize.register_kernels`` registers
+``scigpt.kernels``' ``"triton"``), so the model stays single-device, dependency-free code.
 
 An attention function takes ``q, k, v`` shaped ``(B, heads, L, head_dim)`` and an optional
 boolean key-padding mask ``(B, L)`` (True = keep) and returns ``(B, heads, L, head_dim)``.
@@ -28,7 +28,7 @@ def register_attention(name: str, fn: AttentionFn) -> None:
 
 
 def available_attention() -> list[str]:
-    """The names ``model.attention`` may take (kernels add theirs when imported)."""
+    """The names registered so far (kernels add theirs when ``register_kernels`` runs)."""
     return sorted(_REGISTRY)
 
 
@@ -36,7 +36,8 @@ def get_attention(name: str) -> AttentionFn:
     if name not in _REGISTRY:
         raise ValueError(
             f"model.attention={name!r} is not registered: choose one of {sorted(_REGISTRY)} "
-            "(kernels register themselves when scigpt.kernels is imported)"
+            "(kernels are registered by scigpt.parallel.parallelize.register_kernels(): call it "
+            "before building a model that uses one)"
         )
     return _REGISTRY[name]
 

@@ -7,20 +7,20 @@ import itertools
 import torch
 
 from scigpt.config import ModelConfig
+from scigpt.models import sizing
 from scigpt.models.vit import ModelSpec, SciGPTModel
 
 
 def build_model(cfg: ModelConfig, spec: ModelSpec, *, device: str | torch.device = "meta"):
     """Construct without allocating: the parallel layer materialises only its local slice.
 
-    Kernels are swapped in here, from outside the model (DESIGN.md §4, §8): ``attention:
-    triton`` is registered by importing ``scigpt.kernels`` (which imports Triton only when the
-    kernel first runs), and ``patch_embed: triton`` routes the grid patch embedding through the
-    fused kernel without changing its parameters."""
-    if cfg.attention == "triton" or cfg.patch_embed == "triton":
-        import scigpt.kernels  # noqa: F401  (registers "triton" attention)
+    The model is single-device PyTorch: ``model.attention`` names an entry of the attention
+    registry (``scigpt.models.attention``), into which kernels are put from outside
+    (``scigpt.parallel.parallelize.register_kernels``); ``model.patch_embed: triton`` is applied
+    by ``scigpt.parallel.parallelize`` too (it swaps the grid patch embedding's forward, with
+    the same parameters), so this builds the reference patch embedding either way."""
     with torch.device(device):
-        model = SciGPTModel(
+        return SciGPTModel(
             spec,
             patch_size=cfg.patch_size,
             embed_dim=cfg.embed_dim,
@@ -32,11 +32,6 @@ def build_model(cfg: ModelConfig, spec: ModelSpec, *, device: str | torch.device
             attention=cfg.attention,
             series_patch=cfg.series_patch,
         )
-    if cfg.patch_embed == "triton":
-        from scigpt.kernels.patch_embed import use_fused_patch_embed
-
-        use_fused_patch_embed(model)
-    return model
 
 
 def init_seed(seed: int, step: int) -> int:
@@ -118,25 +113,6 @@ def materialise_parts(
     _check_finite(new.items())
 
 
-def build_model_zero3(
-    cfg: ModelConfig, spec: ModelSpec, ds_config: dict, *, device: str | torch.device, seed: int
-) -> SciGPTModel:
-    """ZeRO-3: construct inside ``deepspeed.zero.Init`` so each parameter is partitioned over
-    the data-parallel ranks as soon as it exists — no rank ever holds the whole model. Each init
-    step gathers only its own parameters; rank 0's values (drawn from the step's own seed, as in
-    a plain build, so both builds start identical) are broadcast to the others."""
-    import deepspeed
-
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, remote_device=None):
-        model = build_model(cfg, spec, device=device)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        for i, (params, init) in enumerate(model.init_steps()):
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
-                torch.manual_seed(init_seed(seed, i))
-                init()
-    return model
-
-
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -145,6 +121,4 @@ def forward_flops_per_token(model: SciGPTModel, seq_len: int) -> float:
     """Matmul FLOPs of one forward pass per token, for MFU (PaLM appendix B): the tokenizer,
     variable aggregation, blocks, attention and forecast head (scigpt.models.sizing).
     Training (fwd + bwd) is 3x this."""
-    from scigpt.models.sizing import forward_flops_per_token as flops
-
-    return flops(model, seq_len)
+    return sizing.forward_flops_per_token(model, seq_len)

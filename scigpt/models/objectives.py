@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from scigpt.eval.metrics import lat_weights, weighted_mse
+from scigpt.models.losses import lat_weights, weighted_mse
 from scigpt.models.patch_embed import pad_to_multiple
 from scigpt.models.tokenizer import GRID
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from scigpt.models.attention import get_attention
 from scigpt.models.heads import ForecastHead, PooledHead, ReconstructionHead
+from scigpt.models.objectives import total_loss
 from scigpt.models.tokenizer import GRID, MultimodalTokenizer
 
 
@@ -109,7 +110,7 @@ class SciGPTModel(nn.Module):
 
     def init_steps(self) -> list[tuple[list[nn.Parameter], Callable[[], None]]]:
         """The initialisation, in order, as (parameters touched, init function) steps — so a
-        ZeRO-3 build can gather one step's parameters at a time (build.build_model_zero3) and
+        ZeRO-3 build can gather one step's parameters at a time (scigpt.parallel.parallelize) and
         still draw exactly the random numbers of a plain build."""
 
         def block_init(blk: nn.Module) -> None:
@@ -169,8 +170,6 @@ class SciGPTModel(nn.Module):
         ``objectives`` (scigpt.models.objectives.Objectives), the weighted training loss and its
         parts — so engines that wrap ``forward`` (DeepSpeed) see the whole computation."""
         if objectives is not None:
-            from scigpt.models.objectives import total_loss
-
             return total_loss(self, batch, objectives)
         if int(batch.get("modality_id", GRID)) != GRID:
             raise ValueError("forward() forecasts grids; use encode() + heads for series batches")

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from scigpt.config import RunConfig
+from scigpt.layout_rules import check_layout
 from scigpt.parallel.topology import Topology
 
 
@@ -84,20 +85,21 @@ def build_engine(model: torch.nn.Module, cfg: RunConfig, topo: Topology, mpu=Non
     ProcessGroups when tensor parallelism is on (ZeRO then works over data-parallel ranks).
     With pp > 1 ``model`` is the stage's ``PipelineModule`` (parallel.pipeline), which brings
     its own process grid, and the engine is DeepSpeed's ``PipelineEngine``."""
+    m = cfg.model
+    check_layout(
+        dp=topo.dp, tp=topo.tp, pp=topo.pp, zero_stage=topo.zero_stage,
+        activation_checkpointing=topo.activation_checkpointing, heads=m.heads,
+        embed_dim=m.embed_dim, mlp_ratio=m.mlp_ratio, depth=m.depth, precision=cfg.precision,
+    )  # fmt: skip
     if topo.pp > 1:
-        from deepspeed.pipe import PipelineModule
+        from deepspeed.pipe import PipelineModule  # optional heavy dependency
 
         if not isinstance(model, PipelineModule) or mpu is not None:
             raise ValueError(
                 f"parallel.pp={topo.pp} needs the model as a PipelineModule "
                 "(scigpt.parallel.pipeline.build_pipeline) and no mpu"
             )
-    if topo.tp > 1 and topo.zero_stage > 1:
-        raise ValueError(
-            f"parallel.tp={topo.tp} with parallel.zero_stage={topo.zero_stage}: tensor "
-            "parallelism runs with ZeRO 0 or 1 in this release; set zero_stage: 1"
-        )
-    import deepspeed
+    import deepspeed  # optional heavy dependency: imported when an engine is built
 
     optimizer = build_optimizer(model, cfg)
     s = cfg.schedule

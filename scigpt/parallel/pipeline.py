@@ -33,11 +33,13 @@ import re
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from scigpt.models.build import materialise_parts
 from scigpt.models.objectives import Objectives, forecast_loss
 from scigpt.models.vit import SciGPTModel
+from scigpt.parallel.tensor_parallel import tensor_parallel_block
 
 PARTITIONS = {"parameters": "parameters", "blocks": "type:PipeBlock", "uniform": "uniform"}
 
@@ -77,8 +79,6 @@ class PipeBlock(nn.Module):
         _materialise_layer(meta, index, device, seed)
         self.block = meta.blocks[index - 1]
         if tp_group is not None:
-            from scigpt.parallel.tensor_parallel import tensor_parallel_block
-
             tensor_parallel_block(self.block, tp_group)
 
     def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -240,8 +240,6 @@ class PipelineForecaster(nn.Module):
         self.stage = engine.module  # parameters() → this stage's dtype
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        import torch.distributed as dist
-
         eng = self.engine
         inputs, labels = to_pipe(batch)
         eng.reset_activation_shape()  # evaluation batches may differ from training's

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from scigpt.parallel.pipeline import layer_to_model_key
 from scigpt.parallel.tensor_parallel import qkv_shard_rows
 from scigpt.parallel.topology import Topology
 
@@ -90,7 +91,6 @@ def _tp_shards(ckpt: Path) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any
     )
     if not layer_files:
         return [first["module"]] + [_load(f)["module"] for f in files[1:]], first
-    from scigpt.parallel.pipeline import layer_to_model_key
 
     depth = max(i for i, _, _ in layer_files) - 1
     shards: dict[int, dict[str, torch.Tensor]] = {}
@@ -179,8 +179,6 @@ def load_full_state(
     optimizer's master weights start from the loaded values."""
     local = lambda name: shard_tensor(name, full[name], heads=heads, tp=tp, rank=tp_rank)  # noqa: E731
     if hasattr(module, "forward_funcs"):  # a PipelineModule stage
-        from scigpt.parallel.pipeline import layer_to_model_key
-
         depth = len(module._layer_specs) - 2
         for i, layer in enumerate(module.forward_funcs):
             index = module._local_start + i

@@ -10,18 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from scigpt.config import RunConfig
-from scigpt.models.build import build_model_zero3, materialise
 from scigpt.models.objectives import Objectives
-from scigpt.models.vit import ModelSpec, SciGPTModel
-from scigpt.parallel.checkpointing import apply_activation_checkpointing
-from scigpt.parallel.engine import deepspeed_config
-from scigpt.parallel.pipeline import build_pipeline
-from scigpt.parallel.tensor_parallel import apply_tensor_parallel
-from scigpt.parallel.topology import ProcessGroups, Topology
 
 
 def objectives_of(cfg: RunConfig, reg_names: list[str]) -> Objectives:
@@ -54,32 +46,3 @@ def heads_record(cfg: RunConfig, lead: int) -> dict[str, Any]:
     oc = cfg.objectives
     pooled = {"kind": oc.pooled_kind, "targets": list(oc.pooled_targets)} if oc.pooled else None
     return {"leads": {"head": lead}, "forecast_head": None, "pooled": pooled}
-
-
-def layout_model(
-    meta: SciGPTModel, cfg: RunConfig, spec: ModelSpec, *, topo: Topology,
-    groups: ProcessGroups | None, device: torch.device, objectives: Objectives, n_params: int,
-) -> nn.Module:  # fmt: skip
-    """``meta`` (the single-device model on the meta device) built in the run's layout:
-    activation checkpointing patched into its blocks (it survives materialisation, pipelining
-    and tensor parallelism), then pipeline stages, or ZeRO-3 construction, or the whole model
-    materialised (and split by tensor parallelism)."""
-    ac = cfg.parallel.activation_checkpointing
-    if ac != "none":
-        apply_activation_checkpointing(meta, ac)
-    if topo.pp > 1:
-        return build_pipeline(
-            meta, topo=topo, groups=groups, device=device, seed=cfg.seed, objectives=objectives,
-            partition=cfg.parallel.pp_partition, dynamic_shape=len(cfg.data.sources) > 1,
-        )  # fmt: skip
-    if topo.zero_stage == 3:
-        model = build_model_zero3(
-            cfg.model, spec, deepspeed_config(cfg, topo, n_params), device=device, seed=cfg.seed
-        )
-        if ac != "none":
-            apply_activation_checkpointing(model, ac)
-        return model
-    model = materialise(meta, device, seed=cfg.seed)
-    if topo.tp > 1:
-        apply_tensor_parallel(model, groups.tp_group)
-    return model

@@ -31,6 +31,7 @@ from scigpt.models.build import build_model, forward_flops_per_token
 from scigpt.models.vit import ModelSpec
 from scigpt.parallel import reshard
 from scigpt.parallel.engine import build_engine
+from scigpt.parallel.parallelize import parallelize  # importing it registers the kernels
 from scigpt.parallel.pipeline import PipelineForecaster, to_pipe
 from scigpt.parallel.topology import ProcessGroups, Topology
 from scigpt.preflight import machine_target, memory_problem
@@ -50,7 +51,7 @@ from scigpt.train.checkpoint import (
 )
 from scigpt.train.evaluate import run_test, wins_and_losses
 from scigpt.train.metrics import detect_peak_tflops
-from scigpt.train.model import heads_record, layout_model, objectives_of, pooled_outputs
+from scigpt.train.model import heads_record, objectives_of, pooled_outputs
 from scigpt.train.session import (
     Held,
     Preemption,
@@ -304,10 +305,10 @@ class Trainer:
         on_rank0(fits, is_main=self.is_main, world=self.world)
         self.groups = ProcessGroups(topo, self.rank) if topo.tp > 1 or topo.pp > 1 else None
         self.tp_rank = self.groups.tp_rank if self.groups else 0
-        model = layout_model(
-            meta, cfg, spec, topo=topo, groups=self.groups, device=self.device,
-            objectives=self.objectives, n_params=self.n_params,
-        )  # fmt: skip
+        # TP, (SP), pipeline stages, ZeRO-3, checkpointing, kernels: the one parallelize step.
+        model = parallelize(
+            meta, cfg, topo, groups=self.groups, device=self.device, objectives=self.objectives
+        )
         if self.package is not None:
             model = recipe.finetune_model(
                 model, self.package.model, cfg, self.data.registry.new_ids, tp=topo.tp,
@@ -394,7 +395,7 @@ class Trainer:
     def _build_stream(self) -> None:
         topo = self.topo
         self.batch_sampler = run_data.batch_sampler(
-            self.data, dp_rank=self.rank // (topo.tp * topo.pp), dp=topo.dp,
+            self.data, dp_rank=topo.dp_rank(self.rank), dp=topo.dp,
             state=self.loader_state,
         )  # fmt: skip
         self.stream = run_data.training_stream(self.data, self.batch_sampler, device=self.device)

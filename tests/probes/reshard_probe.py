@@ -1,6 +1,6 @@
 """Load checkpoints of any layout into this launch's layout and forecast a fixed batch.
 
-Run as ``torchrun --nproc_per_node N -m scigpt.parallel._reshard_probe OUT CKPT [CKPT …]``: every
+Run as ``torchrun --nproc_per_node N tests/probes/reshard_probe.py OUT CKPT [CKPT …]``: every
 rank builds the checkpoint's model for tensor parallelism over the whole world (tp = N), loads
 the consolidated weights through ``reshard.load_full_state`` (the path a resharding resume takes),
 and rank 0 saves the forecast increments (forecast − last input frame) to
@@ -14,12 +14,14 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from scigpt.config_loader import validate
 from scigpt.launch.distributed import destroy_distributed, init_distributed
 from scigpt.models.build import build_model, materialise
 from scigpt.models.vit import ModelSpec
 from scigpt.parallel import reshard
+from scigpt.parallel.tensor_parallel import apply_tensor_parallel
 
 
 def _batch(num_vars: int, history: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -40,8 +42,6 @@ def main(argv: list[str]) -> None:
     tp = info.world_size
     group = None
     if tp > 1:
-        import torch.distributed as dist
-
         group = dist.new_group(list(range(tp)))
     results: dict[str, torch.Tensor] = {}
     for ckpt in ckpts:
@@ -50,8 +50,6 @@ def main(argv: list[str]) -> None:
         spec = ModelSpec(num_vars=len(state["variables"]), history=cfg.data.history)
         model = materialise(build_model(cfg.model, spec), "cpu", seed=12345)  # then overwritten
         if group is not None:
-            from scigpt.parallel.tensor_parallel import apply_tensor_parallel
-
             apply_tensor_parallel(model, group)
         full = reshard.consolidate(ckpt)
         reshard.load_full_state(model, full, heads=cfg.model.heads, tp=tp, tp_rank=info.rank)

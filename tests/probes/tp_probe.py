@@ -1,6 +1,6 @@
 """Tensor parallelism against the single-device model, under a real launcher.
 
-Run as ``torchrun --nproc_per_node 2 -m scigpt.parallel._tp_probe``. Every rank builds the same
+Run as ``torchrun --nproc_per_node 2 tests/probes/tp_probe.py``. Every rank builds the same
 tiny model from one seed, keeps an untouched deep copy as the reference, shards the original over
 the whole world, and compares outputs, gradients and three SGD steps. Each rank prints one JSON
 line with its largest relative errors; tests/test_tensor_parallel.py asserts on them.
