@@ -25,6 +25,12 @@ from scigpt.layout_rules import check_layout
 from scigpt.rundir import MAX_RUN_NAME, STAMP_CHARS
 
 PositiveInt = Annotated[int, Field(gt=0)]
+
+# The names ``model.attention`` may take: scigpt.models.attention's own functions and the kernels
+# scigpt.parallel.parallelize registers. Stated here so the config (the foundation every layer
+# reads) imports no model or kernel code; tests/test_layout_rules.py checks it equals the
+# registry once the kernels are registered.
+ATTENTION_NAMES = ("math", "sdpa", "triton")
 NonNegInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 MAX_SEED = 2**63 - 2**20  # torch.manual_seed takes < 2**64; leave room for seed + rank
@@ -260,11 +266,7 @@ class ModelConfig(_Strict):
     @field_validator("attention")
     @classmethod
     def _known_attention(cls, v: str) -> str:
-        from scigpt.kernels import ATTENTION_KERNELS  # imports no Triton
-        from scigpt.models.attention import available_attention
-
-        # the registry's own functions, and the kernels parallelize puts into it
-        known = sorted({*available_attention(), *ATTENTION_KERNELS})
+        known = list(ATTENTION_NAMES)
         if v not in known:
             raise ValueError(f"unknown attention {v!r}: choose one of {known}")
         return v

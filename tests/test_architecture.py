@@ -54,6 +54,12 @@ OPTIONAL_HEAVY = {
 LAZY_PROJECT = {
     ("scigpt", "scigpt.export"): "the package root stays import-free: every `import scigpt.x` runs "
     "it first, so `scigpt.load_pretrained` imports the loader when called",
+    ("scigpt.train.data", "scigpt.data_pipeline.dali"): "the DALI loader imports nvidia.dali (an "
+    "optional extra) at its top; only `data.loader.backend: dali` loads it",
+    ("scigpt.kernels", "scigpt.kernels.flash_attention"): "the kernel modules import Triton at "
+    "their top; `import scigpt.kernels` must not (a package loads where Triton is absent)",
+    ("scigpt.kernels", "scigpt.kernels.patch_embed"): "as the attention kernel: Triton is loaded "
+    "on the first fused patch embedding",
     ("scigpt.cli", "scigpt.commands"): "`scigpt --help` and argument errors answer without "
     "importing torch (about 2 s): the CLI imports the command dispatcher once arguments parse",
 }

@@ -123,3 +123,13 @@ def test_checkpointing_is_not_part_of_the_sharding():
     assert saved == run and saved.same_sharding(run)
     assert run.activation_checkpointing == "full" and "checkpointing full" in run.label()
     assert Topology(2, zero_stage=3) != Topology(2, zero_stage=1)
+
+
+def test_config_attention_names_are_the_registry_after_parallelize():
+    """The config states the attention names without importing models or kernels; they must be
+    exactly what the registry holds once parallelize has registered the kernels."""
+    import scigpt.parallel.parallelize  # noqa: F401  (registers the kernels)
+    from scigpt.config import ATTENTION_NAMES
+    from scigpt.models.attention import available_attention
+
+    assert sorted(ATTENTION_NAMES) == available_attention()

@@ -3,13 +3,17 @@ windows) scored at the tested checkpoint, and the variables that beat persistenc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from scigpt.eval.forecast import evaluate_forecast
 from scigpt.eval.series import evaluate_series
+from scigpt.train.checkpoint import step_of
 from scigpt.train.data import RunData
+
+if TYPE_CHECKING:
+    from scigpt.train.trainer import Trainer
 
 
 def run_test(forecaster, data: RunData, weights: torch.Tensor, device: torch.device) -> dict:
@@ -41,4 +45,31 @@ def wins_and_losses(test: dict[str, Any], names: list[str]) -> dict[str, list[st
     return {
         "better_than_persistence": [n for n, m, p in pairs if m < p],
         "worse_than_persistence": [n for n, m, p in pairs if m >= p],
+    }
+
+
+def build_test_record(t: Trainer, test: dict[str, Any], tested: str) -> dict[str, Any]:
+    """The run's one test record: scores at the tested checkpoint, wins and losses against
+    persistence, series scores, and the run's scale for scaling sweeps."""
+    cfg, data, run = t.cfg, t.data, t.run
+    samples = t.steps * t.accum * cfg.schedule.micro_batch_size * t.topo.dp
+    return {
+        "kind": "test",
+        **test["summary"],
+        "checkpoint_step": step_of(tested),
+        **wins_and_losses(test, data.store.names),
+        **{
+            f"{name}/{k}": v
+            for name, res in test.get("series", {}).items()
+            for k, v in res["summary"].items()
+        },
+        # the run's scale, for scaling sweeps: parameters, unique training data, compute
+        "n_params": t.n_params,
+        "train_samples": sum(len(d) for d in data.train_dss),
+        "tokens_per_sample": t.n_tokens,
+        "samples_seen": samples,
+        "train_flops": samples * t.flops_per_sample,
+        # every segment's training time (killed and resumed ones too) x its ranks
+        "device_hours": run.device_hours(),
+        "segments": len(run.segments()),
     }

@@ -11,7 +11,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from scigpt.preflight import check_run
 from scigpt.prepare import IngestRejected
 from scigpt.rundir import RunDir, Segment, provenance
 from scigpt.runlock import RunLocked, RunLockLost
+
+if TYPE_CHECKING:
+    from scigpt.train.trainer import Trainer
 
 
 @dataclass
@@ -180,3 +183,28 @@ def write_provenance(
         )
         prov = first
     run.write_json("provenance.json", prov)
+
+
+def describe_run(t: Trainer) -> None:
+    """Rank 0: the run's provenance.json and its one-line summary."""
+    store = t.data.store
+    # ZeRO-3 partitions parameters: ds_numel is the full size, ds_tensor this rank's share.
+    n_local = sum(
+        p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in t.model.parameters()
+    )
+    write_provenance(
+        t.run, resuming=t.resuming, start_step=t.start_step,
+        data_manifest_sha256=store.manifest_sha256, hosts=[t.info.master_addr],
+        extra={
+            "world_size": t.world, "topology": t.topo.describe(),
+            "launcher": t.info.launcher, "n_params": t.n_params,
+            "params_local_fraction": n_local / t.n_params, "store": str(t.store_dir),
+        },
+    )  # fmt: skip
+    print(
+        f"run {t.name}: {t.n_params / 1e6:.2f}M parameters, "
+        f"{'+'.join(str(len(d)) for d in t.data.train_dss)} train / "
+        f"{len(t.data.test_ds)} test samples, {t.n_tokens} tokens/sample, "
+        f"{t.topo.describe()}",
+        flush=True,
+    )

@@ -46,22 +46,21 @@ from scigpt.train.checkpoint import (
     barrier,
     load_schedule,
     read_info,
-    step_of,
     tag_of,
 )
-from scigpt.train.evaluate import run_test, wins_and_losses
+from scigpt.train.evaluate import build_test_record, run_test
 from scigpt.train.metrics import detect_peak_tflops
 from scigpt.train.model import heads_record, objectives_of, pooled_outputs
 from scigpt.train.session import (
     Held,
     Preemption,
     TrainResult,
+    describe_run,
     on_rank0,
     open_run,
     seed_everything,
     test_nan_steps,
     to_device,
-    write_provenance,
 )
 from scigpt.train.tracking import metrics_sinks
 
@@ -363,34 +362,11 @@ class Trainer:
             )
 
     def _describe(self) -> None:
-        """Peak FLOP/s, latitude weights; rank 0: provenance.json and the run's one-line
-        summary."""
-        cfg, store = self.cfg, self.data.store
-        self.peak = cfg.logging.peak_tflops or detect_peak_tflops(cfg.precision)
-        self.weights = lat_weights(torch.as_tensor(store.lat)).to(self.device)
-        if not self.is_main:
-            return
-        # ZeRO-3 partitions parameters: ds_numel is the full size, ds_tensor this rank's share.
-        n_local = sum(
-            p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
-            for p in self.model.parameters()
-        )
-        write_provenance(
-            self.run, resuming=self.resuming, start_step=self.start_step,
-            data_manifest_sha256=store.manifest_sha256, hosts=[self.info.master_addr],
-            extra={
-                "world_size": self.world, "topology": self.topo.describe(),
-                "launcher": self.info.launcher, "n_params": self.n_params,
-                "params_local_fraction": n_local / self.n_params, "store": str(self.store_dir),
-            },
-        )  # fmt: skip
-        print(
-            f"run {self.name}: {self.n_params / 1e6:.2f}M parameters, "
-            f"{'+'.join(str(len(d)) for d in self.data.train_dss)} train / "
-            f"{len(self.data.test_ds)} test samples, {self.n_tokens} tokens/sample, "
-            f"{self.topo.describe()}",
-            flush=True,
-        )
+        """Peak FLOP/s, latitude weights; rank 0: provenance.json and the run's summary line."""
+        self.peak = self.cfg.logging.peak_tflops or detect_peak_tflops(self.cfg.precision)
+        self.weights = lat_weights(torch.as_tensor(self.data.store.lat)).to(self.device)
+        if self.is_main:
+            describe_run(self)
 
     def _build_stream(self) -> None:
         topo = self.topo
@@ -614,33 +590,9 @@ class Trainer:
             assert self.held.segment is not None
             self.held.segment.stop()  # its seconds count in the test record's device-hours
             self.callbacks.on_test_end(self, test)
-            self.log(self._test_record(test, tested), steps)
+            self.log(build_test_record(self, test, tested), steps)
             self.end_callbacks("completed")
             self.held.segment.close("completed")  # after the test record: a kill before it is
         barrier(self.world)  # "killed"
         return TrainResult(run_dir=run.path, steps=steps, final_loss=self.loss, test=test,
                            files=self.files, main=self.is_main)  # fmt: skip
-
-    def _test_record(self, test: dict[str, Any], tested: str) -> dict[str, Any]:
-        cfg, data, run = self.cfg, self.data, self.run
-        samples = self.steps * self.accum * cfg.schedule.micro_batch_size * self.topo.dp
-        return {
-            "kind": "test",
-            **test["summary"],
-            "checkpoint_step": step_of(tested),
-            **wins_and_losses(test, data.store.names),
-            **{
-                f"{name}/{k}": v
-                for name, res in test.get("series", {}).items()
-                for k, v in res["summary"].items()
-            },
-            # the run's scale, for scaling sweeps: parameters, unique training data, compute
-            "n_params": self.n_params,
-            "train_samples": sum(len(d) for d in data.train_dss),
-            "tokens_per_sample": self.n_tokens,
-            "samples_seen": samples,
-            "train_flops": samples * self.flops_per_sample,
-            # every segment's training time (killed and resumed ones too) x its ranks
-            "device_hours": run.device_hours(),
-            "segments": len(run.segments()),
-        }
