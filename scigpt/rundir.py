@@ -231,11 +231,14 @@ class RunDir:
     def tb(self) -> Path:
         return self.path / "tb"
 
-    def check_same_config(self, resolved: dict[str, Any]) -> None:
+    def check_same_config(
+        self, resolved: dict[str, Any], saved: dict[str, Any] | None = None
+    ) -> None:
         """A resumed run must use the config it started with (the length of training, logging,
         retention and the parallel layout may change: a checkpoint reshards onto another
-        layout); anything else is an error naming the keys."""
-        old = _flatten(self.read_config())
+        layout); anything else is an error naming the keys. ``saved``: the run's config.yaml
+        as the current schema reads it (default: as written)."""
+        old = _flatten(self.read_config() if saved is None else saved)
         new = _flatten(resolved)
         may_change = (
             "schedule.steps", "logging.", "checkpoint.keep_", "eval.early_stop", "parallel.",
@@ -330,6 +333,17 @@ class RunDir:
         """Record that this process (re)starts the run at ``start_step``; a segment left
         ``running`` by an earlier process was killed."""
         records = self.segments()
+        if not records and start_step > 0:
+            # A run written before segments.json existed (7c47fe5 and older; issue 19) reached
+            # ``start_step`` in processes nobody recorded: one earlier segment whose host,
+            # process, world size and seconds are unknown (None; device_hours leaves it out, as
+            # those versions counted only the current process's time).
+            records.append({
+                "index": 0, "state": "unrecorded", "host": None, "pid": None,
+                "slurm_job_id": None, "slurm_restart_count": None, "world_size": None,
+                "start_step": 0, "last_step": int(start_step), "train_s": None,
+                "started_utc": None, "updated_utc": None,
+            })  # fmt: skip
         for rec in records:
             if rec.get("state") == "running":
                 rec["state"] = "killed"
@@ -348,8 +362,10 @@ class RunDir:
         return seg
 
     def device_hours(self) -> float:
-        """Training device-hours over every segment (seconds x world size)."""
-        return sum(s["train_s"] * s["world_size"] for s in self.segments()) / 3600
+        """Training device-hours over every segment (seconds x world size); an unrecorded
+        segment (None: see ``begin_segment``) is left out."""
+        segs = [s for s in self.segments() if s["train_s"] is not None]
+        return sum(s["train_s"] * s["world_size"] for s in segs) / 3600
 
 
 def _utc() -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from scigpt.config_loader import ConfigError, LoadedConfig
+from scigpt.config_loader import ConfigError, LoadedConfig, load_resolved
 from scigpt.preflight import check_run
 from scigpt.prepare import IngestRejected
 from scigpt.rundir import RunDir, Segment, provenance
@@ -158,9 +158,25 @@ def open_run(
     if not resuming:
         RunDir.create(run.path.parent, run.path.name, resolved)
         return {"resuming": False}
-    run.check_same_config(resolved)
+    run.check_same_config(resolved, saved=saved_config(run))
     test = run.finished(cfg.schedule.steps)
     return {"resuming": True, "finished": test}
+
+
+def saved_config(run: RunDir) -> dict[str, Any]:
+    """The run's config.yaml as the current schema reads it, for the resume check. A run written
+    before a key existed lacks it; the key then takes its default, chosen to keep what the older
+    code did, so resuming with the run's own config.yaml is not refused over it. Since 7c47fe5
+    (tests/data/legacy_7c47fe5): data.sources[].units (None: the files' own units),
+    unit_timeout_s (only bounds a hung read), plausibility ("reject": the same data, or a refusal
+    naming the value), the selection block (read by ``scigpt demo --select`` only),
+    logging.mlflow/wandb (off). A stored config the current schema refuses is compared as
+    written, so the error still names the keys that differ."""
+    saved = run.read_config()
+    try:
+        return load_resolved(saved, str(run.config_path)).resolved_dict()
+    except ConfigError:
+        return saved
 
 
 def write_provenance(
