@@ -179,9 +179,10 @@ def test_a_hung_read_is_stopped_and_rejected(case, tmp_path):
 def test_library_messages_go_to_the_store_log(tmp_path, shared_data):
     """eccodes prints "ECCODES ERROR" lines for a GRIB message whose data-section length is
     damaged; on a run that succeeds they belong in the store's log, not on the terminal."""
-    fz = _fuzz_module()
+    _fuzz_module()
+    layouts = sys.modules["_fuzz_layouts"]  # the fuzz script's byte layouts, imported by it
     data = bytearray((shared_data / "era5/grib/era5-levels-members.grib").read_bytes())
-    bds = next(fz._grib1_messages(bytes(data)))[3]  # message 0's data section
+    bds = next(layouts._grib1_messages(bytes(data)))[3]  # message 0's data section
     data[bds : bds + 3] = b"\xff\xff\xff"
     (tmp_path / "grib").mkdir()
     (tmp_path / "grib" / "damaged.grib").write_bytes(bytes(data))
