@@ -280,9 +280,7 @@ def summarize(layers: Iterable[LayerDiagnostics]) -> dict[str, Any]:
         "too_small": sum(d.status == "too small" for d in layers),
         "mean_alpha": float(np.mean([d.alpha for d in ok])) if ok else None,
         "mean_alpha_weighted": float(np.mean([d.alpha_weighted for d in ok])) if ok else None,
-        "mean_log_spectral_norm": float(np.mean([d.log_spectral_norm for d in ok]))
-        if ok
-        else None,
+        "mean_log_spectral_norm": float(np.mean([d.log_spectral_norm for d in ok])) if ok else None,
         "alpha_range": list(ALPHA_RANGE),
         "share_alpha_outside": len(outside) / len(ok) if ok else None,
         "layers_alpha_outside": outside,
