@@ -7,17 +7,23 @@ Durations (one core): the synthetic tests ~1 s together, the weightwatcher compa
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from scigpt.cli import main
 from scigpt.config import ModelConfig
 from scigpt.diagnostics import htsr
 from scigpt.models.build import build_model, materialise
 from scigpt.models.vit import ModelSpec
+from scigpt.parallel.reshard import consolidate
 
 
 def _orthonormal(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -148,3 +154,59 @@ def test_against_weightwatcher():
         assert d.log_frobenius_norm == pytest.approx(t["log_norm"], abs=1e-6), d.name
         assert d.num_tail == t["num_pl_spikes"], d.name
         assert d.stable_rank == pytest.approx(t["stable_rank"], rel=1e-6), d.name
+
+
+LEGACY = Path(__file__).parent / "data" / "legacy_7c1cec6"
+
+
+@pytest.fixture(scope="module")
+def legacy_copy(tmp_path_factory) -> Path:
+    """The legacy fixture (16-wide matrices: fitted here with --min-evals 8), its run given a
+    second checkpoint (a copy of step 2 as step 1) so that α over steps is written."""
+    dest = tmp_path_factory.mktemp("legacy") / "legacy"
+    shutil.copytree(LEGACY, dest)
+    ckpts = dest / "run" / "checkpoints"
+    shutil.copytree(ckpts / "step_00000002", ckpts / "step_00000001")
+    return dest
+
+
+def test_cli_on_a_run_and_its_package(legacy_copy, capsys):
+    """`scigpt diagnose` on the legacy run and on the package exported from it: the same
+    matrices, so the same table (fp32 weights both ways: to 1e-9); the values are those of
+    analyze_state on the consolidated checkpoint; α over steps has both checkpoints."""
+    run_out, pkg_out = legacy_copy / "run-diag", legacy_copy / "pkg-diag"
+    for src, out in ((legacy_copy / "run", run_out), (legacy_copy / "package", pkg_out)):
+        assert main(["diagnose", str(src), "--min-evals", "8", "--out", str(out)]) == 0
+    assert "diagnostics:" in capsys.readouterr().out
+    for out in (run_out, pkg_out):
+        for name in ("layers.csv", "layers.md", "summary.json", "alpha_by_depth.png"):
+            assert (out / name).stat().st_size > 0, name
+        assert len(list(out.glob("esd_*.png"))) == 4
+    read = lambda p: list(csv.DictReader(p.read_text().splitlines()))  # noqa: E731
+    run_rows, pkg_rows = read(run_out / "layers.csv"), read(pkg_out / "layers.csv")
+    assert [r["name"] for r in run_rows] == [r["name"] for r in pkg_rows]
+    for a, b in zip(run_rows, pkg_rows, strict=True):
+        for col in ("alpha", "alpha_weighted", "log_spectral_norm", "stable_rank", "mp_edge"):
+            assert float(a[col] or "nan") == pytest.approx(
+                float(b[col] or "nan"), abs=1e-9, nan_ok=True
+            )
+    direct = htsr.analyze_state(
+        consolidate(legacy_copy / "run" / "checkpoints" / "step_00000002"), min_evals=8
+    )
+    summary = json.loads((run_out / "summary.json").read_text())
+    assert summary == {**htsr.summarize(direct), "source": summary["source"],
+                       "seconds": summary["seconds"]}  # fmt: skip
+    assert summary["source"]["step"] == 2
+    assert summary["too_small"] == 1 and summary["fitted_layers"] == 8  # pos: 16×7
+    steps = read(run_out / "alpha_over_steps.csv")
+    assert [int(r["step"]) for r in steps] == [1, 2]
+    assert (run_out / "alpha_over_steps.png").is_file()
+
+
+def test_cli_errors(legacy_copy, capsys):
+    assert main(["diagnose", str(legacy_copy / "package"), "--step", "2"]) == 2
+    assert main(["diagnose", str(legacy_copy)]) == 1  # neither a run nor a package
+    assert main(["diagnose", str(legacy_copy / "run"), "--min-evals", "8", "--layer", "nope",
+                 "--out", str(legacy_copy / "x")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "is a package" in err and "neither a model package" in err and "--layer nope" in err

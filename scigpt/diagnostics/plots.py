@@ -21,7 +21,8 @@ def plot_esd(d: LayerDiagnostics, out: Path) -> Path:
     lam = d.evals[d.evals > 0]
     fig = Figure(figsize=(5, 3.6), dpi=120)
     ax = fig.subplots()
-    bins = np.logspace(math.log10(lam.min()), math.log10(lam.max()), 40)
+    nbins = int(np.clip(len(lam) // 3, 5, 40))
+    bins = np.logspace(math.log10(lam.min()), math.log10(lam.max()), nbins + 1)
     dens, edges = np.histogram(lam, bins=bins, density=True)
     centres = np.sqrt(edges[1:] * edges[:-1])
     keep = dens > 0
