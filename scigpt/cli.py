@@ -375,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="sign the package with this Ed25519 private key (scigpt keygen)",
     )
+    p.add_argument("--no-diagnostics", action="store_true",
+                   help="no weight diagnostics (scigpt diagnose) in the card")  # fmt: skip
 
     p = sub.add_parser(
         "diagnose",

@@ -21,6 +21,7 @@ import torch
 from scigpt.cli import main
 from scigpt.config import ModelConfig
 from scigpt.diagnostics import htsr
+from scigpt.export.writer import export_run
 from scigpt.models.build import build_model, materialise
 from scigpt.models.vit import ModelSpec
 from scigpt.parallel.reshard import consolidate
@@ -210,3 +211,17 @@ def test_cli_errors(legacy_copy, capsys):
                  "--out", str(legacy_copy / "x")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "is a package" in err and "neither a model package" in err and "--layer nope" in err
+
+
+def test_model_card_gets_the_summary(legacy_copy):
+    """An export's card has the summary of analyze_state on the exported weights (the legacy
+    run's 16-wide matrices are all below 50 eigenvalues: 9 matrices, none fitted); without
+    diagnostics the section is left out."""
+    run = legacy_copy / "run"
+    card = (export_run(run, legacy_copy / "pkg-card") / "MODEL_CARD.md").read_text()
+    section = card.split("## Weight diagnostics (HTSR)", 1)[1].split("## Intended use", 1)[0]
+    full = consolidate(run / "checkpoints" / "step_00000002")
+    assert htsr.summary_markdown(htsr.summarize(htsr.analyze_state(full))) in section
+    assert "- weight matrices: 9 (0 fitted, 9 too small to fit)" in section
+    plain = export_run(run, legacy_copy / "pkg-plain", diagnostics=False) / "MODEL_CARD.md"
+    assert "Weight diagnostics" not in plain.read_text()

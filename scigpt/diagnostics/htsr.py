@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scigpt.tables import Table
+from scigpt.tables import Table, fmt
 
 MIN_EVALS = 50
 EVALS_THRESH = 1e-5  # weightwatcher's EVALS_THRESH: eigenvalues at or below it are not fitted
@@ -287,6 +287,23 @@ def summarize(layers: Iterable[LayerDiagnostics]) -> dict[str, Any]:
         "traps": int(sum(d.traps for d in ok)),
         "layers_with_traps": [d.name for d in ok if d.traps],
     }
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """The summary as a short Markdown list (the model card's "Weight diagnostics" section)."""
+    lo, hi = summary.get("alpha_range", ALPHA_RANGE)
+    share = summary.get("share_alpha_outside")
+    lines = [
+        f"- weight matrices: {summary['layers']} ({summary['fitted_layers']} fitted, "
+        f"{summary['too_small']} too small to fit)",
+        f"- mean α: {fmt(summary.get('mean_alpha'), '.3f', none='—')}; mean α-weighted: "
+        f"{fmt(summary.get('mean_alpha_weighted'), '.3f', none='—')}",
+        f"- share of layers with α outside {lo:g}–{hi:g}: "
+        + ("—" if share is None else f"{100 * share:.0f} %"),
+        f"- correlation traps: {summary['traps']}"
+        + (f" ({', '.join(summary['layers_with_traps'])})" if summary["layers_with_traps"] else ""),
+    ]
+    return "\n".join(lines)
 
 
 TABLE_SPECS = {

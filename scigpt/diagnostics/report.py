@@ -11,28 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from scigpt.atomic import atomic_write, atomic_write_text
-from scigpt.diagnostics.htsr import LayerDiagnostics, layer_table
+from scigpt.diagnostics.htsr import LayerDiagnostics, layer_table, summary_markdown
 from scigpt.diagnostics.plots import plot_alpha_by_depth, plot_alpha_over_steps, plot_esd
-from scigpt.tables import Table, fmt
+from scigpt.tables import Table
 
 ESD_PLOTS = 4  # layers whose ESD is plotted when none are named
-
-
-def summary_markdown(summary: Mapping[str, Any]) -> str:
-    """The summary as a short Markdown list (the model card's "Weight diagnostics" section)."""
-    lo, hi = summary.get("alpha_range", (2.0, 6.0))
-    share = summary.get("share_alpha_outside")
-    lines = [
-        f"- weight matrices: {summary['layers']} ({summary['fitted_layers']} fitted, "
-        f"{summary['too_small']} too small to fit)",
-        f"- mean α: {fmt(summary.get('mean_alpha'), '.3f', none='—')}; mean α-weighted: "
-        f"{fmt(summary.get('mean_alpha_weighted'), '.3f', none='—')}",
-        f"- share of layers with α outside {lo:g}–{hi:g}: "
-        + ("—" if share is None else f"{100 * share:.0f} %"),
-        f"- correlation traps: {summary['traps']}"
-        + (f" ({', '.join(summary['layers_with_traps'])})" if summary["layers_with_traps"] else ""),
-    ]
-    return "\n".join(lines)
 
 
 def _slug(name: str) -> str:
