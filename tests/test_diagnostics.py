@@ -12,6 +12,8 @@ import json
 import logging
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from scigpt.export.writer import export_run
 from scigpt.models.build import build_model, materialise
 from scigpt.models.vit import ModelSpec
 from scigpt.parallel.reshard import consolidate
+from tests.conftest import job_env
 
 
 def _orthonormal(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -225,3 +228,31 @@ def test_model_card_gets_the_summary(legacy_copy):
     assert "- weight matrices: 9 (0 fitted, 9 too small to fit)" in section
     plain = export_run(run, legacy_copy / "pkg-plain", diagnostics=False) / "MODEL_CARD.md"
     assert "Weight diagnostics" not in plain.read_text()
+
+
+def test_training_hook_logs_diagnostics(tmp_path, torch_extensions_dir):
+    """`diagnostics.every: 2` on a 4-step demo run (16-wide matrices, fitted with min_evals 8):
+    metrics.jsonl gets a `kind: diagnostics` record at steps 2 and 4 with its cost, and the
+    step-4 α of each layer equals analyze_state on the step-4 checkpoint (the same fp32 weights:
+    to 1e-9). ~40 s (a DeepSpeed demo run in a subprocess)."""
+    args = ["demo", "--steps", "4", "--runs-dir", str(tmp_path), "--run-name", "r",
+            "--set", "logging.progress=false", "--set", "schedule.warmup_steps=1",
+            "--set", "diagnostics.every=2", "--set", "diagnostics.min_evals=8",
+            "--set", "checkpoint.every=2"]  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "scigpt", *args], env=job_env(torch_extensions_dir),
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    run = tmp_path / "r"
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    diag = {r["step"]: r for r in recs if r.get("kind") == "diagnostics"}
+    assert sorted(diag) == [2, 4]
+    for r in diag.values():
+        assert r["seconds"] > 0 and 0 < r["share_of_training"] < 1 and r["cost_in_steps"] > 0
+    direct = htsr.analyze_state(consolidate(run / "checkpoints" / "step_00000004"), min_evals=8)
+    alphas = {f"alpha.{d.name}": d.alpha for d in direct if d.status == "ok"}
+    assert alphas and {k: v for k, v in diag[4].items() if k.startswith("alpha.")}.keys() == (
+        alphas.keys()
+    )
+    for k, v in alphas.items():
+        assert diag[4][k] == pytest.approx(v, abs=1e-9), k
+    assert diag[4]["mean_alpha"] == pytest.approx(htsr.summarize(direct)["mean_alpha"], abs=1e-9)
