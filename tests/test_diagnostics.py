@@ -22,6 +22,7 @@ import torch
 
 from scigpt.cli import main
 from scigpt.config import ModelConfig
+from scigpt.config_loader import ConfigError, load_config, shipped_config
 from scigpt.diagnostics import htsr
 from scigpt.export.writer import export_run
 from scigpt.models.build import build_model, materialise
@@ -256,3 +257,10 @@ def test_training_hook_logs_diagnostics(tmp_path, torch_extensions_dir):
     for k, v in alphas.items():
         assert diag[4][k] == pytest.approx(v, abs=1e-9), k
     assert diag[4]["mean_alpha"] == pytest.approx(htsr.summarize(direct)["mean_alpha"], abs=1e-9)
+
+
+def test_training_hook_is_off_by_default_and_refuses_sharded_matrices():
+    demo = shipped_config("runs/demo.yaml")
+    assert load_config(demo).config.diagnostics.every == 0
+    with pytest.raises(ConfigError, match=r"diagnostics.every=5 runs with parallel.tp=1"):
+        load_config(demo, ["diagnostics.every=5", "parallel.tp=2", "parallel.zero_stage=1"])
