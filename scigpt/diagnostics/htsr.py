@@ -192,8 +192,10 @@ def analyze_matrix(
     seed: int = 0,
     device: str | torch.device = "cpu",
     keep_evals: bool = False,
+    traps: bool = True,
 ) -> LayerDiagnostics:
-    """Every diagnostic of one matrix (``status='too small'`` below ``min_evals`` eigenvalues)."""
+    """Every diagnostic of one matrix (``status='too small'`` below ``min_evals`` eigenvalues).
+    ``traps=False`` skips the shuffled matrix's SVD (``traps`` stays 0)."""
     if w.ndim != 2:
         raise ValueError(f"{name}: expected a matrix, got shape {tuple(w.shape)}")
     n, m = max(w.shape), min(w.shape)
@@ -220,7 +222,8 @@ def analyze_matrix(
         mp.num_spikes,
         mp.ks_distance,
     )
-    out.traps = correlation_traps(w, seed=seed, device=device)
+    if traps:
+        out.traps = correlation_traps(w, seed=seed, device=device)
     if keep_evals:
         out.evals = lam
     return out
@@ -245,6 +248,7 @@ def analyze_state(
     device: str | torch.device = "cpu",
     workers: int = 1,
     keep_evals: bool = False,
+    traps: bool = True,
 ) -> list[LayerDiagnostics]:
     """``analyze_matrix`` on every weight matrix of ``state``; ``workers`` threads (the SVDs
     release the GIL). Rows come back in the state dict's order."""
@@ -259,6 +263,7 @@ def analyze_state(
             seed=seed,
             device=device,
             keep_evals=keep_evals,
+            traps=traps,
         )
 
     items = list(weight_matrices(state))
