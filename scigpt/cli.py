@@ -375,6 +375,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="sign the package with this Ed25519 private key (scigpt keygen)",
     )
+    p.add_argument("--no-diagnostics", action="store_true",
+                   help="no weight diagnostics (scigpt diagnose) in the card")  # fmt: skip
+
+    p = sub.add_parser(
+        "diagnose",
+        help="HTSR weight diagnostics (power-law α of each layer's spectrum) of a run or package",
+        description="Eigenvalues of WᵀW for every weight matrix (≥ --min-evals eigenvalues), "
+        "the power-law tail exponent α (MLE, xmin by KS distance), α-weighted, norms, stable "
+        "rank, the Marchenko–Pastur bulk edge and spikes, and correlation traps. Writes "
+        "layers.csv/.md, summary.json and plots (ESD of chosen layers, α by depth, α over "
+        "steps when the run has several checkpoints).",
+    )
+    p.add_argument("path", type=Path, metavar="RUN_DIR_OR_PACKAGE",
+                   help="a run directory or a model package (scigpt export)")  # fmt: skip
+    p.add_argument("--step", type=int, default=None,
+                   help="checkpoint step of a run (default: latest)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="output folder (default RUN/diagnostics/step_N)")  # fmt: skip
+    p.add_argument("--layer", action="append", default=None, metavar="NAME",
+                   help="plot this layer's ESD (repeatable; default: four layers)")  # fmt: skip
+    p.add_argument("--min-evals", type=int, default=50,
+                   help="fewer eigenvalues: reported as too small (default 50)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the entry shuffle (traps)")
+    p.add_argument("--workers", type=int, default=1, help="layers analysed in parallel")
+    p.add_argument("--no-history", action="store_true",
+                   help="skip α over steps (one checkpoint only)")  # fmt: skip
 
     p = sub.add_parser(
         "keygen",

@@ -488,6 +488,16 @@ def check_trainable(cfg: RunConfig) -> None:
         )
 
 
+class DiagnosticsConfig(_Strict):
+    """HTSR weight diagnostics during training (``scigpt.diagnostics``; ``scigpt diagnose`` for
+    checkpoints and packages): every ``every`` steps rank 0 logs the summary and each layer's α
+    as a ``kind: diagnostics`` record, with its cost. 0: off."""
+
+    every: NonNegInt = 0
+    min_evals: PositiveInt = 50  # smaller matrices are reported as too small to fit
+    workers: PositiveInt = 1  # layers analysed in parallel (threads)
+
+
 class RunConfig(_Strict):
     """A whole run: everything needed to reproduce it lives in this one object."""
 
@@ -511,6 +521,7 @@ class RunConfig(_Strict):
     runtime: RuntimeConfig = RuntimeConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     selection: SelectionConfig = SelectionConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
@@ -526,6 +537,12 @@ class RunConfig(_Strict):
                 f"eval.every={self.eval.every} needs a validation block: add data.splits.val"
             )
         ft = self.finetune
+        if self.diagnostics.every and (p.tp > 1 or p.pp > 1 or p.zero_stage == 3):
+            raise ValueError(
+                f"diagnostics.every={self.diagnostics.every} runs with parallel.tp=1, pp=1 and "
+                "zero_stage <= 2 (rank 0 reads whole matrices): set diagnostics.every: 0 and "
+                "run `scigpt diagnose RUN_DIR --step N` on the checkpoints"
+            )
         if ft.package and ft.mode == "lora" and (p.tp > 1 or p.pp > 1 or p.zero_stage == 3):
             raise ValueError(
                 "finetune.mode=lora runs with parallel.tp=1, pp=1 and zero_stage <= 2 (the "

@@ -95,6 +95,7 @@ RANK = {
     "scigpt.export.package": 4,
     "scigpt.export": 3,
     "scigpt.eval": 3,
+    "scigpt.diagnostics": 3,
     "scigpt.train": 3,
     "scigpt.finetune": 3,
     "scigpt.parallel": 2,
@@ -104,6 +105,7 @@ RANK = {
 
 _ABOVE_FOUNDATION = {
     "scigpt.models",
+    "scigpt.diagnostics",
     "scigpt.parallel",
     "scigpt.kernels",
     "scigpt.train",
@@ -185,6 +187,10 @@ FORBIDDEN: dict[str, tuple[set[str], str]] = {
             "scigpt.commands",
         },
         "job scripts are rendered from configs alone",
+    ),
+    "scigpt.diagnostics": (
+        {"deepspeed", "scigpt.parallel", "scigpt.train", "scigpt.finetune", "scigpt.export"},
+        "weight diagnostics read tensors; the trainer's hook and the command hand them over",
     ),
     "scigpt.export.loader": (
         {"deepspeed", "scigpt.parallel", "scigpt.train.trainer"},

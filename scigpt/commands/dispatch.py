@@ -22,6 +22,7 @@ from scigpt.runlock import RunLocked, RunLockLost
 # subcommand -> (module under scigpt.commands, function)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "run"),
+    "diagnose": ("diagnose", "run"),
     "evaluate": ("evaluate", "run"),
     "export": ("export", "run"),
     "finetune": ("train", "finetune"),

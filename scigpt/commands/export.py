@@ -11,7 +11,7 @@ from scigpt.export.writer import export_run
 def run(args: argparse.Namespace) -> int:
     out = export_run(
         args.run_dir, args.out, step=args.step, best=args.best, dtype=args.dtype,
-        force=args.force, sign=args.sign,
+        force=args.force, sign=args.sign, diagnostics=not args.no_diagnostics,
     )  # fmt: skip
     print(f"package: {out}")
     for f in sorted(out.iterdir()):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from scigpt.atomic import atomic_write_text, sha256_file
+from scigpt.diagnostics.htsr import summary_markdown
 from scigpt.export.verify import CARD, CHECKSUMS
 from scigpt.tables import Table, fmt
 
@@ -63,6 +64,7 @@ def render_card(
     provenance: dict[str, Any],
     test: dict[str, Any] | None,
     per_variable: list[dict[str, str]],
+    diagnostics: dict[str, Any] | None = None,
 ) -> str:
     run = config["run_config"]
     model, data = config["model"], config["data"]
@@ -152,6 +154,17 @@ def render_card(
             "No test evaluation of this checkpoint is recorded (the run's test record is for "
             "another step, or the run has none)."
         )
+    if diagnostics is not None:
+        lines += [
+            "",
+            "## Weight diagnostics (HTSR)",
+            "",
+            "Power-law exponent α of each weight matrix's eigenvalue spectrum (heavy-tailed "
+            "self-regularization; α of 2–6 is the range of well-trained layers). Full table: "
+            "`scigpt diagnose` on this package.",
+            "",
+            summary_markdown(diagnostics),
+        ]
     lines += [
         "",
         "## Intended use and limits",

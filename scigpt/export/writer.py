@@ -41,6 +41,7 @@ from torch import nn
 
 from scigpt import __version__
 from scigpt.atomic import fsync_dir, sha256_file
+from scigpt.diagnostics.htsr import analyze_state, summarize
 from scigpt.export import signing
 from scigpt.export.card import evaluation_markdown, fill_card, render_card
 from scigpt.export.verify import (
@@ -190,10 +191,12 @@ def export_run(
     dtype: str = "fp32",
     force: bool = False,
     sign: str | Path | None = None,
+    diagnostics: bool = True,
 ) -> Path:
     """Write the package of a run's checkpoint (``step``, ``best`` or the latest) to ``out``,
     atomically: built in ``OUT.tmp-XXXX`` beside it, then renamed. ``sign``: a private key
-    file (``scigpt keygen``) to sign it with. Returns ``out``."""
+    file (``scigpt keygen``) to sign it with. ``diagnostics``: put the HTSR weight diagnostics'
+    summary (``scigpt.diagnostics``) in the model card. Returns ``out``."""
     run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose one of {sorted(DTYPES)}")
@@ -273,6 +276,7 @@ def export_run(
         provenance=provenance,
         test=final,
         per_variable=_per_variable_rmse(run) if final else [],
+        diagnostics=summarize(analyze_state(full)) if diagnostics else None,
     )
     scores = run.evaluate_dir / "eval.json"  # the run's `scigpt evaluate` scores, if any
     if scores.is_file():

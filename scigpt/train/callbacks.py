@@ -11,12 +11,14 @@ MLflow and W&B sinks live in ``scigpt.train.tracking``.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch.distributed as dist
 
+from scigpt.diagnostics.htsr import analyze_state, summarize
 from scigpt.eval.forecast import write_tables
 from scigpt.parallel.memory import rank_memory
 from scigpt.rundir import MetricsLog, RunDir
@@ -140,6 +142,46 @@ class MemoryReport(Callback):
         if trainer.rank == 0:
             layout = trainer.layout.to_dict()
             trainer.run.write_json("memory.json", {"layout": layout, "ranks": ranks})
+
+
+class WeightDiagnostics(Callback):
+    """``diagnostics.every: N`` (rank 0, tp = pp = 1, ZeRO ≤ 2: its module holds whole matrices):
+    every N steps, the HTSR summary and each fitted layer's α (``alpha.<name>``) as a
+    ``kind: diagnostics`` record to every sink, with its cost: ``seconds``, the mean
+    ``step_seconds`` of the training wall time since the last one, ``cost_in_steps`` (their
+    ratio) and ``share_of_training`` (its share of the wall time of the interval)."""
+
+    SUMMARY = ("fitted_layers", "too_small", "mean_alpha", "mean_alpha_weighted",
+               "mean_log_spectral_norm", "share_alpha_outside", "traps")  # fmt: skip
+
+    def __init__(self, every: int, *, min_evals: int = 50, workers: int = 1):
+        self.every, self.min_evals, self.workers = every, min_evals, workers
+        self._since, self._steps = time.perf_counter(), 0
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self._since, self._steps = time.perf_counter(), 0
+
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        self._steps += 1
+        if step % self.every:
+            return
+        t0 = time.perf_counter()
+        wall = t0 - self._since
+        weights = {n: p.detach() for n, p in trainer.engine.module.named_parameters()}
+        layers = analyze_state(weights, min_evals=self.min_evals, workers=self.workers)
+        summary = summarize(layers)
+        spent = time.perf_counter() - t0
+        step_s = wall / max(self._steps, 1)
+        rec: dict[str, Any] = {"kind": "diagnostics", **{k: summary[k] for k in self.SUMMARY}}
+        rec |= {
+            "seconds": spent,
+            "step_seconds": step_s,
+            "cost_in_steps": spent / step_s if step_s > 0 else None,
+            "share_of_training": spent / (spent + wall),
+        }
+        rec |= {f"alpha.{d.name}": d.alpha for d in layers if d.status == "ok"}
+        trainer.log(rec, step)
+        self._since, self._steps = time.perf_counter(), 0
 
 
 class RunOutputs(Callback):

@@ -38,7 +38,7 @@ from scigpt.preflight import machine_target, memory_problem
 from scigpt.rundir import RunDir, default_run_name, runs_root
 from scigpt.runlock import RunLockLost
 from scigpt.train import data as run_data
-from scigpt.train.callbacks import CallbackList, MemoryReport, RunOutputs
+from scigpt.train.callbacks import CallbackList, MemoryReport, RunOutputs, WeightDiagnostics
 from scigpt.train.checkpoint import (
     RESHARD_NOTE,
     CheckpointManager,
@@ -388,6 +388,8 @@ class Trainer:
             cfg, run, run_name=self.name, config=self.resolved, purge_step=purge
         ):
             self.callbacks.append(sink)
+        if cfg.diagnostics.every:  # HTSR weight diagnostics
+            self.callbacks.append(WeightDiagnostics(**cfg.diagnostics.model_dump()))
         self.callbacks.append(RunOutputs())
 
     def checkpoint_state(self, step: int) -> CheckpointState:

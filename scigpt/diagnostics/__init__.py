@@ -1,0 +1,1 @@
+"""Weight diagnostics: heavy-tailed self-regularization (HTSR) spectra of weight matrices."""
