@@ -264,3 +264,30 @@ def test_training_hook_is_off_by_default_and_refuses_sharded_matrices():
     assert load_config(demo).config.diagnostics.every == 0
     with pytest.raises(ConfigError, match=r"diagnostics.every=5 runs with parallel.tp=1"):
         load_config(demo, ["diagnostics.every=5", "parallel.tp=2", "parallel.zero_stage=1"])
+
+
+def test_sweep_rank_correlation_against_scipy_and_hand_counted_permutations():
+    """Spearman's ρ equals scipy's; the exact permutation p-value equals the share of the n!
+    pairings whose |ρ| reaches the observed one, counted here by hand."""
+    import itertools
+
+    from scipy import stats
+
+    from scigpt.sweep.diagnostics import rank_correlation
+
+    x = [3.1, 2.2, 4.8, 3.9, 2.0]
+    y = [0.52, 0.47, 0.61, 0.49, 0.40]
+    c = rank_correlation(x, y)
+    assert c["n"] == 5
+    assert c["rho"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    ref = np.corrcoef(rx, ry)[0, 1]
+    perms = list(itertools.permutations(ry))
+    hits = sum(abs(np.corrcoef(rx, p)[0, 1]) >= abs(ref) - 1e-12 for p in perms)
+    assert c["p_value"] == pytest.approx(hits / len(perms), abs=1e-12)
+    lo, hi = c["ci95"]
+    assert -1 <= lo <= c["rho"] <= hi <= 1
+    # perfectly monotone, n = 4: rho = 1, exact two-sided p = 2 / 4! (the two extreme orders)
+    mono = rank_correlation([1.0, 2.0, 3.0, 4.0], [0.1, 0.2, 0.3, 0.4])
+    assert mono["rho"] == pytest.approx(1.0) and mono["p_value"] == pytest.approx(2 / 24)
+    assert rank_correlation([1.0, 2.0], [1.0, 2.0])["rho"] is None  # too few points, said so

@@ -494,9 +494,47 @@ def test_two_sources_mixed_with_accumulation(tmp_path, torch_extensions_dir):
 @pytest.mark.slow
 def test_export_packages_identical_across_layouts(layout_run, tmp_path):
     """Packages exported from dp2-ZeRO-3, tp2 and pp2 checkpoints hold the same tensors (each
-    layout matches one process to rtol 1e-5 / atol 5e-6, so two layouts to about twice that)."""
+    layout matches one process to rtol 1e-5 / atol 5e-6, so two layouts to about twice that);
+    each checkpoint's weight diagnostics read sharded equal its package's."""
     from scigpt.export.package import export_run, export_tensors_equal
 
     pkgs = {n: export_run(layout_run(n), tmp_path / n) for n in ("z3", "tp2", "pp2")}
     export_tensors_equal(pkgs["z3"], pkgs["tp2"], rtol=1e-5, atol=1e-5)
     export_tensors_equal(pkgs["z3"], pkgs["pp2"], rtol=1e-5, atol=1e-5)
+    _diagnostics_sharded_equal_consolidated(layout_run, pkgs)
+
+
+def _diagnostics_sharded_equal_consolidated(layout_run, pkgs: dict[str, Path]) -> None:
+    """HTSR diagnostics of a tp2, pp2 and ZeRO-3 checkpoint read shard by shard (files memory-
+    mapped, ZeRO-3 partitions gathered lazily, one matrix at a time) equal those of the same
+    checkpoint consolidated — its exported package, read through safetensors, and for ZeRO-3
+    also DeepSpeed's own eager merge — to 1e-10 on every number of the table."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from scigpt.commands.diagnose import run_state
+    from scigpt.diagnostics.htsr import analyze_state
+    from scigpt.export.loader import load_pretrained
+
+    def table(weights) -> list[dict]:
+        rows = [d.row() for d in analyze_state(weights, min_evals=16, workers=2)]
+        assert sum(r["status"] == "ok" for r in rows) >= 4, rows  # fitted, not all too small
+        return rows
+
+    def same(a: list[dict], b: list[dict], what: str) -> None:
+        assert [r["name"] for r in a] == [r["name"] for r in b], what
+        for ra, rb in zip(a, b, strict=True):
+            for k, va in ra.items():
+                if isinstance(va, float):
+                    assert va == pytest.approx(rb[k], rel=1e-10, abs=1e-10, nan_ok=True), (
+                        what, ra["name"], k)  # fmt: skip
+                else:
+                    assert va == rb[k], (what, ra["name"], k)
+
+    for name in ("tp2", "pp2", "z3"):
+        ckpt = layout_run(name) / "checkpoints" / "step_00000020"
+        streamed = table(run_state(ckpt))
+        package = load_pretrained(pkgs[name], device="cpu").model.state_dict()
+        same(streamed, table(package), f"{name}: sharded vs package")
+        if name == "z3":
+            eager = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), ckpt.name)
+            same(streamed, table(eager), "z3: lazy vs DeepSpeed's eager merge")

@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scigpt.rundir import RunDir
 from scigpt.sweep import runner
 from scigpt.sweep.spec import Sweep, point_name
 from tests.conftest import job_env
 
 SHIPPED = "sweeps/tiny-scaling.yaml"
 REPORT_FILES = ("points.csv", "report.md", "fits.json", "loss_vs_compute.png",
-                "loss_vs_params.png", "loss_vs_data.png")  # fmt: skip
+                "loss_vs_params.png", "loss_vs_data.png", "diagnostics.csv", "diagnostics.json",
+                "diagnostics_vs_loss.png")  # fmt: skip
 
 
 def _write(tmp_path: Path, **changes) -> Path:
@@ -109,6 +111,36 @@ def test_local_sweep_runs_every_point_and_reports(local_sweep):
     for p in params:
         half, full = sorted((r for r in rows if r["params"] == p), key=lambda r: r["data"])
         assert full["loss"] < half["loss"], (half, full)
+    _check_weight_diagnostics(local_sweep, rows)
+
+
+def _check_weight_diagnostics(out: Path, rows: list[dict]) -> None:
+    """The HTSR hook logged its summary and cost in every run (diagnostics.every: 10); the
+    report correlates each point's mean α (of the checkpoint its test scored, equal to
+    ``scigpt diagnose`` on it) with the test loss: ρ as scipy computes it on the table."""
+    from scipy import stats
+
+    from scigpt.commands.diagnose import run_state
+    from scigpt.diagnostics.htsr import analyze_state, summarize
+    from scigpt.sweep.diagnostics import tested_checkpoint
+
+    for r in rows:
+        recs = [m for m in RunDir(out / "runs" / r["name"]).metrics() if m["kind"] == "diagnostics"]
+        assert [m["step"] for m in recs] == [10, 20, 30], r["name"]
+        assert all(0 < m["share_of_training"] < 1 and m["seconds"] > 0 for m in recs)
+    diag = json.loads((out / "diagnostics.json").read_text())
+    points = {p["name"]: p for p in diag["points"]}
+    assert points.keys() == {r["name"] for r in rows}
+    widest = max(rows, key=lambda r: r["params"])["name"]  # embed 96: matrices with >= 50 evals
+    direct = summarize(analyze_state(run_state(tested_checkpoint(out / "runs" / widest))))
+    assert points[widest]["mean_alpha"] == pytest.approx(direct["mean_alpha"], rel=1e-12)
+    fitted = [p for p in diag["points"] if p["mean_alpha"] is not None]
+    corr = diag["correlation"]["mean_alpha"]
+    assert corr["n"] == len(fitted) >= 4  # the two widths of 64 and 96, two data sizes each
+    ref = stats.spearmanr([p["mean_alpha"] for p in fitted], [p["loss"] for p in fitted])
+    assert corr["rho"] == pytest.approx(ref.statistic, abs=1e-12)
+    assert 0 < corr["p_value"] <= 1
+    assert "Weight diagnostics (HTSR) against the loss" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow

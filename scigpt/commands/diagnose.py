@@ -2,8 +2,10 @@
 model package or of a run's checkpoint, written as a per-layer table, a summary and plots.
 
 A package loads through ``scigpt.export.loader`` (checksums verified); a run's checkpoint of any
-layout is consolidated as the export writer does it (``scigpt.parallel.reshard.consolidate``,
-LoRA adapters folded in). With several checkpoints in the run, α of every layer at each of them
+layout (tensor-parallel shards, pipeline layers, ZeRO-3 partitions) is merged one matrix at a time
+as the export writer merges it (``scigpt.parallel.reshard.iter_consolidated``: files memory-mapped,
+ZeRO-3 partitions gathered lazily; LoRA adapters folded in per module), so the whole model is never
+held in memory. With several checkpoints in the run, α of every layer at each of them
 gives ``alpha_over_steps``.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -21,16 +24,16 @@ from scigpt.diagnostics.htsr import analyze_state, summarize
 from scigpt.diagnostics.report import write_report
 from scigpt.export.loader import load_pretrained
 from scigpt.export.verify import FORMAT
-from scigpt.export.writer import merge_lora_state, resolve_checkpoint
-from scigpt.parallel.reshard import consolidate
+from scigpt.export.writer import merge_lora_stream, resolve_checkpoint
+from scigpt.parallel.reshard import iter_consolidated
 from scigpt.rundir import RunDir
 from scigpt.train.checkpoint import CheckpointManager, CheckpointState, step_of
 
 
-def run_state(ckpt: Path) -> dict[str, torch.Tensor]:
-    """The full fp32 state dict of a run's checkpoint folder, LoRA adapters merged."""
+def run_state(ckpt: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The full fp32 tensors of a run's checkpoint folder, one at a time, LoRA adapters merged."""
     cfg = CheckpointState.read(ckpt).to_dict()["config"]
-    return merge_lora_state(consolidate(ckpt), cfg.get("finetune") or {})
+    return merge_lora_stream(iter_consolidated(ckpt), cfg.get("finetune") or {})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,8 +29,9 @@ Nothing here imports training or parallel code: it reads weights (tensors or arr
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ from scigpt.tables import Table, fmt
 MIN_EVALS = 50
 EVALS_THRESH = 1e-5  # weightwatcher's EVALS_THRESH: eigenvalues at or below it are not fitted
 TW_SCALES = 4.0  # spike line: λ+ plus this many Tracy–Widom scales
+Weights = Mapping[str, torch.Tensor | np.ndarray] | Iterable[tuple[str, torch.Tensor | np.ndarray]]
 ALPHA_RANGE = (2.0, 6.0)  # HTSR's well-trained range; outside it counts in the summary
 _KS_BLOCK = 256  # xmin candidates evaluated at once (memory: block × number of eigenvalues)
 
@@ -230,17 +232,19 @@ def analyze_matrix(
 
 
 def weight_matrices(
-    state: Mapping[str, torch.Tensor | np.ndarray],
+    state: Weights,
 ) -> Iterator[tuple[str, torch.Tensor | np.ndarray]]:
     """The 2-D ``*.weight`` tensors of a state dict (linear layers, heads, aggregation), in order.
-    Higher-dimensional stacks (the per-variable patch embedding) and vectors are not matrices."""
-    for name, t in state.items():
+    Higher-dimensional stacks (the per-variable patch embedding) and vectors are not matrices.
+    ``state`` may be a stream of ``(name, tensor)`` pairs (``reshard.iter_consolidated``)."""
+    items = state.items() if isinstance(state, Mapping) else state
+    for name, t in items:
         if name.endswith("weight") and t.ndim == 2:
             yield name, t
 
 
 def analyze_state(
-    state: Mapping[str, torch.Tensor | np.ndarray],
+    state: Weights,
     *,
     min_evals: int = MIN_EVALS,
     thresh: float = EVALS_THRESH,
@@ -250,8 +254,10 @@ def analyze_state(
     keep_evals: bool = False,
     traps: bool = True,
 ) -> list[LayerDiagnostics]:
-    """``analyze_matrix`` on every weight matrix of ``state``; ``workers`` threads (the SVDs
-    release the GIL). Rows come back in the state dict's order."""
+    """``analyze_matrix`` on every weight matrix of ``state`` (a state dict or a stream of
+    ``(name, tensor)`` pairs); ``workers`` threads (the SVDs release the GIL), with at most
+    ``workers`` matrices taken from the stream at once, so a streamed model is never held whole.
+    Rows come back in the state's order."""
 
     def one(item: tuple[str, Any]) -> LayerDiagnostics:
         name, w = item
@@ -266,11 +272,18 @@ def analyze_state(
             traps=traps,
         )
 
-    items = list(weight_matrices(state))
+    items = weight_matrices(state)
     if workers <= 1:
         return [one(it) for it in items]
+    out: list[LayerDiagnostics] = []
+    window: deque[Future[LayerDiagnostics]] = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, items))
+        for it in items:
+            if len(window) == workers:
+                out.append(window.popleft().result())
+            window.append(pool.submit(one, it))
+        out.extend(f.result() for f in window)
+    return out
 
 
 def summarize(layers: Iterable[LayerDiagnostics]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,24 @@ def merge_lora_state(
             lora.lora_B.copy_(b)
             out[f"{prefix}.weight"] = lora.merged().weight.detach()
     return out
+
+
+def merge_lora_stream(
+    items: Iterable[tuple[str, torch.Tensor]], finetune: dict[str, Any]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """``merge_lora_state`` on a stream of ``(name, tensor)`` pairs, one module at a time: a
+    module's tensors (``weight``, ``bias``, ``lora_A``, ``lora_B``, adjacent in a state dict)
+    are held until the stream moves to the next module, then folded and passed on."""
+    group: dict[str, torch.Tensor] = {}
+    prefix = None
+    for name, t in items:
+        p = name.rpartition(".")[0]
+        if group and p != prefix:
+            yield from merge_lora_state(group, finetune).items()
+            group = {}
+        prefix, group[name] = p, t
+    if group:
+        yield from merge_lora_state(group, finetune).items()
 
 
 def _variables_with_stats(state: dict[str, Any]) -> list[dict[str, Any]]:

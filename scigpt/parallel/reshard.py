@@ -25,6 +25,7 @@ Reads only a run directory's checkpoints, which are trusted (DESIGN.md §9).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,10 @@ _ROW = re.compile(r"blocks\.\d+\.(attn\.proj|mlp\.fc2)\.weight$")  # split by in
 _LAYER = re.compile(r"layer_(\d+)(?:-model_(\d+))?-model_states\.pt$")
 
 
-def _load(path: Path) -> dict[str, Any]:
+def _load(path: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """``mmap``: the tensors stay on disk, mapped, until read (``iter_consolidated``)."""
     # Trusted: the run directory's own DeepSpeed files (DESIGN.md §9).
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
 
 
 def _model_files(ckpt: Path) -> list[Path]:
@@ -80,22 +82,25 @@ def checkpoint_layout(ckpt: str | Path, state: dict[str, Any] | None = None) -> 
     return Topology.of(dp=world // (tp * pp), tp=tp, pp=pp, zero_stage=zero)
 
 
-def _tp_shards(ckpt: Path) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
+def _tp_shards(
+    ckpt: Path, *, mmap: bool = False
+) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
     """Per tensor-parallel rank, the state dict under the one-process model's names."""
     files = _model_files(ckpt)
-    first = _load(files[0])
+    load = lambda f: _load(f, mmap=mmap)  # noqa: E731
+    first = load(files[0])
     layer_files = sorted(
         (int(m.group(1)), int(m.group(2) or 0), f)
         for f in ckpt.glob("layer_*-model_states.pt")
         if (m := _LAYER.search(f.name))
     )
     if not layer_files:
-        return [first["module"]] + [_load(f)["module"] for f in files[1:]], first
+        return [first["module"]] + [load(f)["module"] for f in files[1:]], first
 
     depth = max(i for i, _, _ in layer_files) - 1
     shards: dict[int, dict[str, torch.Tensor]] = {}
     for index, tp_rank, f in layer_files:
-        for key, value in _load(f).items():
+        for key, value in load(f).items():
             shards.setdefault(tp_rank, {})[layer_to_model_key(index, key, depth)] = value
     return [shards[r] for r in sorted(shards)], first
 
@@ -103,28 +108,37 @@ def _tp_shards(ckpt: Path) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any
 def consolidate(ckpt: str | Path) -> dict[str, torch.Tensor]:
     """Full single-device state dict (fp32) of the checkpoint folder ``ckpt`` (a ``step_N``),
     whatever its layout."""
+    return dict(iter_consolidated(ckpt))
+
+
+def iter_consolidated(ckpt: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The full fp32 tensors of the checkpoint folder ``ckpt``, one at a time, in the state
+    dict's order, whatever its layout. The shard files are memory-mapped (``torch.load(mmap=
+    True)``) and ZeRO-3 partitions read through DeepSpeed's lazy mode (``GatheredTensor``), so
+    only the tensor being merged is held in memory, never the whole model."""
     ckpt = Path(ckpt)
-    first = client_state(ckpt)
-    module = first.get("module")
     layered = any(ckpt.glob("layer_*-model_states.pt"))
     zero3 = not any(ckpt.glob("mp_rank_*_model_states.pt"))
+    module = None if zero3 else _load(_model_files(ckpt)[0], mmap=True).get("module")
     if zero3 or (not layered and (module is None or any(v.numel() == 0 for v in module.values()))):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         if len(_model_files(ckpt)) > 1:
             raise ValueError(f"{ckpt}: ZeRO-3 with tensor parallelism is not supported")
-        full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), ckpt.name)
-        return {k: v.float() for k, v in full.items()}
-    shards, state = _tp_shards(ckpt)
+        lazy = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), ckpt.name, lazy_mode=True)
+        for name, t in lazy.items():
+            yield name, t.contiguous().float()
+        return
+    shards, state = _tp_shards(ckpt, mmap=True)
     tp = len(shards)
     heads = state["config"]["model"]["heads"] if "config" in state else None
-    out: dict[str, torch.Tensor] = {}
     for name, first_t in shards[0].items():
-        parts = [sh[name].float() for sh in shards]
         if tp == 1 or not (_COL.search(name) or _ROW.search(name)):
-            out[name] = first_t.float().clone()
-        elif _ROW.search(name):
-            out[name] = torch.cat(parts, dim=1)
+            yield name, first_t.float().clone()
+            continue
+        parts = [sh[name].float() for sh in shards]
+        if _ROW.search(name):
+            yield name, torch.cat(parts, dim=1)
         elif name.endswith(("attn.qkv.weight", "attn.qkv.bias")):
             if heads is None:
                 raise ValueError(f"{ckpt}: the checkpoint has no config to tell the head count")
@@ -132,10 +146,9 @@ def consolidate(ckpt: str | Path) -> dict[str, torch.Tensor]:
             full = torch.empty((3 * dim, *parts[0].shape[1:]), dtype=torch.float32)
             for r, p in enumerate(parts):
                 full[qkv_shard_rows(dim, heads, tp, r)] = p
-            out[name] = full
+            yield name, full
         else:
-            out[name] = torch.cat(parts, dim=0)
-    return out
+            yield name, torch.cat(parts, dim=0)
 
 
 def shard_tensor(name: str, full: torch.Tensor, *, heads: int, tp: int, rank: int) -> torch.Tensor:

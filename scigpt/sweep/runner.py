@@ -42,6 +42,7 @@ from scigpt.prepare import prepare_from_config
 from scigpt.rundir import RunDir
 from scigpt.safe_yaml import load_yaml_file
 from scigpt.slurm.submit import Job, render, sbatch, write_script
+from scigpt.sweep.diagnostics import diagnose_sweep
 from scigpt.sweep.report import write_report
 from scigpt.sweep.spec import Point, Sweep
 from scigpt.train.trainer import train
@@ -279,4 +280,7 @@ def report(out: Path, objective: str, metric: str) -> dict[str, Path]:
     records = collect(out, objective, metric)
     if not records:
         raise ValueError(f"{out}: no finished points to report on")
-    return write_report(records, out, objective=f"{objective} {metric}")
+    files = write_report(records, out, objective=f"{objective} {metric}")
+    diag, section = diagnose_sweep(out, records, label=f"{objective} {metric}")
+    atomic_write_text(files["markdown"], files["markdown"].read_text() + section)
+    return {**files, **diag}
