@@ -164,7 +164,7 @@ def _write_grid(g: h5py.Group, arr: GridArray, spec: PatchSpec, stats: NamedStat
     h, w = arr.values.shape[-2:]
     gh, gw = grid_tokens(h, w, ph, pw)
     nv, k = patches.shape[1], patches.shape[3]
-    tile = grid_tile(nv, gh, gw, k, patches.dtype.itemsize)
+    tile = grid_tile(nv, gh, gw, k, patches.dtype.itemsize, target=TILE_BYTES)
     # layout 2: (N, V, gh, gw, K) chunked (1, tile); a view of the (N, V, G, K) patches
     _patches(g, patches.reshape(n, nv, gh, gw, k), spec, chunks=(1, *tile, k))
     _dataset(g, "time", times)
