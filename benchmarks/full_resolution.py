@@ -1,12 +1,12 @@
 """Full resolution (0.25 deg, 721 x 1440) without a download: ingest and loader against what a
 user would write instead.
 
-Generates ERA5-layout CF netCDF4 files (one file per day holding all variables, as CDS
-delivers a multi-variable request; int16 packed with scale_factor/add_offset, zlib level 1 +
-shuffle, chunks of one time step x full field) from spectrally synthesised smooth fields
-(power-law spectrum k^-3 in space, AR(1) in time: not white noise), and a WeatherBench 2 /
-ARCO-ERA5-style Zarr store of the same (decoded float32) data, one chunk per time step x full
-field per variable. Then measures, in one run:
+Generates ERA5-layout CF netCDF4 files (consecutive files of ``--hours`` hourly steps, each
+holding all variables as CDS delivers a multi-variable request; int16 packed with
+scale_factor/add_offset, zlib level 1 + shuffle, chunks of one time step x full field) from
+spectrally synthesised smooth fields (energy spectrum k^-3 in space, AR(1) in time: not white
+noise), and a WeatherBench 2 / ARCO-ERA5-style Zarr store of the same (decoded float32) data,
+one chunk per time step x full field per variable. Then measures, in one run:
 
 * ingest MB/s (input bytes) of ``scigpt prepare`` (``prepare_store``) against the bare library
   read (xarray decoding every value);
@@ -89,7 +89,8 @@ def generate(root: Path, n_vars: int, days: int, hours: int, seed: int = 0) -> d
     t0 = np.datetime64("2020-01-01T00", "h")
     files = []
     for d in range(days):
-        path = nc_dir / f"ERA5_{str(t0 + d * 24)[:10]}.nc"
+        first = t0 + d * hours  # consecutive files: one time series
+        path = nc_dir / f"ERA5_{str(first)[:13].replace('T', '_')}h.nc"
         with netCDF4.Dataset(path, "w", format="NETCDF4") as f:
             f.Conventions = "CF-1.6"
             f.createDimension("longitude", W)
@@ -101,7 +102,7 @@ def generate(root: Path, n_vars: int, days: int, hours: int, seed: int = 0) -> d
             v.units, v.long_name, v[:] = "degrees_north", "latitude", lat
             v = f.createVariable("time", "i4", ("time",))
             v.units, v.long_name, v.calendar = "hours since 1900-01-01", "time", "gregorian"
-            hrs = (t0 + d * 24 + np.arange(hours)) - np.datetime64("1900-01-01T00", "h")
+            hrs = (first + np.arange(hours)) - np.datetime64("1900-01-01T00", "h")
             v[:] = hrs.astype(np.int64)
             for name, units, long_name, *_ in VARIABLES[:n_vars]:
                 x = data[name][d * hours : (d + 1) * hours]
@@ -236,7 +237,7 @@ def needed_rate(n_vars: int = 69) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--vars", type=int, default=4, help=f"variables (1-{len(VARIABLES)})")
-    ap.add_argument("--days", type=int, default=2, help="files (one per day)")
+    ap.add_argument("--days", type=int, default=2, help="files (consecutive)")
     ap.add_argument("--hours", type=int, default=12, help="hourly steps per file")
     ap.add_argument("--full-samples", type=int, default=6)
     ap.add_argument("--crop-samples", type=int, default=24)

@@ -14,13 +14,15 @@ record exists (record written after the shard, both atomically): a killed ingest
 stopped, redoing at most the units that were in flight.
 
 Shard groups hold ``patches``, ``time`` (N,) int64 ns (sample start), coordinates, and
-per-record attributes for series. Series patches are (N, C, P, K), one chunk per window. Grid
-patches (layout 2, :data:`LAYOUT_VERSION`) are (N, V, gh, gw, K): tokens on their grid, chunked
-by variable and spatial tile (:func:`grid_tile`, ~1 MiB uncompressed a chunk), so a sample, a
-crop or a variable subset decompresses only the chunks it touches; the tile is recorded in the
-unit's array info (``layout``, ``tile``). Stores of format 1 hold grid patches (N, V, G, K), one
-chunk per sample (layout 1); they are still read. Every dataset is written with
-``track_times=False`` and ``libver="earliest"``: identical input → identical bytes.
+per-record attributes for series. Series ``patches`` are (N, C, P, K), one chunk per window.
+Grid arrays (layout 2, :data:`LAYOUT_VERSION`) hold ``fields``, the frames (N·pt, V, H, W),
+chunked by sample (pt frames), variable and spatial tile of whole patches (:func:`grid_tile`,
+~1 MiB uncompressed a chunk), so a sample, a crop or a variable subset decompresses only the
+chunks it touches and needs no token transpose; the tile (variables, patch rows, patch cols) is
+recorded in the unit's array info (``layout``, ``tile``). Stores of format 1 hold grid
+``patches`` (N, V, G, K), one chunk per sample (layout 1); they are still read. Every dataset
+is written with ``track_times=False`` and ``libver="earliest"``: identical input → identical
+bytes.
 """
 
 from __future__ import annotations
@@ -137,19 +139,23 @@ def grid_tile(
 
 
 def _patches(
-    g: h5py.Group, patches: np.ndarray, spec: PatchSpec, chunks: tuple[int, ...] | None = None
+    g: h5py.Group,
+    patches: np.ndarray,
+    spec: PatchSpec,
+    chunks: tuple[int, ...] | None = None,
+    name: str = "patches",
 ) -> None:
-    """The patches dataset, chunked as ``chunks`` (default: one chunk per sample). LZF chunks
+    """The ``name`` dataset, chunked as ``chunks`` (default: one chunk per row). LZF chunks
     are coded here, not by h5py's filter, whose output depends on uninitialised memory (see
     lzf.py): identical input -> identical bytes."""
     if not len(patches):
-        _dataset(g, "patches", patches)
+        _dataset(g, name, patches)
         return
     chunks = chunks or (1, *patches.shape[1:])
     if spec.compression != "lzf":
-        _dataset(g, "patches", patches, chunks=chunks, **spec.h5_filters())
+        _dataset(g, name, patches, chunks=chunks, **spec.h5_filters())
         return
-    ds = g.create_dataset("patches", shape=patches.shape, dtype=patches.dtype, chunks=chunks,
+    ds = g.create_dataset(name, shape=patches.shape, dtype=patches.dtype, chunks=chunks,
                           track_times=False, **spec.h5_filters())  # fmt: skip
     write_lzf_chunks(ds, patches)
 
@@ -165,8 +171,11 @@ def _write_grid(g: h5py.Group, arr: GridArray, spec: PatchSpec, stats: NamedStat
     gh, gw = grid_tokens(h, w, ph, pw)
     nv, k = patches.shape[1], patches.shape[3]
     tile = grid_tile(nv, gh, gw, k, patches.dtype.itemsize, target=TILE_BYTES)
-    # layout 2: (N, V, gh, gw, K) chunked (1, tile); a view of the (N, V, G, K) patches
-    _patches(g, patches.reshape(n, nv, gh, gw, k), spec, chunks=(1, *tile, k))
+    # layout 2: the frames themselves (N·pt, V, H, W), a chunk per sample (pt frames), cv
+    # variables and a tile of th x tw patches: a read needs no token transpose, a crop or a
+    # variable subset decompresses only its chunks
+    chunks = (pt, tile[0], min(h, tile[1] * ph), min(w, tile[2] * pw))
+    _patches(g, np.ascontiguousarray(arr.values[: n * pt]), spec, chunks=chunks, name="fields")
     _dataset(g, "time", times)
     _dataset(g, "lat", np.asarray(arr.lat, dtype=np.float64))
     _dataset(g, "lon", np.asarray(arr.lon, dtype=np.float64))

@@ -295,17 +295,15 @@ class GridStore:
 
         ``variables``: store indices of the variables to return (in that order; default all);
         ``crop``: (row0, col0, rows, cols) in patch units, returning only those grid points.
-        On a layout-2 store both read only the chunks they touch."""
+        On a layout-2 store both read only the chunks they touch (format-1 stores: whole
+        samples, then cut)."""
         if not 0 <= t0 <= t1 <= len(self.time):
             raise IndexError(f"frames [{t0}, {t1}) outside [0, {len(self.time)})")
         nv = len(self.variables)
         vsel = np.arange(nv) if variables is None else np.asarray(variables, dtype=np.int64)
         if vsel.size and (vsel.min() < 0 or vsel.max() >= nv):
             raise IndexError(f"variables {vsel.tolist()} outside the store's {nv}")
-        c = self.check_crop(crop)
-        gh, gw = self.tokens
-        r0, c0, nr, nc = c if c is not None else (0, 0, gh, gw)
-        rows, cols = self.crop_slices(c)
+        rows, cols = self.crop_slices(crop)  # grid points (validates the crop)
         h, w = rows.stop - rows.start, cols.stop - cols.start
         # h5py reads a list of indices only increasing and unique: read those, then reorder
         uniq, inv = np.unique(vsel, return_inverse=True)
@@ -320,21 +318,19 @@ class GridStore:
             lo, hi = max(t0, first), min(t1, first + n * pt)
             if lo >= hi:
                 continue
-            s0, s1 = (lo - first) // pt, -(-(hi - first) // pt)
-            ds = self._store.file(shard)[group]["patches"]
-            if layout >= 2:  # (r, V', nr, nc, K): only the tiles of the crop
-                part = ds[s0:s1, vkey, r0 : r0 + nr, c0 : c0 + nc]
-                part = part.reshape(*part.shape[:2], nr * nc, part.shape[-1])
-                frames = unpatchify_grid(part, self.patch, h, w)
+            g = self._store.file(shard)[group]
+            if layout >= 2:  # the frames, chunked by tile: only the crop's chunks are read
+                frames = g["fields"][lo - first : hi - first, vkey, rows, cols]
             else:  # layout 1: one chunk per sample, (r, V, G, K)
-                part = ds[s0:s1][:, uniq]
+                s0, s1 = (lo - first) // pt, -(-(hi - first) // pt)
+                part = g["patches"][s0:s1][:, uniq]
                 frames = unpatchify_grid(part, self.patch, self.height, self.width)
-                frames = frames[:, :, rows, cols]
-            frames = frames[lo - first - s0 * pt : hi - first - s0 * pt]
+                frames = frames[lo - first - s0 * pt : hi - first - s0 * pt, :, rows, cols]
             out.append(frames if reordered is None else frames[:, reordered])
         if not out:
             return np.zeros((0, len(vsel), h, w), np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+        whole = out[0] if len(out) == 1 else np.concatenate(out)  # no copy for one shard
+        return whole.astype(np.float32, copy=False)
 
     def close(self) -> None:
         self._store.close()

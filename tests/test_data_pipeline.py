@@ -370,12 +370,12 @@ def test_store_round_trip_and_manifest(grid: GridArray, store_dir: Path) -> None
     for u in src["units"]:
         assert u["sha256"] == hashlib.sha256((store_dir / u["shard"]).read_bytes()).hexdigest()
     with h5py.File(store_dir / "shards" / "grid" / "grid-00004.h5", "r") as f:
-        patches = f["a0/patches"]
-        # (N, V, gh, gw, K): 4 samples, 14 variables, 11x11 tokens of 1x4x4 values (41 -> 44)
-        assert patches.shape == (4, 14, 11, 11, 16) and patches.dtype == np.float32
-        assert patches.chunks == (1, 14, 11, 11, 16)  # small grid: one chunk per sample
-        assert patches.compression == "lzf" and patches.shuffle
-        assert np.isnan(patches[0, 0, 0, 10, 1])  # a padded cell (row 0 of the tokens, col 41+)
+        fields = f["a0/fields"]
+        # layout 2: the frames (N·pt, V, H, W), 4 samples of 1 frame, 14 variables, 41 x 41
+        assert fields.shape == (4, 14, 41, 41) and fields.dtype == np.float32
+        assert fields.chunks == (1, 14, 41, 41)  # small grid: one chunk per sample
+        assert fields.compression == "lzf" and fields.shuffle
+        assert np.array_equal(fields[...], grid.values[20:], equal_nan=True)
         assert np.array_equal(f["a0/time"][...], grid.time[20:].astype(np.int64))
     assert sorted(str(p.relative_to(store_dir)) for p in store_dir.rglob("*") if p.is_file()) == [
         "manifest.json",

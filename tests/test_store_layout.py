@@ -4,6 +4,7 @@ variable subsets that read only their chunks, format-1 stores still read, lazy c
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -69,10 +70,12 @@ def test_crop_and_variables_read_only_their_chunks(tmp_path, monkeypatch) -> Non
         assert p.read_bytes() == (again / p.relative_to(out)).read_bytes(), p
     shard = out / "shards/grid/grid-00000.h5"
     with h5py.File(shard) as f:
-        ds = f["a0/patches"]
-        assert ds.shape == (4, 3, 12, 18, 16) and ds.chunks == (1, 1, 6, 9, 16)
+        ds = f["a0/fields"]  # the frames, chunked by sample, variable and 6 x 9 patches
+        assert ds.shape == (4, 3, 45, 70) and ds.chunks == (1, 1, 24, 36)
+        assert [a["tile"] for a in json.loads((out / "manifest.json").read_text())["sources"]
+                ["grid"]["units"][0]["arrays"]] == [[1, 6, 9]]  # fmt: skip
         # byte ranges of every chunk except those of tile (1, 1) of variables c and a
-        keep = {(t, v, 6, 9, 0) for t in range(4) for v in (0, 2)}
+        keep = {(t, v, 24, 36) for t in range(4) for v in (0, 2)}
         others = [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
         wreck = [(c.byte_offset, c.size) for c in others if c.chunk_offset not in keep]
     crop = (6, 9, 6, 9)  # token rows 6..11, cols 9..17 -> points 24..44, 36..69 (clipped)
