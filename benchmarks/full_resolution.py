@@ -15,8 +15,9 @@ one chunk per time step x full field per variable. Then measures, in one run:
   ``ForecastDataset``, xarray + dask (``open_mfdataset`` with dask chunks equal to the file
   chunks, synchronous scheduler: one process) and Zarr-ARCO, each through a PyTorch
   ``DataLoader`` with the same worker count (``--workers``, default 0: the calling process);
-  codecs: SciGPT LZF + shuffle (HDF5), Zarr Blosc-LZ4 + shuffle (the fastest comparable
-  numcodecs codec; no LZF there), netCDF zlib-1 + shuffle as delivered;
+  codecs (``--codecs``, each a store and a Zarr copy): SciGPT LZF + shuffle (HDF5) against Zarr
+  Blosc-LZ4 + shuffle (the fastest comparable numcodecs codec; no LZF there), shuffle + zlib-4
+  in both, and uncompressed in both; the netCDF files stay zlib-1 + shuffle as delivered;
 * the loader rate a vit-1b training step on one H200 needs at 721 x 1440 with the 69 channels
   of configs/runs/era5-0.25deg.yaml (the planner's step-time prediction), shown as met or not.
 
@@ -125,7 +126,8 @@ def generate(root: Path, n_vars: int, days: int, hours: int, seed: int = 0) -> d
 def write_zarr(path: Path, data: dict[str, np.ndarray], codec: str) -> int:
     """Zarr as ARCO-ERA5 / WeatherBench 2: the decoded float32 values, one chunk per time step
     x full field per variable; ``codec`` "lzf" -> Blosc-LZ4 + shuffle (numcodecs has no LZF:
-    the closest fast codec), "gzip" -> shuffle + zlib level 4 (exactly SciGPT's gzip). Returns
+    the closest fast codec), "gzip" -> shuffle + zlib level 4 (exactly SciGPT's gzip), "none"
+    -> uncompressed. Returns
     its size in bytes."""
     import numcodecs
     import zarr
@@ -134,6 +136,8 @@ def write_zarr(path: Path, data: dict[str, np.ndarray], codec: str) -> int:
     for name, x in data.items():
         if codec == "gzip":
             kw = {"filters": [numcodecs.Shuffle(4)], "compressors": numcodecs.Zlib(4)}
+        elif codec == "none":
+            kw = {"compressors": None}
         else:
             kw = {"compressors": numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE)}
         arr = g.create_array(name, shape=x.shape, chunks=(1, H, W), dtype="float32", **kw)
@@ -242,7 +246,8 @@ def main() -> None:
     ap.add_argument("--full-samples", type=int, default=6)
     ap.add_argument("--crop-samples", type=int, default=24)
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers, all contenders")
-    ap.add_argument("--codecs", nargs="+", default=["lzf", "gzip"], choices=["lzf", "gzip"],
+    ap.add_argument("--codecs", nargs="+", default=["lzf", "gzip", "none"],
+                    choices=["lzf", "gzip", "none"],
                     help="store codecs to compare (Zarr gets the matching one)")  # fmt: skip
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/full_resolution"))

@@ -26,6 +26,13 @@ def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndar
     """
     mask = ~np.isnan(x)
     filled = np.where(mask, x, np.float32(0)).astype(np.float32, copy=False)
+    same_shape = np.broadcast_shapes(filled.shape, mean.shape, std.shape) == filled.shape
+    if mean.dtype == std.dtype == np.dtype(np.float32) and same_shape:
+        # the same float32 ufuncs in the same order, in place: no temporaries (full-size frames)
+        np.subtract(filled, mean, out=filled)
+        np.divide(filled, std, out=filled)
+        np.multiply(filled, mask, out=filled)
+        return filled, mask
     out = (filled - mean) / std * mask.astype(np.float32)
     return out.astype(np.float32, copy=False), mask
 
