@@ -21,7 +21,8 @@ one chunk per time step x full field per variable. Then measures, in one run:
 * the loader rate a vit-1b training step on one H200 needs at 721 x 1440 with the 69 channels
   of configs/runs/era5-0.25deg.yaml (the planner's step-time prediction), shown as met or not.
 
-Defaults (4 variables x 2 days x 12 hours, ~0.4 GB of disk) run in a few minutes on 2 cores:
+Defaults (4 variables t2m, u10, v10, msl x 2 files x 12 hourly steps: 0.4 GB float32, ~2 GB
+of disk at the peak) run in ~4 minutes on 2 shared cores; needs dask (`pip install dask`):
 
     python benchmarks/full_resolution.py --out benchmarks/results/full_resolution
 """
@@ -354,7 +355,8 @@ def main() -> None:
         print(
             "# ratio: ingest = scigpt / bare read (goal >= 0.5); loader = time of the better "
             "of xarray+dask and zarr-arco (same codec) / contender time (goal >= 3); codec "
-            "lzf: SciGPT LZF+shuffle vs Zarr Blosc-LZ4+shuffle; gzip: shuffle+zlib-4 both; "
+            "lzf: SciGPT LZF+shuffle vs Zarr Blosc-LZ4+shuffle; gzip: shuffle+zlib-4 both; none: "
+            "uncompressed both; "
             f"DataLoader workers {args.workers} (0: the calling process), one thread each"
         )
 
