@@ -156,14 +156,19 @@ def store_values(store: Path, shard: str) -> np.ndarray:
     """All patches of a shard, flattened in group order (float64, NaN where missing)."""
     with h5py.File(store / shard, "r") as f:
         groups = sorted(f, key=lambda g: int(g[1:]))
-        return np.concatenate([f[g]["patches"][...].ravel() for g in groups]).astype(np.float64)
+        return np.concatenate([_data(f[g])[...].ravel() for g in groups]).astype(np.float64)
 
 
 def store_rows(store: Path, shard: str) -> list[np.ndarray]:
     """Each group's patches (float64), group by group: rows are time steps (grids)."""
     with h5py.File(store / shard, "r") as f:
         groups = sorted(f, key=lambda g: int(g[1:]))
-        return [f[g]["patches"][...].astype(np.float64) for g in groups]
+        return [_data(f[g])[...].astype(np.float64) for g in groups]
+
+
+def _data(group: h5py.Group) -> h5py.Dataset:
+    """A group's values: grid ``fields`` (store layout 2) or ``patches`` (series, layout 1)."""
+    return group["fields"] if "fields" in group else group["patches"]
 
 
 def _prefix_rows(got: list[np.ndarray], orig: list[np.ndarray]) -> int | None:

@@ -26,6 +26,13 @@ def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndar
     """
     mask = ~np.isnan(x)
     filled = np.where(mask, x, np.float32(0)).astype(np.float32, copy=False)
+    same_shape = np.broadcast_shapes(filled.shape, mean.shape, std.shape) == filled.shape
+    if mean.dtype == std.dtype == np.dtype(np.float32) and same_shape:
+        # the same float32 ufuncs in the same order, in place: no temporaries (full-size frames)
+        np.subtract(filled, mean, out=filled)
+        np.divide(filled, std, out=filled)
+        np.multiply(filled, mask, out=filled)
+        return filled, mask
     out = (filled - mean) / std * mask.astype(np.float32)
     return out.astype(np.float32, copy=False), mask
 
@@ -44,6 +51,9 @@ class ForecastDataset(torch.utils.data.Dataset):
     out. Items are read from the
     store on demand (a DataLoader worker opens each shard once) and normalised with the store's
     statistics; NaNs become 0 and ``mask`` records where they were.
+
+    ``variables`` and ``crop`` (row0, col0, rows, cols in patch units: a fixed region) are read
+    from the store as such: on a layout-2 store only the chunks they touch are decompressed.
     """
 
     def __init__(
@@ -58,6 +68,7 @@ class ForecastDataset(torch.utils.data.Dataset):
         gap: np.timedelta64 | None = None,
         var_ids: Sequence[int] | None = None,
         outputs: Sequence[str] | None = None,
+        crop: Sequence[int] | None = None,
     ) -> None:
         if outputs:  # operator task: the same frame's outputs from its other variables
             if history != 1 or lead != 0:
@@ -68,6 +79,8 @@ class ForecastDataset(torch.utils.data.Dataset):
         elif history < 1 or lead < 1:
             raise ValueError(f"history ({history}) and lead ({lead}) must both be >= 1")
         self.store = store
+        # a fixed region, (row0, col0, rows, cols) in patch units: only its chunks are read
+        self.crop = store.check_crop(crop)
         self.history = int(history)
         self.lead = int(lead)
         self.normalise = bool(normalise)
@@ -136,8 +149,12 @@ class ForecastDataset(torch.utils.data.Dataset):
         if var_ids is not None and len(var_ids) != len(var_idx):
             raise ValueError(f"{len(var_ids)} var_ids for {len(var_idx)} variables")
         self._var_ids = torch.as_tensor(var_idx if var_ids is None else list(var_ids))
-        self._lat = torch.from_numpy(np.asarray(store.lat, dtype=np.float32))  # (H,)
-        self._lon = torch.from_numpy(np.asarray(store.lon, dtype=np.float32))  # (W,)
+        rows, cols = store.crop_slices(self.crop)
+        lat, lon = np.asarray(store.lat, np.float32), np.asarray(store.lon, np.float32)
+        lat = lat[rows] if lat.ndim == 1 else lat[rows, cols]
+        lon = lon[cols] if lon.ndim == 1 else lon[rows, cols]
+        self._lat = torch.from_numpy(np.ascontiguousarray(lat))  # (H,) of the crop
+        self._lon = torch.from_numpy(np.ascontiguousarray(lon))  # (W,)
         self._modality_id = modality_id("grid")
 
     def __len__(self) -> int:
@@ -152,7 +169,9 @@ class ForecastDataset(torch.utils.data.Dataset):
         if not 0 <= i < self._len:
             raise IndexError(f"sample {i} out of range for {self._len} samples")
         a = self.anchor_index(i)
-        frames = self.store.read(a - self.history + 1, a + self.lead + 1)[:, self._var_idx]
+        frames = self.store.read(
+            a - self.history + 1, a + self.lead + 1, variables=self._var_idx, crop=self.crop
+        )
         return frames[: self.history], frames[-1], np.int64(self.store.time[a].astype(np.int64))
 
     def __getitem__(self, i: int) -> dict[str, Any]:

@@ -23,6 +23,8 @@ LZF stream format (liblzf ``lzf_d.c``): a control byte ``000LLLLL`` starts a lit
 
 from __future__ import annotations
 
+import itertools
+
 import h5py
 import numpy as np
 
@@ -91,19 +93,32 @@ def lzf_encode(data: np.ndarray) -> bytes:
     return out.tobytes()
 
 
+def _chunk_starts(shape: tuple[int, ...], chunks: tuple[int, ...]):
+    """Origins of all chunks of a dataset, in C order (deterministic)."""
+    grids = [range(0, n, c) for n, c in zip(shape, chunks, strict=True)]
+    return itertools.product(*grids)
+
+
 def write_lzf_chunks(ds: h5py.Dataset, data: np.ndarray) -> None:
-    """Write ``data`` into ``ds`` (created with ``shuffle=True, compression="lzf"`` and chunks of
-    one row along axis 0, whole along the others) chunk by chunk, deterministically."""
+    """Write ``data`` into ``ds`` (created with ``shuffle=True, compression="lzf"``, any
+    chunking) chunk by chunk, deterministically. Edge chunks are stored whole, as HDF5 does,
+    with the part outside the dataset zero-filled."""
     filters = [ds.id.get_create_plist().get_filter(i)[0] for i in range(2)]
     if filters != [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_LZF]:
         raise ValueError(f"{ds.name}: expected the filters shuffle then lzf, got {filters}")
-    if ds.chunks != (1, *ds.shape[1:]):
-        raise ValueError(f"{ds.name}: chunks {ds.chunks} are not one row of {ds.shape}")
-    zeros = (0,) * (data.ndim - 1)
-    for i in range(data.shape[0]):
-        shuffled = shuffle_bytes(data[i])
+    if data.shape != ds.shape:
+        raise ValueError(f"{ds.name}: data of shape {data.shape} for a dataset of {ds.shape}")
+    chunks = ds.chunks
+    for origin in _chunk_starts(ds.shape, chunks):
+        sel = tuple(slice(o, o + c) for o, c in zip(origin, chunks, strict=True))
+        block = data[sel]
+        if block.shape != chunks:  # an edge chunk: pad to the full chunk
+            full = np.zeros(chunks, dtype=data.dtype)
+            full[tuple(slice(0, n) for n in block.shape)] = block
+            block = full
+        shuffled = shuffle_bytes(block)
         coded = lzf_encode(shuffled)
         if 0 < len(coded) < shuffled.size:
-            ds.id.write_direct_chunk((i, *zeros), coded)
+            ds.id.write_direct_chunk(origin, coded)
         else:  # incompressible: shuffled only, the LZF filter (pipeline index 1) marked skipped
-            ds.id.write_direct_chunk((i, *zeros), shuffled.tobytes(), filter_mask=0b10)
+            ds.id.write_direct_chunk(origin, shuffled.tobytes(), filter_mask=0b10)

@@ -13,14 +13,22 @@ parallel ingest gives bit-identical statistics to a serial one. A unit counts as
 record exists (record written after the shard, both atomically): a killed ingest resumes where it
 stopped, redoing at most the units that were in flight.
 
-Shard groups hold ``patches`` (grid: (N, V, G, K); series: (N, C, P, K)), ``time`` (N,) int64 ns
-(sample start), coordinates, and per-record attributes for series. Every dataset is written with
-``track_times=False`` and ``libver="earliest"``: identical input → identical bytes.
+Shard groups hold ``patches``, ``time`` (N,) int64 ns (sample start), coordinates, and
+per-record attributes for series. Series ``patches`` are (N, C, P, K), one chunk per window.
+Grid arrays (layout 2, :data:`LAYOUT_VERSION`) hold ``fields``, the frames (N·pt, V, H, W),
+chunked by sample (pt frames), variable and spatial tile of whole patches (:func:`grid_tile`,
+~1 MiB uncompressed a chunk), so a sample, a crop or a variable subset decompresses only the
+chunks it touches and needs no token transpose; the tile (variables, patch rows, patch cols) is
+recorded in the unit's array info (``layout``, ``tile``). Stores of format 1 hold grid
+``patches`` (N, V, G, K), one chunk per sample (layout 1); they are still read. Every dataset
+is written with ``track_times=False`` and ``libver="earliest"``: identical input → identical
+bytes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +42,16 @@ from scigpt.atomic import atomic_write, atomic_write_text, sha256_file
 from .consistency import source_flags
 from .ingest.base import GridArray, SeriesArray
 from .lzf import write_lzf_chunks
-from .patches import grid_token_coords, patchify_grid, patchify_series
+from .patches import grid_token_coords, grid_tokens, patchify_grid, patchify_series
 from .plausibility import merge_checks
 from .splits import inside_block, window_last_ns
 from .stats import RunningStats
 
 FORMAT = "scigpt-patch-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: grid layout 2 (tiles); format 1 stores are still read
+READABLE_VERSIONS = (1, 2)
+LAYOUT_VERSION = 2
+TILE_BYTES = 1 << 20  # uncompressed bytes a grid chunk aims at (1-4 MB: one decompression each)
 MANIFEST = "manifest.json"
 
 
@@ -108,18 +119,43 @@ def _dataset(g: h5py.Group, name: str, data: np.ndarray, **kw: Any) -> None:
     g.create_dataset(name, data=data, track_times=False, **kw)
 
 
-def _patches(g: h5py.Group, patches: np.ndarray, spec: PatchSpec) -> None:
-    """The patches dataset, one chunk per sample (a loader reads a sample with one
-    decompression). LZF chunks are coded here, not by h5py's filter, whose output depends on
-    uninitialised memory (see lzf.py): identical input → identical bytes."""
+def grid_tile(
+    v: int, gh: int, gw: int, k: int, itemsize: int, target: int = TILE_BYTES
+) -> tuple[int, int, int]:
+    """Chunk shape (variables, token rows, token cols) of grid layout 2, ~``target`` bytes.
+
+    A field smaller than ``target`` is kept whole and several variables share a chunk (a 41 x 41
+    sample stays one chunk); a larger one is cut into near-equal tiles of about ``target`` bytes
+    (0.25 deg, patch 4: 181 x 360 tokens of 64 B -> 2 x 2 tiles of 91 x 180 tokens, 1.0 MB)."""
+    token = k * itemsize
+    field = gh * gw * token
+    if field <= target:
+        return max(1, min(v, target // max(field, 1))), gh, gw
+    side = max(1, math.isqrt(target // token))
+    th = -(-gh // -(-gh // min(gh, side)))  # rows split into equal parts of <= side rows
+    tw_max = max(1, target // (token * th))
+    tw = -(-gw // -(-gw // min(gw, tw_max)))
+    return 1, th, tw
+
+
+def _patches(
+    g: h5py.Group,
+    patches: np.ndarray,
+    spec: PatchSpec,
+    chunks: tuple[int, ...] | None = None,
+    name: str = "patches",
+) -> None:
+    """The ``name`` dataset, chunked as ``chunks`` (default: one chunk per row). LZF chunks
+    are coded here, not by h5py's filter, whose output depends on uninitialised memory (see
+    lzf.py): identical input -> identical bytes."""
     if not len(patches):
-        _dataset(g, "patches", patches)
+        _dataset(g, name, patches)
         return
-    chunks = (1, *patches.shape[1:])
+    chunks = chunks or (1, *patches.shape[1:])
     if spec.compression != "lzf":
-        _dataset(g, "patches", patches, chunks=chunks, **spec.h5_filters())
+        _dataset(g, name, patches, chunks=chunks, **spec.h5_filters())
         return
-    ds = g.create_dataset("patches", shape=patches.shape, dtype=patches.dtype, chunks=chunks,
+    ds = g.create_dataset(name, shape=patches.shape, dtype=patches.dtype, chunks=chunks,
                           track_times=False, **spec.h5_filters())  # fmt: skip
     write_lzf_chunks(ds, patches)
 
@@ -131,7 +167,15 @@ def _write_grid(g: h5py.Group, arr: GridArray, spec: PatchSpec, stats: NamedStat
     if n == 0:
         raise ValueError(f"{arr.source}: {len(arr.time)} frames do not fill one {pt}-frame tubelet")
     times = arr.time[: n * pt : pt].astype("datetime64[ns]").astype(np.int64)  # (N,)
-    _patches(g, patches, spec)
+    h, w = arr.values.shape[-2:]
+    gh, gw = grid_tokens(h, w, ph, pw)
+    nv, k = patches.shape[1], patches.shape[3]
+    tile = grid_tile(nv, gh, gw, k, patches.dtype.itemsize, target=TILE_BYTES)
+    # layout 2: the frames themselves (N·pt, V, H, W), a chunk per sample (pt frames), cv
+    # variables and a tile of th x tw patches: a read needs no token transpose, a crop or a
+    # variable subset decompresses only its chunks
+    chunks = (pt, tile[0], min(h, tile[1] * ph), min(w, tile[2] * pw))
+    _patches(g, np.ascontiguousarray(arr.values[: n * pt]), spec, chunks=chunks, name="fields")
     _dataset(g, "time", times)
     _dataset(g, "lat", np.asarray(arr.lat, dtype=np.float64))
     _dataset(g, "lon", np.asarray(arr.lon, dtype=np.float64))
@@ -139,7 +183,6 @@ def _write_grid(g: h5py.Group, arr: GridArray, spec: PatchSpec, stats: NamedStat
         tlat, tlon = grid_token_coords(arr.lat, arr.lon, ph, pw)
         _dataset(g, "token_lat", tlat)
         _dataset(g, "token_lon", tlon)
-    h, w = arr.values.shape[-2:]
     all_t = arr.time.astype("datetime64[ns]").astype(np.int64)
     frame_step = int(all_t[1] - all_t[0]) if len(all_t) > 1 else 0
     # Statistics over the frames inside the block only: a tubelet of pt frames that straddles
@@ -150,7 +193,8 @@ def _write_grid(g: h5py.Group, arr: GridArray, spec: PatchSpec, stats: NamedStat
     for j, var in enumerate(arr.variables):
         stats.update(var.name, np.where(keep[:, None, :], patches[:, j], np.nan))
     return {"kind": "grid", "n": int(n), "height": int(h), "width": int(w), "coords": arr.coords,
-            "frame_step_ns": frame_step, "times": _iso(times)}  # fmt: skip
+            "frame_step_ns": frame_step, "layout": LAYOUT_VERSION, "tile": list(tile),
+            "times": _iso(times)}  # fmt: skip
 
 
 def _write_series(g: h5py.Group, arr: SeriesArray, spec: PatchSpec, stats: NamedStats, rng):
@@ -387,10 +431,13 @@ def _remove_stale(out: Path, keep: dict[str, set[str]]) -> None:
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "LAYOUT_VERSION",
     "MANIFEST",
+    "READABLE_VERSIONS",
     "NamedStats",
     "PatchSpec",
     "build_manifest",
+    "grid_tile",
     "read_record",
     "sha256_file",
     "write_grid_store",

@@ -403,6 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip α over steps (one checkpoint only)")  # fmt: skip
 
     p = sub.add_parser(
+        "verify",
+        help="check every shard of a patch store against its manifest's sha256",
+        description="Hash every shard of STORE and compare with the manifest (opening a store "
+        "checks sizes only; each shard's sha256 is checked the first time a process reads it). "
+        "Exits 1 naming the bad shards.",
+    )
+    p.add_argument("store", type=Path, metavar="STORE", help="patch store (scigpt prepare's out)")
+    p.add_argument("--jobs", type=int, default=1, help="shards hashed at once (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
         "keygen",
         help="make an Ed25519 key pair for signing packages (scigpt export --sign)",
         description="Write a new Ed25519 private key to KEY (PEM, readable by you only) and its "

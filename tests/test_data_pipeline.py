@@ -349,8 +349,12 @@ def test_store_round_trip_and_manifest(grid: GridArray, store_dir: Path) -> None
             store.read(20, 25)
 
     m = json.loads(raw)
-    assert m["format"] == "scigpt-patch-store" and m["format_version"] == 1
+    assert m["format"] == "scigpt-patch-store" and m["format_version"] == 2
     src = m["sources"]["grid"]
+    # layout 2 recorded per array: a 41 x 41 field is far below a tile, all 14 variables share it
+    assert {(a["layout"], tuple(a["tile"])) for u in src["units"] for a in u["arrays"]} == {
+        (2, (14, 11, 11))
+    }
     assert [v["name"] for v in src["variables"]] == grid.names
     assert m["stats_time_range"] == ["2020-01-01T00:00:00", "2020-01-01T15:00:00"]
     assert src["stats"]["sp"]["count"] == 16 * 41 * 41
@@ -366,12 +370,12 @@ def test_store_round_trip_and_manifest(grid: GridArray, store_dir: Path) -> None
     for u in src["units"]:
         assert u["sha256"] == hashlib.sha256((store_dir / u["shard"]).read_bytes()).hexdigest()
     with h5py.File(store_dir / "shards" / "grid" / "grid-00004.h5", "r") as f:
-        patches = f["a0/patches"]
-        # (N, V, G, K): 4 samples, 14 variables, 11x11 tokens of 1x4x4 values (41 padded to 44)
-        assert patches.shape == (4, 14, 121, 16) and patches.dtype == np.float32
-        assert patches.chunks == (1, 14, 121, 16)  # one chunk per sample
-        assert patches.compression == "lzf" and patches.shuffle
-        assert np.isnan(patches[0, 0, 10, 1])  # a padded cell (row 0 of the tokens, col 41+)
+        fields = f["a0/fields"]
+        # layout 2: the frames (N·pt, V, H, W), 4 samples of 1 frame, 14 variables, 41 x 41
+        assert fields.shape == (4, 14, 41, 41) and fields.dtype == np.float32
+        assert fields.chunks == (1, 14, 41, 41)  # small grid: one chunk per sample
+        assert fields.compression == "lzf" and fields.shuffle
+        assert np.array_equal(fields[...], grid.values[20:], equal_nan=True)
         assert np.array_equal(f["a0/time"][...], grid.time[20:].astype(np.int64))
     assert sorted(str(p.relative_to(store_dir)) for p in store_dir.rglob("*") if p.is_file()) == [
         "manifest.json",
@@ -381,10 +385,29 @@ def test_store_round_trip_and_manifest(grid: GridArray, store_dir: Path) -> None
 
 
 def test_store_detects_modified_shard(store_dir: Path, tmp_path: Path) -> None:
+    """A flipped byte: opening is cheap (no hashing), the first read of THAT shard fails naming
+    it and `scigpt verify`, the other shards still read; verify=True hashes all at open."""
     copy = corrupt_copy(store_dir, tmp_path / "copy", "shards/grid/grid-00002.h5")
-    with pytest.raises(RuntimeError, match=r"grid-00002\.h5.*sha256.*re-run `scigpt prepare`"):
-        GridStore(copy)
+    bad = r"grid-00002\.h5.*sha256.*re-run `scigpt prepare`.*scigpt verify"
+    with GridStore(copy) as store:
+        assert store._store._verified == {"shards/grid/grid-00000.h5"}  # lat/lon come from it
+        assert store.read(0, 10).shape == (10, 14, 41, 41)  # shards 0, 1
+        with pytest.raises(RuntimeError, match=bad):
+            store.read(10, 11)
+        assert np.array_equal(store.read(15, 24), read_ok(store_dir, 15, 24), equal_nan=True)
+        with pytest.raises(RuntimeError, match=bad):  # still refused on a second try
+            store.read(12, 13)
+    with pytest.raises(RuntimeError, match=bad):
+        GridStore(copy, verify=True)
     GridStore(copy, verify=False).close()  # opening without verification is allowed
+    (copy / "shards/grid/grid-00003.h5").write_bytes(b"short")  # a size change fails at open
+    with pytest.raises(RuntimeError, match=r"grid-00003\.h5.*has 5 bytes, the manifest says"):
+        GridStore(copy)
+
+
+def read_ok(store_dir: Path, t0: int, t1: int) -> np.ndarray:
+    with GridStore(store_dir, verify=True) as store:
+        return store.read(t0, t1)
 
 
 def test_store_bytes_are_reproducible(grid: GridArray, tmp_path: Path) -> None:

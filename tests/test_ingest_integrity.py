@@ -308,7 +308,7 @@ def test_grib_cut_at_a_time_step_is_flagged_among_siblings(shared_data: Path, tm
     with h5py.File(store / units[0]["shard"]) as fa, h5py.File(store / units[1]["shard"]) as fb:
         assert sorted(fa) == sorted(fb) and len(fa) == 10  # one group per member
         for g in fa:
-            np.testing.assert_array_equal(fb[g]["patches"][...], fa[g]["patches"][:2])
+            np.testing.assert_array_equal(fb[g]["fields"][...], fa[g]["fields"][:2])
     alone = SourceSpec(name="g", format="grib", paths=[folder / "b.grib"])
     manifest = prepare_store([alone], tmp_path / "alone", progress=False, isolate=False)
     assert manifest["flagged"] == [] and manifest["rejects"] == []
@@ -489,20 +489,23 @@ def test_lzf_grib_shards_are_byte_identical_across_runs(shared_data: Path, tmp_p
     }  # fmt: skip
     assert len(digests) == 1, digests
     with h5py.File(tmp_path / "s0/shards/g/g-00000.h5") as f:
-        ds = f["a0/patches"]
+        ds = f["a0/fields"]
         assert ds.compression == "lzf" and ds.shuffle
-        raw = ds[...]
-        # Every chunk is our deterministic stream (or stored shuffled only, mask bit 1).
-        for i in range(ds.shape[0]):
-            mask, chunk = ds.id.read_direct_chunk((i, 0, 0, 0))
-            shuffled = shuffle_bytes(raw[i])
+        raw = ds[...]  # (N·pt, V, H, W): grid layout 2
+        # Every chunk is our deterministic stream (or stored shuffled only, mask bit 1); edge
+        # chunks are stored whole, zero-filled outside the dataset.
+        for j in range(ds.id.get_num_chunks()):
+            origin = ds.id.get_chunk_info(j).chunk_offset
+            mask, chunk = ds.id.read_direct_chunk(origin)
+            part = raw[tuple(slice(o, o + c) for o, c in zip(origin, ds.chunks, strict=True))]
+            block = np.zeros(ds.chunks, raw.dtype)
+            block[tuple(slice(0, n) for n in part.shape)] = part
+            shuffled = shuffle_bytes(block)
             assert chunk == (lzf_encode(shuffled) if mask == 0 else shuffled.tobytes())
     from scigpt.data_pipeline.ingest.grib import read_grib as read
 
     first = read([shared_data / GRIB])[0]
-    from scigpt.data_pipeline.patches import patchify_grid
-
-    np.testing.assert_array_equal(raw, patchify_grid(first.values, (1, 4, 4)))
+    np.testing.assert_array_equal(raw, first.values)
 
 
 def test_lzf_encoder_round_trips_through_h5py(tmp_path: Path) -> None:

@@ -142,7 +142,7 @@ def test_workers_give_the_same_batches(store_dir):
 def test_corrupted_shard_policy(store_dir, tmp_path, caplog):
     copy = corrupt_copy(store_dir, tmp_path / "store", "shards/grid/grid-00001.h5")
     with pytest.raises(RuntimeError, match=r"grid-00001\.h5 of source grid fails its sha256"):
-        GridStore(copy)
+        GridStore(copy, verify=True)
     with caplog.at_level("WARNING"), GridStore(copy, on_corrupt="skip") as store:
         assert "skipping shard" in caplog.text and "grid-00001.h5" in caplog.text
         assert len(store.time) == 18  # hours 6-11 dropped

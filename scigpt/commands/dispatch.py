@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "run"),
     "transfer": ("transfer", "run"),
     "validate": ("validate", "run"),
+    "verify": ("verify", "run"),
 }
 
 

@@ -84,17 +84,18 @@ class RunData:
 
 
 def open_data(cfg: RunConfig, store_dir) -> RunData:
-    """Open the stores (verified) and build the registry across sources."""
+    """Open the stores and build the registry across sources. Shards are verified lazily (each
+    one's sha256 the first time a process reads it); ``on_corrupt: skip`` hashes all at open."""
     lc = cfg.data.loader
     is_series = {src.name: format_kind(src.format) != "grid" for src in cfg.data.sources}
     stores = {
-        src.name: GridStore(store_dir, source=src.name, verify=True, on_corrupt=lc.on_corrupt)
+        src.name: GridStore(store_dir, source=src.name, on_corrupt=lc.on_corrupt)
         for src in cfg.data.sources
         if not is_series[src.name]
     }
     patch_store = None
     if any(is_series.values()):
-        patch_store = PatchStore(store_dir, verify=True, on_corrupt=lc.on_corrupt)
+        patch_store = PatchStore(store_dir, on_corrupt=lc.on_corrupt)
     src_vars: dict[str, tuple[list, np.ndarray, np.ndarray]] = {}
     for src in cfg.data.sources:
         if is_series[src.name]:
