@@ -141,11 +141,13 @@ def layout_problems(
         )
     if world_size is not None and world_size % (tp * pp * sp):
         n = tp * pp * sp
+        keys, sizes = ("tp x parallel.pp", f"{tp} x {pp}") if sp == 1 else (
+            "tp x parallel.pp x parallel.sp", f"{tp} x {pp} x {sp}"
+        )  # fmt: skip
         bad(
             "world",
-            f"world size {world_size} is not divisible by parallel.tp x parallel.pp x "
-            f"parallel.sp = {tp} x {pp} x {sp} = {n}: launch a multiple of {n} processes or "
-            "change tp/pp/sp",
+            f"world size {world_size} is not divisible by parallel.{keys} = {sizes} = {n}: "
+            f"launch a multiple of {n} processes or change tp/pp{'/sp' if sp > 1 else ''}",
         )
     if gpus_per_node is not None and (tp > gpus_per_node or gpus_per_node % tp):
         bad(
