@@ -21,6 +21,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from scigpt.launch.distributed import destroy_distributed, init_distributed
 from scigpt.models.build import build_model, materialise
 from scigpt.models.objectives import Objectives
 from scigpt.models.vit import ModelSpec
@@ -71,8 +72,8 @@ def main() -> None:
     args = ap.parse_args()
     h, w = (int(x) for x in args.grid.split("x"))
 
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    info = init_distributed()  # torch.distributed and DeepSpeed's comm (DistributedAttention)
+    rank, world = info.rank, info.world_size
     topo = Topology(dp=1, sp=world)
     groups = ProcessGroups(topo, rank)
     cfg = load_model(args.model).model_copy(update={"attention": args.attention})
@@ -100,7 +101,7 @@ def main() -> None:
             rec = {"model": args.model, "grid": args.grid, "tokens": tokens, "sp": world, **r}
             print(json.dumps({**rec, "predicted/measured": round(ratio, 3)}))
     dist.barrier()
-    dist.destroy_process_group()
+    destroy_distributed()
 
 
 if __name__ == "__main__":
