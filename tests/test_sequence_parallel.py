@@ -162,7 +162,8 @@ def test_triton_attention_inside_the_all_to_all(torch_extensions_dir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            str(Path(__file__).parent / "probes" / "sp_probe.py")]  # fmt: skip
-    records, report = run_job(cmd, env, tmp_path, 240)
+    _, report = run_job(cmd, env, tmp_path, 240)
+    records = [json.loads((tmp_path / f"sp_probe_rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in records] == [0, 1], report
     for r in records:
         assert r["out_shape"] == [2, 3, 10, 12], r  # cropped to the 10 rows

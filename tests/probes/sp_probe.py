@@ -6,7 +6,8 @@ the kernel's smallest) from one seed, keeps an untouched deep copy with PyTorch'
 attention as the reference, makes the original sequence-parallel over the world with the Triton
 kernel as its local attention, and compares the loss and the gradients (summed over the ranks,
 as DeepSpeed reduces them). The grid has 10 rows: 3 patch rows, padded to 4 for sp2. Each rank
-prints one JSON line; tests/test_sequence_parallel.py asserts on it.
+writes one JSON file (sp_probe_rank<r>.json in the working directory: the ranks share one stdout
+pipe, where two lines can interleave); tests/test_sequence_parallel.py asserts on them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -89,7 +91,8 @@ def main() -> None:
         "block_grad": ref.blocks[0].attn.qkv.weight.grad.abs().max().item(),
         "local_attention": getattr(model.blocks[0].attn.attn_fn.local, "__name__", "?"),
     }
-    print(json.dumps(record), flush=True)
+    # One file per rank (the ranks share one stdout pipe, and two lines can interleave).
+    Path(f"sp_probe_rank{rank}.json").write_text(json.dumps(record))
     destroy_distributed()
 
 
