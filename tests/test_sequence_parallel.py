@@ -197,3 +197,36 @@ def test_planner_predicts_what_each_sp_rank_holds(sp_runs):
             )  # fmt: skip
             assert pred.params == pytest.approx(r["params"], rel=0.10), (name, r, pred)
             assert pred.optimizer == pytest.approx(r["optimizer"], rel=0.10), (name, r, pred)
+
+
+def test_planner_divides_activations_by_sp_and_charges_the_all_to_all() -> None:
+    """At 0.25 degrees (721 x 1440, patch 4: 65,160 tokens) vit-10b fits eight 141 GiB GPUs only
+    with sp; a rank's activations are one process's / sp; the all-to-all time is counted."""
+    from scigpt.models.sizing import grid_tokens
+    from scigpt.models.vit import ModelSpec
+    from scigpt.parallel import planner
+    from scigpt.parallel.step_time import estimate_step_time
+
+    model, spec = planner.load_model("vit-10b"), ModelSpec(100, 2)
+    tokens = grid_tokens(model, 721, 1440)
+    assert tokens == 65160
+    kw = dict(tokens=tokens, micro_batch=1, vars_per_sample=100, precision="bf16")
+    act = {
+        sp: planner.predict_memory(model, spec, Topology(dp=8 // sp, sp=sp), **kw).activations
+        for sp in (1, 2, 8)
+    }
+    assert act[2] == pytest.approx(act[1] / 2, rel=1e-4)
+    assert act[8] == pytest.approx(act[1] / 8, rel=1e-3)
+    steps = {
+        sp: estimate_step_time(
+            model, spec, Topology(dp=8 // sp, sp=sp), grad_accum=1, gpus_per_node=8, **kw
+        )
+        for sp in (1, 8)
+    }
+    assert steps[1].sp_comm_s == 0 < steps[8].sp_comm_s < steps[8].compute_s
+    with pytest.raises(planner.NoLayoutFits):
+        planner.plan(model, spec, 8, gpus_per_node=8, gpu_mem_gib=141, **kw)
+    rows = planner.plan(model, spec, 8, gpus_per_node=8, gpu_mem_gib=141, max_sp=8, **kw)
+    assert rows and all(r.layout.sp > 1 for r in rows)
+    assert " sp " in planner.render_table(rows).splitlines()[0] + " "
+    assert "  sp: " in planner.config_fragment(rows[0])
