@@ -304,6 +304,9 @@ def _advice(
         lines.append(f"or a smaller --micro-batch (activations are {m.activations / GiB:.1f} GiB)")
     if best.layout.activation_checkpointing != "full":
         lines.append("or activation checkpointing (full)")
+    if kw.get("max_sp", 1) == 1 and m.activations > 0.5 * m.total:
+        lines.append("or sequence parallelism (--max-sp 8; parallel.sp splits every token-sized "
+                     "activation over sp ranks)")  # fmt: skip
     if best.precision == "fp32":
         lines.append("or --precision bf16")
     return "; ".join(lines)
