@@ -116,7 +116,8 @@ def key_padding_mask(split: RowSplit, width: int, batch: int, device) -> torch.T
 
 
 class _Context:
-    """Per-forward state the blocks' attention wrappers share: the key-padding mask."""
+    """Per-forward state the blocks' attention wrappers share: the key-padding mask of the
+    latest forward (read again when activation checkpointing recomputes in backward)."""
 
     key_mask: torch.Tensor | None = None
 
@@ -182,31 +183,29 @@ def sp_forward(
     check_layout(tp=1, pp=1, sp=sp, zero_stage=1, patch_rows=split.patch_rows)
     local = shard_batch(batch, split, rank)
     gw = model.tokenizer.embed.grid_shape(h, w)[1]
+    # Kept after the forward: activation checkpointing recomputes the attention in backward.
     ctx.key_mask = key_padding_mask(split, gw, batch["fields"].shape[0], batch["fields"].device)
-    try:
-        if objectives is None:
-            pred = model.forecast(local, model.encode(local))  # (B, V, rows, W)
-            return _gather_rows(pred.detach(), group, sp)[..., :h, :]
-        _check_objectives(objectives, batch)
-        pred = model.forecast(local, model.encode(local))
-        area = (
-            lat_weights(batch["lat"]) if objectives.geographic
-            else torch.ones(h, device=pred.device)
-        )  # fmt: skip
-        area = _pad_rows(area.to(pred.device)[:, None], split.padded_h)[split.band(rank), 0]
-        vw = [objectives.variable_weights.get(int(v), 1.0) for v in batch["var_ids"].tolist()]
-        vw = torch.tensor(vw, dtype=torch.float32, device=pred.device)
-        wts = area[None, None, :, None] * vw[None, :, None, None]
-        wts = wts.expand_as(pred) * local["mask"]
-        err = (pred.float() - local["target"].float()) ** 2
-        den = _all_reduce(wts.sum(), group).clamp_min(1e-12)
-        part = objectives.forecast * (wts * err).sum() / den
-        whole = _all_reduce(part, group)
-        # value: the whole sample's loss; gradient: this band's part of it
-        loss = part + (whole - part.detach())
-        return loss, {"forecast": float(whole)}
-    finally:
-        ctx.key_mask = None
+    if objectives is None:
+        pred = model.forecast(local, model.encode(local))  # (B, V, rows, W)
+        return _gather_rows(pred.detach(), group, sp)[..., :h, :]
+    _check_objectives(objectives, batch)
+    pred = model.forecast(local, model.encode(local))
+    area = (
+        lat_weights(batch["lat"]) if objectives.geographic
+        else torch.ones(h, device=pred.device)
+    )  # fmt: skip
+    area = _pad_rows(area.to(pred.device)[:, None], split.padded_h)[split.band(rank), 0]
+    vw = [objectives.variable_weights.get(int(v), 1.0) for v in batch["var_ids"].tolist()]
+    vw = torch.tensor(vw, dtype=torch.float32, device=pred.device)
+    wts = area[None, None, :, None] * vw[None, :, None, None]
+    wts = wts.expand_as(pred) * local["mask"]
+    err = (pred.float() - local["target"].float()) ** 2
+    den = _all_reduce(wts.sum(), group).clamp_min(1e-12)
+    part = objectives.forecast * (wts * err).sum() / den
+    whole = _all_reduce(part, group)
+    # value: the whole sample's loss; gradient: this band's part of it
+    loss = part + (whole - part.detach())
+    return loss, {"forecast": float(whole)}
 
 
 def apply_sequence_parallel(model: nn.Module, sp: int, group, rank: int) -> nn.Module:
