@@ -243,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tp", type=int, default=None, help="consider tp <= this only")
     p.add_argument("--max-pp", type=int, default=None, help="consider pp <= this only")
     p.add_argument(
+        "--max-sp", type=int, default=1,
+        help="also consider sequence parallelism up to sp = this (Ulysses; long sequences)",
+    )  # fmt: skip
+    p.add_argument(
         "--pp-partition",
         choices=["parameters", "blocks", "uniform"],
         default="parameters",

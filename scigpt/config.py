@@ -320,9 +320,12 @@ class ObjectivesConfig(_Strict):
 
 
 class ParallelConfig(_Strict):
-    # dp is derived: world_size / (tp * pp). Checked against the world in parallel.topology.
+    # dp is derived: world_size / (tp * pp * sp). Checked against the world in parallel.topology.
     tp: PositiveInt = 1
     pp: PositiveInt = 1
+    # Ulysses sequence parallelism (scigpt.parallel.sequence): each sample's tokens are cut by
+    # patch rows over sp ranks; attention all-to-alls heads <-> tokens (heads % (sp*tp) == 0).
+    sp: PositiveInt = 1
     zero_stage: Literal[0, 1, 2, 3] = 1
     # Recompute activations in backward: none, selective (attention core and MLP activation;
     # Korthikanti et al. 2022) or full (whole blocks).
@@ -528,7 +531,7 @@ class RunConfig(_Strict):
         m, p = self.model, self.parallel
         # the layout rules (scigpt.layout_rules) that need no world size
         check_layout(
-            tp=p.tp, pp=p.pp, zero_stage=p.zero_stage,
+            tp=p.tp, pp=p.pp, sp=p.sp, zero_stage=p.zero_stage,
             activation_checkpointing=p.activation_checkpointing, heads=m.heads,
             embed_dim=m.embed_dim, mlp_ratio=m.mlp_ratio, depth=m.depth, precision=self.precision,
         )  # fmt: skip

@@ -82,12 +82,13 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optim
 
 def build_engine(model: torch.nn.Module, cfg: RunConfig, topo: Topology, mpu=None):
     """Wrap ``model`` in a DeepSpeed engine. Returns (engine, scheduler). ``mpu``: the run's
-    ProcessGroups when tensor parallelism is on (ZeRO then works over data-parallel ranks).
+    ProcessGroups when tensor or sequence parallelism is on (ZeRO then works over data-parallel
+    ranks; with sp > 1 over the dp x sp ranks, DeepSpeed's Ulysses path).
     With pp > 1 ``model`` is the stage's ``PipelineModule`` (parallel.pipeline), which brings
     its own process grid, and the engine is DeepSpeed's ``PipelineEngine``."""
     m = cfg.model
     check_layout(
-        dp=topo.dp, tp=topo.tp, pp=topo.pp, zero_stage=topo.zero_stage,
+        dp=topo.dp, tp=topo.tp, pp=topo.pp, sp=topo.sp, zero_stage=topo.zero_stage,
         activation_checkpointing=topo.activation_checkpointing, heads=m.heads,
         embed_dim=m.embed_dim, mlp_ratio=m.mlp_ratio, depth=m.depth, precision=cfg.precision,
     )  # fmt: skip

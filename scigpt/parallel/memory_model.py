@@ -1,7 +1,8 @@
 """Memory per rank of a layout, predicted from the config alone (``scigpt plan``'s memory model).
 
-Notation: Ψ = parameters held by one pipeline stage on one tensor-parallel rank, dp/tp/pp the
-layout, N_p = ⌈Ψ / dp⌉ (a ZeRO partition), b = bytes per value of the training dtype (bf16: 2,
+Notation: Ψ = parameters held by one pipeline stage on one tensor-parallel rank, dp/tp/pp/sp the
+layout, N_p = ⌈Ψ / (dp·sp)⌉ (a ZeRO partition: ZeRO 1-2 partition over the dp × sp ranks that
+hold the same parameters), b = bytes per value of the training dtype (bf16: 2,
 fp32: 4), s = tokens per sample, B = micro-batch, D = ``embed_dim``, a = heads, V = variables
 per sample, p = patch size, m = micro-batches per optimizer step (gradient accumulation).
 Sizes are bytes; GiB = 2^30 bytes.
@@ -69,6 +70,12 @@ bytes, tensor-parallel parts / tp):
 * tokenizer (first stage): 4·V + 3 — the per-variable tensors (B, V, N, D) of the patch
   embedding, variable embedding and aggregation keys/values dominate with many variables;
 * head and loss (last stage): 1 per token·D plus (3b + 10) bytes per output pixel (B·V·s·p²).
+
+Sequence parallelism (Ulysses, ``scigpt.parallel.sequence``) cuts every token-sized tensor above
+— tokenizer, blocks (q/k/v and the attention output are all-to-all'd to (B, s, a/sp, d): the
+same bytes), head and loss — over sp ranks: s becomes ⌈s / sp⌉ tokens per rank, and the
+``attention: math`` scores a·s²/(tp·sp). Parameters are replicated over sp (only ZeRO's
+partitions shrink).
 
 Under pipeline parallelism with the 1F1B schedule stage k holds min(m, pp − k) micro-batches in
 flight (the first stage: pp). ``MemoryBreakdown.total`` adds every part — the peak when
@@ -143,7 +150,7 @@ def shape_problem(model: ModelConfig, layout: Topology) -> str | None:
     """Why ``layout`` cannot shard ``model`` at all (None: it can): the layout rules
     (``scigpt.layout_rules``) that need the model's shape only."""
     problems = layout_problems(
-        dp=layout.dp, tp=layout.tp, pp=layout.pp, zero_stage=layout.zero_stage,
+        dp=layout.dp, tp=layout.tp, pp=layout.pp, sp=layout.sp, zero_stage=layout.zero_stage,
         activation_checkpointing=layout.activation_checkpointing, heads=model.heads,
         embed_dim=model.embed_dim, mlp_ratio=model.mlp_ratio, depth=model.depth,
     )  # fmt: skip
@@ -156,7 +163,7 @@ def _model_states(
     """(params, grads, optimizer, buffers, persistent) bytes of a rank holding ``psi``."""
     b = 2 if precision == "bf16" else 4
     bf16 = precision == "bf16"
-    dp, zero = layout.dp, layout.zero_stage
+    dp, zero = layout.dp * layout.sp, layout.zero_stage  # ZeRO partitions over dp x sp
     n_p = -(-psi // dp)
     if zero == 0:
         if bf16:  # FP16_UnfusedOptimizer: fp32 master params; grads copied to fp32 at the step
@@ -194,9 +201,10 @@ def _activations(
     in_flight: int,
 ) -> float:
     b = 2 if precision == "bf16" else 4
-    tp, dim = layout.tp, model.embed_dim
-    tok = float(tokens * micro_batch * dim)  # values of one (B, s, D) tensor
-    scores = micro_batch * model.heads * tokens**2 / tp if model.attention == "math" else 0.0
+    tp, dim, sp = layout.tp, model.embed_dim, layout.sp
+    local = -(-tokens // sp)  # tokens per sequence-parallel rank
+    tok = float(local * micro_batch * dim)  # values of one (B, s/sp, D) tensor
+    scores = micro_batch * model.heads * tokens**2 / (tp * sp) if model.attention == "math" else 0.0
     drop = tok if model.dropout > 0 else 0.0
     none_block = tok * (4 + 12 / tp) + scores + drop
     mode = layout.activation_checkpointing
@@ -211,7 +219,7 @@ def _activations(
         values += (4 * vars_per_sample + 3) * tok * in_flight
     out = b * values
     if stage.last:
-        pixels = micro_batch * vars_per_sample * tokens * model.patch_size**2
+        pixels = micro_batch * vars_per_sample * local * model.patch_size**2
         out += b * tok + (3 * b + 10) * pixels
     return out
 

@@ -8,10 +8,11 @@ a layout or a kernel changes is applied here, from outside, in this order (torch
    column/row-parallel ones built by slicing the whole ``nn.Linear``. First, because it must see
    the plain modules, and everything after it (checkpointing, compile) must see the sharded
    ones. With ``pp > 1`` each stage shards its own blocks as step 3 builds them.
-2. **Sequence parallelism**: a slot, a documented no-op today (``apply_sequence_parallel``).
-   Megatron-style sequence parallelism splits the LayerNorm/dropout regions between the tensor-
-   parallel ones along the sequence, so it needs step 1's groups and modules, and must come
-   before stages are cut and before checkpointing decides what to save.
+2. **Sequence parallelism** (``sequence``, Ulysses through DeepSpeed's ``DistributedAttention``):
+   with ``parallel.sp > 1`` each block's attention function becomes an all-to-all around it
+   and the model's forward runs on the rank's band of patch rows. After step 1 (the all-to-all
+   splits the tensor-parallel rank's own heads), before checkpointing and compile (which must
+   see the final attention). The layout rules keep it off pipelines and ZeRO-3.
 3. **Pipeline stages** (``pipeline.build_pipeline``): each rank materialises only its stage's
    layers of the meta model (the same block instances), as DeepSpeed's ``PipelineModule``.
 4. **ZeRO-3 construction** (``build_zero3``): the model is built again inside
@@ -44,6 +45,7 @@ from scigpt.models.attention import register_attention
 from scigpt.models.build import build_model, init_seed, materialise
 from scigpt.models.objectives import Objectives
 from scigpt.models.vit import ModelSpec, SciGPTModel
+from scigpt.parallel import sequence
 from scigpt.parallel.checkpointing import apply_activation_checkpointing
 from scigpt.parallel.engine import deepspeed_config
 from scigpt.parallel.pipeline import build_pipeline
@@ -61,12 +63,12 @@ register_kernels()  # any model built after this module is imported can name a k
 
 
 def apply_sequence_parallel(model: nn.Module, topo: Topology, groups: ProcessGroups | None):
-    """Step 2, sequence parallelism: not implemented yet, so a no-op that returns ``model``.
-
-    It will split the regions between the tensor-parallel ones (LayerNorms, dropout, residual
-    adds) along the sequence over ``groups.tp_group`` (Korthikanti et al. 2022, §4.2.2),
-    turning step 1's all-reduces into reduce-scatter/all-gather pairs."""
-    return model
+    """Step 2, sequence parallelism (``scigpt.parallel.sequence``): with ``topo.sp > 1``,
+    Ulysses attention over ``groups.sp_group`` and the model's forward on this rank's token
+    band; ``model`` unchanged otherwise."""
+    if topo.sp == 1:
+        return model
+    return sequence.apply_sequence_parallel(model, topo.sp, groups.sp_group, groups.sp_rank)
 
 
 def build_zero3(
@@ -116,11 +118,11 @@ def parallelize(
     """This rank's part of ``meta`` (a model built on the meta device) in ``topo``'s layout,
     materialised on ``device`` from ``cfg.seed`` — the same values whatever the layout — with
     the config's checkpointing and kernels applied (module docstring: the steps and their
-    order). ``groups``: the run's ProcessGroups (needed with tp > 1 or pp > 1);
+    order). ``groups``: the run's ProcessGroups (needed with tp, pp or sp > 1);
     ``objectives``: the forecast loss settings a pipeline's last stage computes. Returns the
     model, or with pp > 1 the stage's ``PipelineModule``, for ``engine.build_engine``."""
     par, seed = cfg.parallel, cfg.seed
-    if (topo.tp > 1 or topo.pp > 1) and groups is None:
+    if (topo.tp > 1 or topo.pp > 1 or topo.sp > 1) and groups is None:
         raise ValueError(f"{topo.describe()} needs the run's ProcessGroups (groups=...)")
     model: nn.Module = meta
     # 1. tensor parallelism: the whole model here; with pp > 1, per stage in step 3

@@ -1,9 +1,10 @@
 """``scigpt plan``: memory per rank and step time of every valid parallel layout.
 
-Every layout (dp, tp, pp, ZeRO stage, activation checkpointing) with dp·tp·pp = the GPU count is
-sized from the config alone — nothing is built or allocated — then the layouts that fit the
-device are ranked by estimated time per sample (= step time: every layout trains the same global
-batch, so their steps do the same work).
+Every layout (dp, tp, pp, sp, ZeRO stage, activation checkpointing) with dp·tp·pp·sp = the GPU
+count (sp only up to ``max_sp``, ``--max-sp``: 1 unless asked) is sized from the config alone —
+nothing is built or allocated — then the layouts that fit the device are ranked by estimated
+time per sample (= step time: every layout trains the same global batch, so their steps do the
+same work).
 
 The layouts are ``Topology`` objects (``scigpt.parallel.topology``; ``Layout`` is its old name
 here), valid by the layout rules (``scigpt.layout_rules``) plus the node size. The
@@ -124,7 +125,7 @@ def layout_problem(
     (``scigpt.layout_rules``: the config's, plus a tensor-parallel group inside a
     node) it breaks."""
     problems = layout_problems(
-        dp=layout.dp, tp=layout.tp, pp=layout.pp, zero_stage=layout.zero_stage,
+        dp=layout.dp, tp=layout.tp, pp=layout.pp, sp=layout.sp, zero_stage=layout.zero_stage,
         activation_checkpointing=layout.activation_checkpointing, heads=model.heads,
         embed_dim=model.embed_dim, mlp_ratio=model.mlp_ratio, depth=model.depth,
         precision=precision, gpus_per_node=gpus_per_node,
@@ -133,22 +134,23 @@ def layout_problem(
 
 
 def enumerate_layouts(
-    model: ModelConfig, gpus: int, *, gpus_per_node: int, precision: str
+    model: ModelConfig, gpus: int, *, gpus_per_node: int, precision: str, max_sp: int = 1
 ) -> list[Topology]:
-    """Every valid layout with dp·tp·pp == ``gpus``."""
+    """Every valid layout with dp·tp·pp·sp == ``gpus`` (sp <= ``max_sp``)."""
     check_precision(precision)
     if gpus < 1 or gpus_per_node < 1:
         raise ValueError(f"gpus={gpus} and gpus_per_node={gpus_per_node} must be >= 1")
     out = []
-    for tp in _divisors(gpus):
-        for pp in _divisors(gpus // tp):
-            for zero in ZERO_STAGES:
-                for ckpt in CHECKPOINTING:
-                    layout = Topology(gpus // (tp * pp), tp, pp, zero, ckpt)
-                    if not layout_problem(
-                        model, layout, gpus_per_node=gpus_per_node, precision=precision
-                    ):
-                        out.append(layout)
+    for sp in (s for s in _divisors(gpus) if s <= max_sp):
+        for tp in _divisors(gpus // sp):
+            for pp in _divisors(gpus // (sp * tp)):
+                for zero in ZERO_STAGES:
+                    for ckpt in CHECKPOINTING:
+                        layout = Topology(gpus // (tp * pp * sp), tp, pp, zero, ckpt, sp=sp)
+                        if not layout_problem(
+                            model, layout, gpus_per_node=gpus_per_node, precision=precision
+                        ):
+                            out.append(layout)
     return out
 
 
@@ -186,6 +188,7 @@ def evaluate(
     max_pp: int | None = None,
     partition: str = "parameters",
     context: str = "",
+    max_sp: int = 1,
 ) -> list[PlanRow]:
     """Memory and step time of every valid layout, fitting or not, in enumeration order.
     Every layout trains ``global_batch`` samples per step (default 4 × micro-batch × GPUs:
@@ -199,7 +202,9 @@ def evaluate(
     if global_batch is not None and global_batch < 1:
         raise ValueError(f"global_batch={global_batch} must be >= 1")
     rows = []
-    for layout in enumerate_layouts(model, gpus, gpus_per_node=gpus_per_node, precision=precision):
+    for layout in enumerate_layouts(
+        model, gpus, gpus_per_node=gpus_per_node, precision=precision, max_sp=max_sp
+    ):
         if (max_tp and layout.tp > max_tp) or (max_pp and layout.pp > max_pp):
             continue
         m = _grad_accum(layout, micro_batch, global_batch, grad_accum)
@@ -238,6 +243,7 @@ def plan(
     max_pp: int | None = None,
     partition: str = "parameters",
     context: str = "",
+    max_sp: int = 1,
 ) -> list[PlanRow]:
     """The layouts that fit ``usable_gib(gpu_mem_gib)``, ranked (``rank_rows``). Raises
     ``NoLayoutFits`` (a ValueError) naming the smallest requirement and what to change."""
@@ -245,7 +251,7 @@ def plan(
         gpus_per_node=gpus_per_node, tokens=tokens, micro_batch=micro_batch,
         vars_per_sample=vars_per_sample, precision=precision, hardware=hardware,
         global_batch=global_batch, grad_accum=grad_accum, max_tp=max_tp, max_pp=max_pp,
-        partition=partition, context=context,
+        partition=partition, context=context, max_sp=max_sp,
     )  # fmt: skip
     rows = evaluate(model, spec, gpus, **kw)
     limit = usable_gib(gpu_mem_gib) * GiB
@@ -298,6 +304,9 @@ def _advice(
         lines.append(f"or a smaller --micro-batch (activations are {m.activations / GiB:.1f} GiB)")
     if best.layout.activation_checkpointing != "full":
         lines.append("or activation checkpointing (full)")
+    if kw.get("max_sp", 1) == 1 and m.activations > 0.5 * m.total:
+        lines.append("or sequence parallelism (--max-sp 8; parallel.sp splits every token-sized "
+                     "activation over sp ranks)")  # fmt: skip
     if best.precision == "fp32":
         lines.append("or --precision bf16")
     return "; ".join(lines)
@@ -318,19 +327,23 @@ _COLUMNS = [
 
 
 def render_table(rows: list[PlanRow]) -> str:
-    """A ranked table; memory columns in GiB per GPU (worst rank), TFLOP/s per GPU."""
-    table = Table([name for name, _ in _COLUMNS])
+    """A ranked table; memory columns in GiB per GPU (worst rank), TFLOP/s per GPU. An ``sp``
+    column after ``pp`` when a row has sp > 1."""
+    with_sp = any(r.layout.sp > 1 for r in rows)
+    columns = [*_COLUMNS[:4], ("sp", 3), *_COLUMNS[4:]] if with_sp else _COLUMNS
+    table = Table([name for name, _ in columns])
     for i, r in enumerate(rows, 1):
         m, lay, s = r.memory, r.layout, r.step
         cells = [
-            str(i), str(lay.dp), str(lay.tp), str(lay.pp), str(lay.zero_stage),
+            str(i), str(lay.dp), str(lay.tp), str(lay.pp), *([str(lay.sp)] if with_sp else []),
+            str(lay.zero_stage),
             lay.activation_checkpointing, str(r.grad_accum),
             *(f"{x / GiB:.2f}" for x in (m.params, m.grads, m.optimizer, m.activations,
                                          m.buffers, m.total)),
             f"{s.seconds:.3f}", f"{s.tflops_per_gpu:.0f}", s.bottleneck,
         ]  # fmt: skip
         table.add(cells)
-    return table.text([w for _, w in _COLUMNS])
+    return table.text([w for _, w in columns])
 
 
 def config_fragment(row: PlanRow) -> str:
@@ -345,12 +358,14 @@ def config_fragment(row: PlanRow) -> str:
         f"+ optimizer {m.optimizer / GiB:.2f} + activations {m.activations / GiB:.2f} "
         f"+ buffers {m.buffers / GiB:.2f}",
         f"# predicted step: {s.seconds:.3f} s (compute {s.compute_s:.3f}, tp-comm "
-        f"{s.tp_comm_s:.3f}, pp-comm {s.pp_comm_s:.3f}, dp-comm {s.dp_comm_s:.3f}, bubble "
+        f"{s.tp_comm_s:.3f}, pp-comm {s.pp_comm_s:.3f}, sp-comm {s.sp_comm_s:.3f}, dp-comm "
+        f"{s.dp_comm_s:.3f}, bubble "
         f"{s.bubble_s:.3f}), {s.tflops_per_gpu:.0f} TFLOP/s per GPU, bottleneck {s.bottleneck}",
         f"precision: {row.precision}",
         "parallel:",
         f"  tp: {lay.tp}",
         f"  pp: {lay.pp}",
+        *([f"  sp: {lay.sp}"] if lay.sp > 1 else []),
         f"  zero_stage: {lay.zero_stage}",
         f"  activation_checkpointing: {lay.activation_checkpointing}",
         f"  pp_partition: {row.partition}",
@@ -385,7 +400,7 @@ def run_cli(args) -> int:
         tokens=tokens, micro_batch=args.micro_batch, vars_per_sample=args.vars,
         precision=args.precision, hardware=hardware, global_batch=args.global_batch,
         grad_accum=args.grad_accum, max_tp=args.max_tp, max_pp=args.max_pp,
-        partition=args.pp_partition, context=context,
+        partition=args.pp_partition, context=context, max_sp=getattr(args, "max_sp", 1),
     )  # fmt: skip
     n_params = param_count(model, spec)["total"]
     print(f"# {context}")

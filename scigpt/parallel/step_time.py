@@ -14,14 +14,19 @@ Step time (no overlap of communication with compute is assumed: an upper bound)
   over peak × MFU assumption (fp32: half the bf16 peak, TF32 tensor cores), × m;
 * tp-comm: per block and micro-batch 4 all-reduces (6 with full recomputation) of B·s·D values,
   ring cost 2(tp − 1)/tp × bytes over the intra-node bandwidth (TP stays inside a node), × m;
+* sp-comm (Ulysses): per block and micro-batch 4 all-to-alls forward (q, k, v, attention
+  output) and 4 backward (6 + 6 with full recomputation) of the rank's B·(s/sp)·D/tp values,
+  each rank sending (sp − 1)/sp of them, over the intra-node bandwidth while tp·sp fits a node
+  (sp is innermost), × m; compute is the rank's s/sp tokens (attention's s² work / sp);
 * pp-comm: per micro-batch one activation send forward and one gradient send back, × m;
 * bubble: (pp − 1) × one micro-batch of the slowest stage (the (pp−1)/(m+pp−1) share of 1F1B);
 * dp-comm: ZeRO-0/1 all-reduce 2(dp−1)/dp × gradient bytes once per step; ZeRO-2 a
   reduce-scatter (dp−1)/dp per micro-batch plus the parameter all-gather after the step; ZeRO-3
   all-gathers in forward and backward plus a reduce-scatter per micro-batch, 3(dp−1)/dp; over the
   inter-node bandwidth per GPU when a data-parallel group spans nodes (ranks are
-  ``(dp_i · pp + pp_i) · tp + tp_i``, so it does once (dp − 1)·tp·pp ≥ GPUs per node), else
-  intra-node.
+  ``((dp_i · pp + pp_i) · tp + tp_i) · sp + sp_i``, so it does once (dp − 1)·tp·pp·sp ≥ GPUs per
+  node), else intra-node. With sp > 1 gradients are reduced over the dp × sp ranks (ring over
+  dp·sp).
 
 TFLOP/s per GPU counts model FLOPs only (3 × forward, no recomputation: PaLM appendix B).
 """
@@ -54,8 +59,9 @@ class StepEstimate:
     dp_comm_s: float
     bubble_s: float
     tflops_per_gpu: float
-    bottleneck: str  # compute, tp-comm, dp-comm, pp-comm or bubble
+    bottleneck: str  # compute, tp-comm, dp-comm, pp-comm, sp-comm or bubble
     pp_comm_s: float = 0.0
+    sp_comm_s: float = 0.0
 
 
 DEFAULT_HARDWARE = Hardware()
@@ -87,8 +93,10 @@ def estimate_step_time(
     if grad_accum < 1 or gpus_per_node < 1:
         raise ValueError(f"grad_accum={grad_accum} and gpus_per_node={gpus_per_node} must be >= 1")
     b = 2 if precision == "bf16" else 4
-    tp, pp, dp, m = layout.tp, layout.pp, layout.dp, grad_accum
-    f = flops_breakdown(model, spec, tokens, num_vars=vars_per_sample)
+    tp, pp, dp, m, sp = layout.tp, layout.pp, layout.dp, grad_accum, layout.sp
+    full_tokens, tokens = tokens, -(-tokens // sp)  # tokens per sequence-parallel rank
+    # FLOPs per token at the whole sequence (a rank's s/sp queries attend to all s keys)
+    f = flops_breakdown(model, spec, full_tokens, num_vars=vars_per_sample)
     per_block_fwd = (f["blocks"] + f["attention"]) / model.depth / tp  # per token
     flops_rate = hardware.peak_tflops * 1e12 * hardware.mfu * (1.0 if precision == "bf16" else 0.5)
     act_bytes = float(micro_batch * tokens * model.embed_dim * b)
@@ -114,10 +122,14 @@ def estimate_step_time(
             slowest = (compute, tp_comm)
     compute_mb, tp_mb = slowest
     p2p_mb = 2 * act_bytes / (intra if tp * pp <= gpus_per_node else inter) if pp > 1 else 0.0
+    n_a2a = 12 if layout.activation_checkpointing == "full" else 8
+    a2a_bw = intra if tp * sp <= gpus_per_node else inter
+    blocks_max = max(st.blocks for st in stages)
+    sp_mb = blocks_max * n_a2a * _ring(sp) * act_bytes / tp / a2a_bw if sp > 1 else 0.0
 
     grad_bytes = float(b * max(st.params for st in stages))
-    dp_bw = inter if (dp - 1) * tp * pp >= gpus_per_node else intra
-    ring = _ring(dp)
+    dp_bw = inter if (dp * sp - 1) * tp * pp >= gpus_per_node else intra
+    ring = _ring(dp * sp)
     volume = {0: 2 * ring, 1: 2 * ring, 2: (m + 1) * ring, 3: 3 * m * ring}[layout.zero_stage]
     dp_comm = volume * grad_bytes / dp_bw
 
@@ -125,11 +137,12 @@ def estimate_step_time(
         "compute": m * compute_mb,
         "tp-comm": m * tp_mb,
         "pp-comm": m * p2p_mb,
+        "sp-comm": m * sp_mb,
         "dp-comm": dp_comm,
         "bubble": (pp - 1) * (compute_mb + tp_mb + p2p_mb),
     }
     seconds = sum(parts.values())
-    model_flops = 3 * f["forward"] * tokens * micro_batch * m * dp
+    model_flops = 3 * f["forward"] * full_tokens * micro_batch * m * dp
     return StepEstimate(
         seconds=seconds,
         compute_s=parts["compute"],
@@ -139,6 +152,7 @@ def estimate_step_time(
         tflops_per_gpu=model_flops / seconds / layout.world / 1e12,
         bottleneck=max(parts, key=lambda k: parts[k]),
         pp_comm_s=parts["pp-comm"],
+        sp_comm_s=parts["sp-comm"],
     )
 
 

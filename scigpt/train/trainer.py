@@ -302,7 +302,7 @@ class Trainer:
                 raise ConfigError(str(self.loaded.path or "<config>"), [problem])
 
         on_rank0(fits, is_main=self.is_main, world=self.world)
-        self.groups = ProcessGroups(topo, self.rank) if topo.tp > 1 or topo.pp > 1 else None
+        self.groups = ProcessGroups(topo, self.rank) if topo.tp * topo.pp * topo.sp > 1 else None
         self.tp_rank = self.groups.tp_rank if self.groups else 0
         # TP, (SP), pipeline stages, ZeRO-3, checkpointing, kernels: the one parallelize step.
         model = parallelize(
