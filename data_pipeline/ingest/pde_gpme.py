@@ -2,12 +2,13 @@
 
 ``∂u/∂t = ∇·(k(u) ∇u)`` on Ω = [0, 1]² with no-flux boundaries (k(u) ∂u/∂n = 0), so the mass
 ∫u is conserved. The easy-to-hard families of Hansen et al. 2023, "Learning Physical Models that
-Can Respect Conservation Laws" (ProbConserve, ICML; arXiv:2302.11002, §4):
+Can Respect Conservation Laws" (ProbConserve, ICML; arXiv:2302.11002); the default ranges
+follow our reading of the paper:
 
-* ``gpme-diffusion`` (easy):  k(u) = k, a constant, k ~ U(conductivity)   (paper: k ∈ [1, 5])
+* ``gpme-diffusion`` (easy):  k(u) = k, a constant, k ~ U(conductivity), default [1, 5]
 * ``gpme-porous`` (medium):   k(u) = u^m, m ~ U(exponent), default m = 3   (degenerate at u = 0:
   compactly supported data spread with finite speed and a sharp front)
-* ``gpme-stefan`` (hard):     k(u) = 1 for u ≥ u*, k_low below, u* ~ U(threshold) (paper:
+* ``gpme-stefan`` (hard):     k(u) = 1 for u ≥ u*, k_low below, u* ~ U(threshold) (defaults
   u* ∈ [0.55, 0.7], k_low = 0): the region below u* does not diffuse; the front where u falls
   through u* is a moving discontinuity (one-phase Stefan problem with latent heat u*).
 
