@@ -390,6 +390,28 @@ class LoggingConfig(_Strict):
     peak_tflops: PositiveFloat | None = None
 
 
+class ConstraintConfig(_Strict):
+    """A linear conservation constraint ``G u = b`` applied by ProbConserve
+    (``scigpt.eval.conserve``) in ``scigpt evaluate``/``predict`` of an ensemble: the total
+    (sum over the grid's cells, uniform cell area) of the forecast ``field`` equals the total of
+    ``reference`` in the input frame (the initial state: ``pde_u0`` for ``pde_u``; default: the
+    same field, a conserved quantity carried forward), or the fixed number ``total``."""
+
+    kind: Literal["mass"] = "mass"
+    field: str = Field(min_length=1)
+    reference: str | None = None
+    total: float | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ConstraintConfig:
+        if self.reference is not None and self.total is not None:
+            raise ValueError(
+                f"eval.constraints ({self.field}): give reference (an input field whose total "
+                "is conserved) or total (a fixed number), not both"
+            )
+        return self
+
+
 class EvalConfig(_Strict):
     plot_variable: str | None = None  # variable for the forecast-vs-truth map; default the first
     every: NonNegInt = 0  # validate on data.splits.val every N steps (0: never)
@@ -403,6 +425,8 @@ class EvalConfig(_Strict):
     horizon: PositiveInt = 1
     climatology: str | None = None
     acc: bool = True  # false: no ACC (and no climatology needed)
+    # ensembles: each score with and without ProbConserve under these constraints (ConstraintConfig)
+    constraints: list[ConstraintConfig] = []
 
 
 class SelectionConfig(_Strict):
