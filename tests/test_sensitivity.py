@@ -34,6 +34,9 @@ MODELS = "test_models.py"
 MULTI = "test_model_multimodal.py"
 GRIDDED = "test_eval_gridded.py"
 SERIES = "test_eval_series.py"
+PROB = "test_probabilistic.py"
+CONSERVE = "test_conserve.py"
+GPME = "test_gpme.py"
 
 FA_FWD = f"{ATTN}::test_forward_backward_match_reference[torch.float32-1x2x37x64-full]"
 SWITCH = f"{ATTN}::test_config_switches_route_the_model_through_the_kernels"
@@ -89,6 +92,19 @@ MUTATIONS: dict[str, tuple[list[str], list[str]]] = {
     "scigpt.eval.series:kge": ([f"{SERIES}::test_kge_by_hand"],) * 2,
     "scigpt.eval.series:mae": ([f"{SERIES}::test_mae_rmse_skip_missing_and_masked_values"],) * 2,
     "scigpt.eval.series:rmse": ([f"{SERIES}::test_mae_rmse_skip_missing_and_masked_values"],) * 2,
+    # issue 24: probabilistic scores, ProbConserve, the GPME solver
+    "scigpt.eval.probabilistic:crps_ensemble": ([f"{PROB}::test_crps_hand_solved_pair"],) * 2,
+    "scigpt.eval.probabilistic:spread_skill_ratio": ([f"{PROB}::test_spread_skill_hand_solved"],)
+    * 2,
+    "scigpt.eval.probabilistic:ensemble_diagnostics": (
+        [f"{PROB}::test_ensemble_diagnostics_hand_solved"],
+    )
+    * 2,
+    "scigpt.eval.conserve:probconserve": ([f"{CONSERVE}::test_hand_solved_two_cells"],) * 2,
+    "scigpt.data_pipeline.ingest.pde_gpme:solve_gpme": (
+        [f"{GPME}::test_diffusion_converges_at_order_two"],
+    )
+    * 2,
 }
 
 

@@ -19,7 +19,7 @@ Definitions (M members x_1..x_M, truth y, weighted mean ⟨·⟩ over all non-me
   ``SSR = sqrt((M+1)/M) · sqrt⟨s²⟩ / sqrt⟨(x̄ − y)²⟩`` with s² the member variance (ddof = 1).
   For a perfectly reliable ensemble (y and the x_i exchangeable) E(x̄ − y)² = σ²(M+1)/M and
   E s² = σ², so the factor makes SSR → 1 for any M; < 1 is over-confident, > 1 under-confident.
-  ``correction=False`` drops the factor (WB2's code class ``SpreadSkillRatio``).
+  ``correction=False`` drops the factor (as WeatherBench-X's ``SpreadSkillRatio``).
 * **Rank histogram** (Talagrand; WB2 ``RankHistogram`` with ``break_ties_randomly=True``): the
   rank of y is the number of members below it, 0..M, counted over all points into M+1 bins. A
   truth equal to k members takes a rank drawn uniformly from the k+1 tied positions, so a
