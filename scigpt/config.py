@@ -392,24 +392,16 @@ class LoggingConfig(_Strict):
 
 class ConstraintConfig(_Strict):
     """A linear conservation constraint ``G u = b`` applied by ProbConserve
-    (``scigpt.eval.conserve``) in ``scigpt evaluate``/``predict`` of an ensemble: the total
-    (sum over the grid's cells, uniform cell area) of the forecast ``field`` equals the total of
-    ``reference`` in the input frame (the initial state: ``pde_u0`` for ``pde_u``; default: the
-    same field, a conserved quantity carried forward), or the fixed number ``total``."""
+    (``scigpt.eval.conserve.apply_constraints``, whose keys these are) when an ensemble is
+    evaluated: the total (sum over the grid's cells) of the forecast ``variable`` equals the
+    total of ``initial`` in the input frame (the initial state: ``pde_u0`` for ``pde_u``;
+    default the same variable, a conserved quantity carried forward) plus ``flux`` (the net
+    boundary inflow over the forecast; 0 for no-flux boundaries)."""
 
-    kind: Literal["mass"] = "mass"
-    field: str = Field(min_length=1)
-    reference: str | None = None
-    total: float | None = None
-
-    @model_validator(mode="after")
-    def _one_target(self) -> ConstraintConfig:
-        if self.reference is not None and self.total is not None:
-            raise ValueError(
-                f"eval.constraints ({self.field}): give reference (an input field whose total "
-                "is conserved) or total (a fixed number), not both"
-            )
-        return self
+    type: Literal["mass"] = "mass"
+    variable: str = Field(min_length=1)
+    initial: str | None = None
+    flux: float = 0.0
 
 
 class EvalConfig(_Strict):

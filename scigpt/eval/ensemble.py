@@ -13,7 +13,7 @@ variances (ddof 1; a floor of 1e-9 × their mean keeps GΣGᵀ invertible where 
 Each member x_m is moved by the same oblique projection, x̃_m = x_m − ΣGᵀ(GΣGᵀ)⁻¹(Gx_m − b),
 so every member satisfies G x̃ = b and the members' mean is ProbConserve's μ̃ (the map is
 affine). G sums the field over the grid's cells (uniform cells: the PDE grids); b is the same sum
-of ``reference`` in the input frame (or a fixed ``total``).
+of ``initial`` in the input frame plus ``flux`` (``scigpt.eval.conserve.apply_constraints``).
 
 Two more scores, per variable:
 
@@ -43,7 +43,7 @@ from scigpt.config import ConstraintConfig
 from scigpt.config_loader import LoadedConfig, load_config
 from scigpt.data_pipeline.loader import ForecastDataset
 from scigpt.data_pipeline.store import GridStore
-from scigpt.eval.conserve import probconserve
+from scigpt.eval import conserve
 from scigpt.eval.metrics import lat_weights
 from scigpt.eval.probabilistic import plot_rank_histogram, probabilistic_scores, rank_histogram
 from scigpt.export.ensemble import load_ensemble
@@ -120,50 +120,47 @@ def ensemble_forecasts(
     }
 
 
-def _targets(fc: dict[str, Any], c: ConstraintConfig) -> np.ndarray:
-    """b per sample: the total of ``c.reference`` in the input frame, or ``c.total``."""
-    n = fc["obs"].shape[0]
-    if c.total is not None:
-        return np.full(n, float(c.total))
-    ref = c.reference or c.field
-    if fc["task"] == "operator" and ref in fc["names"]:
-        raise ValueError(
-            f"eval.constraints: {c.field}'s reference {ref!r} is an output of this operator "
-            "model (hidden from its inputs): name an input field, e.g. reference: pde_u0"
-        )
-    if ref not in fc["input_names"]:
-        raise ValueError(
-            f"eval.constraints: reference {ref!r} is not an input field; the inputs are "
-            f"{fc['input_names']}"
-        )
-    return fc["inputs"][:, fc["input_names"].index(ref)].sum(axis=(-2, -1))
+def _initial_state(fc: dict[str, Any], constraints: Sequence[ConstraintConfig]) -> dict:
+    """The input-frame fields the constraints name, checked: (N, H, W) per name."""
+    state = {}
+    for c in constraints:
+        if c.variable not in fc["names"]:
+            raise ValueError(
+                f"eval.constraints: variable {c.variable!r} is not forecast by this model; it "
+                f"forecasts {fc['names']}"
+            )
+        ref = c.initial or c.variable
+        if fc["task"] == "operator" and ref in fc["names"]:
+            raise ValueError(
+                f"eval.constraints: {c.variable}'s initial {ref!r} is an output of this operator "
+                "model (hidden from its inputs): name an input field, e.g. initial: pde_u0"
+            )
+        if ref not in fc["input_names"]:
+            raise ValueError(
+                f"eval.constraints: initial {ref!r} is not an input field; the inputs are "
+                f"{fc['input_names']}"
+            )
+        state[ref] = fc["inputs"][:, fc["input_names"].index(ref)]
+    return state
 
 
 def apply_constraints(
     fc: dict[str, Any], constraints: Sequence[ConstraintConfig]
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The members after ProbConserve (module docstring) and b per constrained variable."""
-    ens = fc["ens"].copy()
-    m, n = ens.shape[:2]
-    totals = {}
-    for c in constraints:
-        if c.field not in fc["names"]:
-            raise ValueError(
-                f"eval.constraints: field {c.field!r} is not forecast by this model; it "
-                f"forecasts {fc['names']}"
-            )
-        j = fc["names"].index(c.field)
-        b = _targets(fc, c)
-        totals[c.field] = b
-        x = ens[:, :, j].reshape(m, n, -1)
-        var = x.var(axis=0, ddof=1)  # (N, P)
-        var = var + VAR_FLOOR * np.maximum(var.mean(axis=1, keepdims=True), 1e-30)
-        g = np.ones((1, x.shape[-1]))
-        for i in range(n):
-            for k in range(m):
-                x[k, i] = np.asarray(probconserve(x[k, i], var[i], g, b[i : i + 1])[0])
-        ens[:, :, j] = x.reshape(ens[:, :, j].shape)
-    return ens, totals
+    """The members after ProbConserve (module docstring: every member moved by the projection
+    built from the ensemble's variance) and the target total b per constrained variable."""
+    cfg = [c.model_dump() for c in constraints]
+    state = _initial_state(fc, constraints)
+    ens = fc["ens"]
+    var = ens.var(axis=0, ddof=1)  # (N, S, H, W)
+    floor = VAR_FLOOR * np.maximum(var.mean(axis=(-2, -1), keepdims=True), 1e-30)
+    var = var + floor
+    out = np.stack([conserve.apply_constraints(ens[k], var, cfg, state, variables=fc["names"])[0]
+                    for k in range(ens.shape[0])])  # fmt: skip
+    totals = {
+        c.variable: state[c.initial or c.variable].sum(axis=(-2, -1)) + c.flux for c in constraints
+    }
+    return out, totals
 
 
 def _front_mask(obs: np.ndarray) -> np.ndarray:
