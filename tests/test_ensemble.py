@@ -119,7 +119,7 @@ def test_ensemble_package_checksums_and_same_model(e2h, tmp_path):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    with pytest.raises(PackageError, match="checksum|does not match"):
+    with pytest.raises(PackageError, match=r"checksum|does not match"):
         load_ensemble(pkg)
     # the checksum list rewritten to match: the ensemble's recorded sha256 catches it
     lines = [f"{sha256_file(member / n)}  {n}\n" for n in sorted(REQUIRED)]
