@@ -8,6 +8,7 @@ import argparse
 import yaml
 
 from scigpt.commands import EXIT_FAIL, EXIT_OK
+from scigpt.eval.ensemble import evaluate_ensemble_package
 from scigpt.rundir import runs_root
 from scigpt.sweep import ensemble
 
@@ -43,8 +44,6 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     print(f"  ensemble package   {res['package']}")
     if args.evaluate is not None:
-        from scigpt.eval.ensemble import evaluate_ensemble_package
-
         ev = evaluate_ensemble_package(res["package"], args.evaluate, out / "evaluate")
         for row in ev["rows"]:
             print(f"  {row['variable']:>10s} {row['constraint']:>12s}  RMSE {row['rmse']:.4g}  "
