@@ -244,3 +244,37 @@ def test_from_package_fine_tunes_every_member(e2h, tmp_path):
         ensemble.ensemble_sweep("runs/gpme-easy.yaml", 2, tmp_path / "x", from_package=tmp_path)
     with pytest.raises(ValueError, match="do not --set seed"):
         ensemble.ensemble_sweep("runs/gpme-easy.yaml", 2, tmp_path / "y", overrides={"seed": 3})
+
+
+def test_evaluate_command_scores_an_ensemble_package(e2h, tmp_path):
+    """``scigpt evaluate ENSEMBLE CONFIG`` takes the ensemble path: the same rows as the
+    experiment's (same members, same data; exact equality)."""
+    from scigpt.commands.evaluate import evaluate
+
+    store = json.dumps(str(e2h / "evaluate" / "store"))
+    loaded = load_config("runs/gpme-hard.yaml", [f"data.store={store}"])
+    res = evaluate(e2h / "ensemble", loaded, out=tmp_path / "ev", progress=False)
+    assert res["summary"]["kind"] == "ensemble"
+    want = json.loads((e2h / "evaluate" / "eval.json").read_text())["ensemble"]
+    assert res["summary"]["ensemble"] == want
+    assert (tmp_path / "ev" / "ensemble_scores.png").is_file()
+
+
+@pytest.mark.slow
+def test_ensemble_as_a_slurm_job_array(slurm, tmp_path, torch_extensions_dir):
+    """The members as one job array on the test suite's real Slurm, then packaged by a rerun
+    without --slurm that trains nothing."""
+    from tests.test_sweep import _wait_for_points
+
+    out = tmp_path / "arrays"
+    short = {"schedule.steps": 8, "schedule.warmup_steps": 2}
+    sweep = ensemble.ensemble_sweep("runs/gpme-easy.yaml", 2, out, overrides=short)
+    env = {**job_env(torch_extensions_dir), "SLURM_CONF": slurm.env["SLURM_CONF"]}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    res = ensemble.run(sweep, out, slurm=True, env=env)
+    assert len(res["job_ids"]) == 1 and res["package"] is None
+    assert "#SBATCH --array=0-1%" in (out / "slurm" / "array0.sbatch").read_text()
+    states = _wait_for_points(out, res["points"])
+    assert states == ["done", "done"], (states, slurm.logs())
+    again = ensemble.run(sweep, out)
+    assert again["todo"] == [] and len(load_ensemble(again["package"])) == 2
