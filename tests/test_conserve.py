@@ -13,7 +13,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from scigpt.eval.conserve import apply_constraints, mass_constraint, probconserve
+from scigpt.eval.conserve import mass_constraint, probconserve
 
 
 def test_hand_solved_two_cells() -> None:
@@ -129,29 +129,3 @@ def test_batched_equals_loop_and_errors() -> None:
         probconserve(mu[0], np.ones(4), g, 1.0)
     with pytest.raises(ValueError, match="linearly dependent"):
         probconserve(mu[0], var[0], np.ones((2, 5)), [1.0, 1.0])
-
-
-def test_apply_constraints_on_a_grid() -> None:
-    rng = np.random.default_rng(4)
-    n, h = 6, 1 / 6
-    mean = rng.uniform(0, 1, size=(2, 2, n, n))  # (N, V, H, W)
-    var = rng.uniform(0.01, 0.1, size=(2, 2, n, n))
-    u0 = rng.uniform(0, 1, size=(2, n, n))
-    cfg = [{"type": "mass", "variable": "pde_u", "initial": "pde_u0"}]
-    new_mean, new_var = apply_constraints(
-        mean, var, cfg, {"pde_u0": u0}, variables=["pde_k0", "pde_u"], cell_area=h * h
-    )
-    mass = (new_mean[:, 1] * h * h).sum(axis=(1, 2))
-    np.testing.assert_allclose(mass, (u0 * h * h).sum(axis=(1, 2)), rtol=1e-12)
-    np.testing.assert_array_equal(new_mean[:, 0], mean[:, 0])  # unconstrained channel untouched
-    assert np.all(new_var[:, 1] <= var[:, 1]) and np.all(new_var[:, 1] >= 0)
-    # a linear constraint: the mean over the left half equals 0.25
-    w = np.zeros((n, n))
-    w[:, : n // 2] = 1.0 / (n * n // 2)
-    cfg2 = [{"type": "linear", "variable": "pde_u", "weights": w, "value": 0.25}]
-    lin_mean, _ = apply_constraints(mean, var, cfg2, {}, variables=["pde_k0", "pde_u"])
-    np.testing.assert_allclose((lin_mean[:, 1] * w).sum(axis=(1, 2)), 0.25, rtol=1e-12)
-    with pytest.raises(ValueError, match="not a predicted variable"):
-        apply_constraints(mean, var, [{"variable": "t2m"}], {}, variables=["pde_k0", "pde_u"])
-    with pytest.raises(ValueError, match="not in the initial state"):
-        apply_constraints(mean, var, cfg, {}, variables=["pde_k0", "pde_u"])

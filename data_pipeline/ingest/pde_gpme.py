@@ -26,8 +26,8 @@ state; the L1 error of the cell averages, averaged over four snapshots to damp t
 grid-phase noise, fitted over 6–7 grids):
 
 * diffusion, Fourier mode 1 + a cos(πx) e^{−kπ²t}: **2.0** (smooth; band [1.9, 2.1]);
-* porous medium m = 3, Barenblatt–Pattle source solution: **≈ 1.5** (the front
-  u ~ (x_f − x)^{1/3} limits the regularity; band [1.2, 1.8]);
+* porous medium m = 3, Barenblatt–Pattle source solution: **≈ 1.5** in 1-D and in 2-D (the
+  front u ~ (x_f − x)^{1/3} limits the regularity; band [1.2, 1.8]);
 * Stefan u* = 0.6, k_low = 0, Neumann's similarity solution with u(0, t) = 1: **≈ 1.7** (the
   discontinuous front is smeared over one cell, as in the enthalpy method; band [1.3, 2.1]).
 

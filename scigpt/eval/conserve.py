@@ -24,12 +24,14 @@ Variance forms, chosen by the shape of ``var_or_cov`` against ``mu`` (…, n):
 
 Leading axes batch (one constraint solve per sample); G (k, n) or (…, k, n), b (k,) or (…, k).
 Everything is computed and returned in float64; the k×k systems are solved (never inverted).
+
+The config-facing layer (``eval.constraints``, :class:`scigpt.config.ConstraintConfig`) lives
+with the ensemble scores in ``scigpt/eval/ensemble.py``; this module is the math only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -115,73 +117,3 @@ def mass_constraint(
     area = np.broadcast_to(np.asarray(cell_area, dtype=np.float64), shape).reshape(1, -1)
     total = np.asarray(total, dtype=np.float64)
     return area.copy(), total[..., None]
-
-
-def apply_constraints(
-    pred_mean: np.ndarray,
-    pred_var: np.ndarray,
-    constraints_cfg: Sequence[Mapping[str, Any]],
-    initial_state: Mapping[str, np.ndarray],
-    *,
-    variables: Sequence[str],
-    cell_area: float | np.ndarray = 1.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """ProbConserve on forecasts as a config names it (``eval.constraints``): returns copies of
-    ``pred_mean`` and ``pred_var`` (N, V, *spatial) — V named by ``variables`` — with the
-    constrained channels corrected (the diagonal of Σ̃ as the new variance).
-
-    Each entry of ``constraints_cfg`` is one linear constraint on one variable:
-
-    * ``{"type": "mass", "variable": "pde_u", "initial": "pde_u0", "flux": 0.0}``: the total
-      Σ a·u of ``variable`` equals the total of ``initial`` (default: the same name) in
-      ``initial_state`` plus ``flux`` (the net boundary inflow over the horizon; default 0);
-    * ``{"type": "linear", "variable": name, "weights": array of *spatial, "value": float}``:
-      Σ weights·u = value.
-
-    ``initial_state`` maps names to (N, *spatial) arrays; ``cell_area`` is a scalar or a
-    *spatial array (e.g. h² on a PDE grid, cos-latitude areas on a sphere). Constraints on the
-    same variable are applied together (stacked rows of G).
-    """
-    mean = np.array(pred_mean, dtype=np.float64)
-    var = np.array(pred_var, dtype=np.float64)
-    if mean.shape != var.shape or mean.ndim < 3 or mean.shape[1] != len(variables):
-        raise ValueError(
-            f"pred_mean {mean.shape} and pred_var {var.shape} must both be (N, V, *spatial) with "
-            f"V = {len(variables)} variables {list(variables)}."
-        )
-    n_samples, spatial = mean.shape[0], mean.shape[2:]
-    rows: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for i, c in enumerate(constraints_cfg):
-        where = f"eval.constraints[{i}]"
-        kind, name = c.get("type", "mass"), c.get("variable")
-        if name not in variables:
-            raise ValueError(
-                f"{where}.variable {name!r} is not a predicted variable; choose one of "
-                f"{list(variables)}."
-            )
-        if kind == "mass":
-            init = c.get("initial", name)
-            if init not in initial_state:
-                raise ValueError(
-                    f"{where}.initial {init!r} is not in the initial state, which has "
-                    f"{sorted(initial_state)}. Fix: name the field whose total is conserved."
-                )
-            u0 = np.asarray(initial_state[init], dtype=np.float64).reshape(n_samples, *spatial)
-            area = np.broadcast_to(np.asarray(cell_area, dtype=np.float64), spatial)
-            total = np.sum(u0 * area, axis=tuple(range(1, u0.ndim))) + float(c.get("flux", 0.0))
-            g, b = mass_constraint(spatial, area, total)
-        elif kind == "linear":
-            g = np.broadcast_to(np.asarray(c["weights"], dtype=np.float64), spatial).reshape(1, -1)
-            b = np.full((n_samples, 1), float(c["value"]))
-        else:
-            raise ValueError(f"{where}.type {kind!r} is unknown; choose 'mass' or 'linear'.")
-        rows.setdefault(list(variables).index(name), []).append((g, b))
-    for v, cons in rows.items():
-        g = np.concatenate([gi for gi, _ in cons], axis=0)  # (k, n)
-        b = np.concatenate([bi for _, bi in cons], axis=-1)  # (N, k)
-        mu_t, var_t = probconserve(
-            mean[:, v].reshape(n_samples, -1), var[:, v].reshape(n_samples, -1), g, b
-        )
-        mean[:, v] = mu_t.reshape(n_samples, *spatial)
-        var[:, v] = var_t.reshape(n_samples, *spatial)
-    return mean, var
