@@ -392,11 +392,11 @@ class LoggingConfig(_Strict):
 
 class ConstraintConfig(_Strict):
     """A linear conservation constraint ``G u = b`` applied by ProbConserve
-    (``scigpt.eval.conserve.apply_constraints``, whose keys these are) when an ensemble is
-    evaluated: the total (sum over the grid's cells) of the forecast ``variable`` equals the
-    total of ``initial`` in the input frame (the initial state: ``pde_u0`` for ``pde_u``;
-    default the same variable, a conserved quantity carried forward) plus ``flux`` (the net
-    boundary inflow over the forecast; 0 for no-flux boundaries)."""
+    (``scigpt.eval.conserve``, through ``scigpt.eval.ensemble.apply_constraints``) when an
+    ensemble is evaluated: the total (sum over the grid's cells) of the forecast ``variable``
+    equals the total of ``initial`` in the input frame (the initial state: ``pde_u0`` for
+    ``pde_u``; default the same variable, a conserved quantity carried forward) plus ``flux``
+    (the net boundary inflow over the forecast; 0 for no-flux boundaries)."""
 
     type: Literal["mass"] = "mass"
     variable: str = Field(min_length=1)

@@ -13,7 +13,8 @@ variances (ddof 1; a floor of 1e-9 × their mean keeps GΣGᵀ invertible where 
 Each member x_m is moved by the same oblique projection, x̃_m = x_m − ΣGᵀ(GΣGᵀ)⁻¹(Gx_m − b),
 so every member satisfies G x̃ = b and the members' mean is ProbConserve's μ̃ (the map is
 affine). G sums the field over the grid's cells (uniform cells: the PDE grids); b is the same sum
-of ``initial`` in the input frame plus ``flux`` (``scigpt.eval.conserve.apply_constraints``).
+of ``initial`` in the input frame plus ``flux`` (``conserve.mass_constraint``). This module is
+the config-facing layer of ``eval.constraints`` (``config.ConstraintConfig``).
 
 Two more scores, per variable:
 
@@ -148,19 +149,29 @@ def apply_constraints(
     fc: dict[str, Any], constraints: Sequence[ConstraintConfig]
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The members after ProbConserve (module docstring: every member moved by the projection
-    built from the ensemble's variance) and the target total b per constrained variable."""
-    cfg = [c.model_dump() for c in constraints]
+    built from the ensemble's variance) and the target total b per constrained variable.
+    Constraints on one variable are applied together (stacked rows of G)."""
     state = _initial_state(fc, constraints)
-    ens = fc["ens"]
-    var = ens.var(axis=0, ddof=1)  # (N, S, H, W)
-    floor = VAR_FLOOR * np.maximum(var.mean(axis=(-2, -1), keepdims=True), 1e-30)
-    var = var + floor
-    out = np.stack([conserve.apply_constraints(ens[k], var, cfg, state, variables=fc["names"])[0]
-                    for k in range(ens.shape[0])])  # fmt: skip
-    totals = {
-        c.variable: state[c.initial or c.variable].sum(axis=(-2, -1)) + c.flux for c in constraints
-    }
-    return out, totals
+    ens = fc["ens"].copy()
+    m, n = ens.shape[:2]
+    totals: dict[str, np.ndarray] = {}
+    rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for c in constraints:
+        spatial = ens.shape[3:]
+        total = state[c.initial or c.variable].sum(axis=(-2, -1)) + c.flux  # (N,)
+        rows.setdefault(c.variable, []).append(conserve.mass_constraint(spatial, 1.0, total))
+        totals[c.variable] = total
+    for name, cons in rows.items():
+        j = fc["names"].index(name)
+        g = np.concatenate([gi for gi, _ in cons], axis=0)  # (k, P)
+        b = np.concatenate([bi for _, bi in cons], axis=-1)  # (N, k)
+        x = ens[:, :, j].reshape(m, n, -1)
+        var = x.var(axis=0, ddof=1)  # (N, P)
+        var = var + VAR_FLOOR * np.maximum(var.mean(axis=-1, keepdims=True), 1e-30)
+        mu_t, _ = conserve.probconserve(x, np.broadcast_to(var, x.shape), g,
+                                        np.broadcast_to(b, (m, *b.shape)))  # fmt: skip
+        ens[:, :, j] = mu_t.reshape(ens[:, :, j].shape)
+    return ens, totals
 
 
 def _front_mask(obs: np.ndarray) -> np.ndarray:
