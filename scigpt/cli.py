@@ -358,6 +358,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only (re)write the report of an experiment folder")  # fmt: skip
 
     p = sub.add_parser(
+        "ensemble",
+        help="train N members differing in seed (or fine-tuned from one package) as a sweep",
+        description="Train N ensemble members that differ in seed (initialisation and data "
+        "order), or fine-tune N members from one package (--from), as a sweep (locally or a "
+        "Slurm job array; reruns continue), export them and write an ensemble package "
+        "(members with checksums) to OUT/ensemble. --evaluate CONFIG then scores it there "
+        "(CRPS, spread-skill, rank histogram, ensemble diagnostics; with eval.constraints, "
+        "each with and without ProbConserve).",
+    )
+    _add_config_args(p)
+    p.add_argument("--members", type=int, required=True, help="number of members (>= 2)")
+    p.add_argument("--from", dest="from_package", type=Path, default=None, metavar="PACKAGE",
+                   help="fine-tune every member from this model package")  # fmt: skip
+    p.add_argument("--seed0", type=int, default=0, help="seed of the first member (default 0)")
+    p.add_argument("--name", default=None, help="ensemble name (default: the config's stem)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="ensemble folder (default: $SCIGPT_RUNS/ensembles/<name>)")  # fmt: skip
+    p.add_argument("--slurm", action="store_true", help="submit the members as a job array")
+    p.add_argument("--cluster", default=None, help="Slurm profile (default: local)")
+    p.add_argument("--evaluate", type=Path, default=None, metavar="EVAL_CONFIG",
+                   help="score the ensemble on this config's eval.split")  # fmt: skip
+
+    p = sub.add_parser(
         "export",
         help="package a run's checkpoint as a self-contained model (safetensors + JSON)",
         description="Consolidate a checkpoint of any layout (dp/ZeRO, tp, pp) into a model "

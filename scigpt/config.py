@@ -393,6 +393,20 @@ class LoggingConfig(_Strict):
     peak_tflops: PositiveFloat | None = None
 
 
+class ConstraintConfig(_Strict):
+    """A linear conservation constraint ``G u = b`` applied by ProbConserve
+    (``scigpt.eval.conserve``, through ``scigpt.eval.ensemble.apply_constraints``) when an
+    ensemble is evaluated: the total (sum over the grid's cells) of the forecast ``variable``
+    equals the total of ``initial`` in the input frame (the initial state: ``pde_u0`` for
+    ``pde_u``; default the same variable, a conserved quantity carried forward) plus ``flux``
+    (the net boundary inflow over the forecast; 0 for no-flux boundaries)."""
+
+    type: Literal["mass"] = "mass"
+    variable: str = Field(min_length=1)
+    initial: str | None = None
+    flux: float = 0.0
+
+
 class EvalConfig(_Strict):
     plot_variable: str | None = None  # variable for the forecast-vs-truth map; default the first
     every: NonNegInt = 0  # validate on data.splits.val every N steps (0: never)
@@ -406,6 +420,8 @@ class EvalConfig(_Strict):
     horizon: PositiveInt = 1
     climatology: str | None = None
     acc: bool = True  # false: no ACC (and no climatology needed)
+    # ensembles: each score with and without ProbConserve under these constraints (ConstraintConfig)
+    constraints: list[ConstraintConfig] = []
 
 
 class SelectionConfig(_Strict):

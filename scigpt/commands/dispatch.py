@@ -23,6 +23,7 @@ from scigpt.runlock import RunLocked, RunLockLost
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "run"),
     "diagnose": ("diagnose", "run"),
+    "ensemble": ("ensemble", "run"),
     "evaluate": ("evaluate", "run"),
     "export": ("export", "run"),
     "finetune": ("train", "finetune"),

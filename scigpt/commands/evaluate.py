@@ -20,8 +20,10 @@ from typing import Any
 from scigpt.atomic import atomic_write_text
 from scigpt.commands import EXIT_OK
 from scigpt.config_loader import LoadedConfig, load_config
+from scigpt.eval.ensemble import evaluate_ensemble_package
 from scigpt.eval.run import check_forecaster, score_model
 from scigpt.export.card import evaluation_markdown, update_package_card
+from scigpt.export.ensemble import is_ensemble
 from scigpt.export.errors import PackageError
 from scigpt.export.loader import load_pretrained
 from scigpt.export.signing import is_signed
@@ -59,6 +61,11 @@ def evaluate(
     cfg = loaded.config
     if not target.is_dir():
         raise FileNotFoundError(f"{target}: not a model package or run directory")
+    if is_ensemble(target):  # probabilistic scores, with and without ProbConserve
+        out = Path(out) if out is not None else target.parent / f"{target.name}-eval"
+        res = evaluate_ensemble_package(target, loaded, out, progress=progress,
+                                        trusted_keys=trusted_keys)  # fmt: skip
+        return {"files": res["files"], "summary": res["summary"], "out": out}
     is_pkg = _is_package(target)
     if not is_pkg and not RunDir(target).is_run():
         raise PackageError(
@@ -93,6 +100,15 @@ def run(args: argparse.Namespace) -> int:
     res = evaluate(
         args.target, loaded, out=args.out, card=not args.no_card, trusted_keys=args.trusted_keys
     )
+    if res["summary"]["kind"] == "ensemble":
+        print(f"{res['summary']['n_forecasts']} forecasts, {res['summary']['n_members']} members:")
+        for r in res["summary"]["ensemble"]:
+            print(f"  {r['variable']:>10s} {r['constraint']:>12s}  RMSE {r['rmse']:.4g}  "
+                  f"CRPS {r['crps']:.4g}  spread/skill {r['spread_skill_ratio']:.3f}  "
+                  f"mass error {r['conservation_error']:.2e}")  # fmt: skip
+        for key, path in res["files"].items():
+            print(f"  {key:18s} {path}")
+        return EXIT_OK
     rows = res["summary"]["gridded"]
     print(f"{res['summary']['n_forecasts']} forecasts per lead; RMSE (ACC) by lead:")
     for r in rows:

@@ -28,6 +28,8 @@ from tqdm import tqdm
 from scigpt import __version__
 from scigpt.atomic import atomic_write, sha256_file
 from scigpt.data_pipeline.ingest.base import GridArray, format_kind, get_reader
+from scigpt.eval.realization import realization_dataset, write_realizations
+from scigpt.export.ensemble import ENSEMBLE, is_ensemble, load_ensemble, member_paths
 from scigpt.export.loader import load_pretrained
 from scigpt.export.verify import WEIGHTS
 
@@ -349,6 +351,26 @@ def _build_dataset(
 
 
 # ---- predict --------------------------------------------------------------------------------
+@torch.no_grad()
+def _rollout(pm, frames, names, lat, lon, t0, steps, model_lead, step_ns, progress) -> np.ndarray:
+    """One model's autoregressive forecasts at ``steps`` from ``frames`` (T, V, H, W), in
+    normalised space, denormalised: (L, V, H, W)."""
+    hist, n_calls = pm.history, steps[-1] // model_lead
+    x = torch.from_numpy(np.ascontiguousarray(frames.transpose(1, 0, 2, 3)))[None]
+    x = pm.normalise(x.to(pm.mean.device), names)  # (1, V, T, H, W), NaN → 0 as in training
+    wanted = set(steps)
+    got: dict[int, np.ndarray] = {}
+    for k in tqdm(range(n_calls), desc="predict", unit="step", disable=not progress):
+        t_in = t0 + np.timedelta64(k * model_lead * step_ns, "ns")
+        y = pm.model(pm.batch(x, names, lat, lon, np.array([t_in]))).float()
+        lead_k = (k + 1) * model_lead
+        if lead_k in wanted:
+            got[lead_k] = pm.denormalise(y, names)[0].cpu().numpy()
+        if k + 1 < n_calls:
+            x = y[:, :, None] if hist == 1 else torch.cat([x[:, :, 1:], y[:, :, None]], 2)
+    return np.stack([got[s] for s in steps])
+
+
 def predict(
     package: str | Path,
     inputs: Sequence[str | Path],
@@ -394,7 +416,13 @@ def predict(
         raise IsADirectoryError(f"{out} is a directory: give the netCDF file to write")
     options = dict(options or {})
 
-    pm = load_pretrained(package, device=device, trusted_keys=trusted_keys)  # PackageError
+    if is_ensemble(package):  # every member along a CF realization dimension
+        members = member_paths(package)
+        models = load_ensemble(package, device=device, trusted_keys=trusted_keys)
+    else:
+        members = []
+        models = [load_pretrained(package, device=device, trusted_keys=trusted_keys)]
+    pm = models[0]  # an ensemble's members share config and variables (write_ensemble)
     task = (pm.config.get("run_config") or {}).get("data", {}).get("task", "forecast")
     if task != "forecast":
         raise ValueError(
@@ -481,21 +509,10 @@ def predict(
     vidx = [grid.names.index(n) for n in names]
     frames = grid.values[i - hist + 1 : i + 1][:, vidx]  # (T, V, H, W)
     lat, lon = np.array(grid.lat, dtype=np.float64), np.array(grid.lon, dtype=np.float64)
-    dev = pm.mean.device
-    x = torch.from_numpy(np.ascontiguousarray(frames.transpose(1, 0, 2, 3)))[None].to(dev)
-    with torch.no_grad():
-        x = pm.normalise(x, names)  # (1, V, T, H, W), NaN → 0 as in training
-        wanted = set(steps)
-        got: dict[int, np.ndarray] = {}
-        for k in tqdm(range(n_calls), desc="predict", unit="step", disable=not progress):
-            t_in = t0 + np.timedelta64(k * model_lead * step_ns, "ns")
-            y = pm.model(pm.batch(x, names, lat, lon, np.array([t_in]))).float()
-            lead_k = (k + 1) * model_lead
-            if lead_k in wanted:
-                got[lead_k] = pm.denormalise(y, names)[0].cpu().numpy()
-            if k + 1 < n_calls:
-                x = y[:, :, None] if hist == 1 else torch.cat([x[:, :, 1:], y[:, :, None]], 2)
-    fields = np.stack([got[s] for s in steps])  # (L, V, H, W)
+    member_fields = [
+        _rollout(m, frames, names, lat, lon, t0, steps, model_lead, step_ns, progress)
+        for m in models
+    ]  # each (L, V, H, W)
     lead_ns = np.array([s * step_ns for s in steps], dtype=np.int64)
 
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -514,7 +531,7 @@ def predict(
         "history": f"{now}: {command}",
         "references": f"model card: {pkg_path / 'MODEL_CARD.md'}",
         "scigpt_package": str(pkg_path),
-        "scigpt_package_sha256": sha256_file(pkg_path / WEIGHTS),
+        "scigpt_package_sha256": sha256_file(pkg_path / (ENSEMBLE if members else WEIGHTS)),
         "scigpt_git_sha": str(prov.get("git_sha") or "unknown"),
         "scigpt_source_run": str(prov.get("source_run") or "unknown"),
         "scigpt_input_files": ", ".join(str(p.resolve()) for p in paths),
@@ -524,7 +541,12 @@ def predict(
         "scigpt_missing_variables": ", ".join(absent),
         "scigpt_model_variables": ", ".join(pm.var_names),
     }
-    ds, enc = _build_dataset(fields, [info[n] for n in names], lat, lon, t0, lead_ns, attrs)
+    built = [_build_dataset(f, [info[n] for n in names], lat, lon, t0, lead_ns, attrs)
+             for f in member_fields]  # fmt: skip
+    if members:
+        ens = realization_dataset([b[0] for b in built], names=[n for n, _ in members])
+        return write_realizations(ens, out, built[0][1])
+    ds, enc = built[0]
 
     def write(tmp: Path) -> None:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=enc)
