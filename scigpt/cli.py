@@ -333,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input reader (netcdf, grib, zarr; default: from the suffix)")  # fmt: skip
     p.add_argument("--init", default=None, help="initial time, ISO 8601 (default: the last)")
     p.add_argument("--variables", default=None, help="comma-separated variables to read")
+    p.add_argument("--conserve", action="append", default=None, metavar="VAR",
+                   help="ensemble packages: hold VAR's area-weighted total at the initial "
+                        "frame's at every lead by ProbConserve (repeatable)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument(
         "--allow-missing", action="store_true",

@@ -220,6 +220,32 @@ def test_predict_writes_a_cf_realization_dimension(demo_package, sample_era5_dir
                                    atol=1e-6 * float(np.abs(members).max()))  # fmt: skip
         assert ds[f"{v}_spread"].attrs["cell_methods"] == "realization: standard_deviation"
         assert float(ds[f"{v}_spread"].max()) > 0  # the members differ
+    _check_conserved_predict(ens, demo_package, inputs, out, v, tmp_path)
+
+
+def _check_conserved_predict(ens, single, inputs, raw_path, v, tmp_path) -> None:
+    """``--conserve v``: every member's cos(latitude)-weighted total of v equals the initial
+    frame's at every lead (relative 1e-5: float32 output), moved by a correction small against
+    the field; refused for a single model."""
+    from scigpt.eval.predict import _read_grid
+
+    out = predict(ens, inputs, tmp_path / "ens-conserved.nc", leads=["1h", "2h"],
+                  init="2020-01-01T12:00", conserve=[v])  # fmt: skip
+    grid = _read_grid(list(inputs), "netcdf", {})
+    t = int(np.flatnonzero(grid.time == np.datetime64("2020-01-01T12:00"))[-1])
+    area = np.cos(np.deg2rad(np.asarray(grid.lat, dtype=np.float64)))[:, None]
+    b = float((grid.values[t, grid.names.index(v)].astype(np.float64) * area).sum())
+    with xr.open_dataset(out) as ds, xr.open_dataset(raw_path) as raw:
+        assert ds.attrs["scigpt_constraints"] == f"mass of {v}"
+        fixed = ds[v].values.astype(np.float64)  # (realization, lead, lat, lon)
+        totals = (fixed * area).sum(axis=(-2, -1))
+        np.testing.assert_allclose(totals, b, rtol=1e-5)
+        before = (raw[v].values.astype(np.float64) * area).sum(axis=(-2, -1))
+        assert np.abs(before - b).max() > 10 * np.abs(totals - b).max()  # it did move them
+        shift = np.abs(fixed - raw[v].values).max()
+        assert 0 < shift < 0.1 * float(np.abs(raw[v].values).max())
+    with pytest.raises(ValueError, match="single model"):
+        predict(single, inputs, tmp_path / "one.nc", leads=["1h"], conserve=[v])
 
 
 def test_cli_refuses_one_member(tmp_path, capsys):

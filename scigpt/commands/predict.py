@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
         args.package, args.inputs, args.out, leads=args.leads, fmt=args.fmt, init=args.init,
         options=options, device=args.device, progress=True, trusted_keys=args.trusted_keys,
         command="scigpt " + " ".join(shlex.quote(a) for a in args.argv),
-        allow_missing=args.allow_missing,
+        allow_missing=args.allow_missing, conserve=args.conserve or (),
     )  # fmt: skip
     print(f"forecast: {out}")
     return EXIT_OK

@@ -146,11 +146,16 @@ def _initial_state(fc: dict[str, Any], constraints: Sequence[ConstraintConfig]) 
 
 
 def apply_constraints(
-    fc: dict[str, Any], constraints: Sequence[ConstraintConfig]
+    fc: dict[str, Any],
+    constraints: Sequence[ConstraintConfig],
+    *,
+    cell_area: float | np.ndarray = 1.0,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The members after ProbConserve (module docstring: every member moved by the projection
     built from the ensemble's variance) and the target total b per constrained variable.
-    Constraints on one variable are applied together (stacked rows of G)."""
+    Constraints on one variable are applied together (stacked rows of G). ``cell_area``: the
+    weight of each grid cell in a total (a scalar, or an array of the grid's shape: e.g. the
+    cosine of latitude on a latitude-longitude grid)."""
     state = _initial_state(fc, constraints)
     ens = fc["ens"].copy()
     m, n = ens.shape[:2]
@@ -158,8 +163,9 @@ def apply_constraints(
     rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for c in constraints:
         spatial = ens.shape[3:]
-        total = state[c.initial or c.variable].sum(axis=(-2, -1)) + c.flux  # (N,)
-        rows.setdefault(c.variable, []).append(conserve.mass_constraint(spatial, 1.0, total))
+        area = np.broadcast_to(np.asarray(cell_area, dtype=np.float64), spatial)
+        total = (state[c.initial or c.variable] * area).sum(axis=(-2, -1)) + c.flux  # (N,)
+        rows.setdefault(c.variable, []).append(conserve.mass_constraint(spatial, area, total))
         totals[c.variable] = total
     for name, cons in rows.items():
         j = fc["names"].index(name)

@@ -27,7 +27,9 @@ from tqdm import tqdm
 
 from scigpt import __version__
 from scigpt.atomic import atomic_write, sha256_file
+from scigpt.config import ConstraintConfig
 from scigpt.data_pipeline.ingest.base import GridArray, format_kind, get_reader
+from scigpt.eval.ensemble import apply_constraints
 from scigpt.eval.realization import realization_dataset, write_realizations
 from scigpt.export.ensemble import ENSEMBLE, is_ensemble, load_ensemble, member_paths
 from scigpt.export.loader import load_pretrained
@@ -371,6 +373,26 @@ def _rollout(pm, frames, names, lat, lon, t0, steps, model_lead, step_ns, progre
     return np.stack([got[s] for s in steps])
 
 
+def _conserved(
+    fields: list[np.ndarray],
+    initial: np.ndarray,
+    names: list[str],
+    lat: np.ndarray,
+    conserve: Sequence[str],
+) -> list[np.ndarray]:
+    """The members' forecasts (each (L, V, H, W)) after ProbConserve: the cos(latitude)-weighted
+    total of each ``conserve`` variable equal to the initial frame's at every lead."""
+    unknown = [v for v in conserve if v not in names]
+    if unknown:
+        raise ValueError(f"--conserve {', '.join(unknown)}: not forecast here; choose from {names}")
+    ens = np.stack(fields).astype(np.float64)  # (M, L, V, H, W)
+    fc = {"ens": ens, "names": names, "input_names": names, "task": "forecast",
+          "inputs": np.broadcast_to(initial, ens.shape[1:])}  # fmt: skip
+    area = np.cos(np.deg2rad(lat))[:, None] * np.ones(ens.shape[-1])
+    out, _ = apply_constraints(fc, [ConstraintConfig(variable=v) for v in conserve], cell_area=area)
+    return [m.astype(f.dtype) for m, f in zip(out, fields, strict=True)]
+
+
 def predict(
     package: str | Path,
     inputs: Sequence[str | Path],
@@ -385,6 +407,7 @@ def predict(
     command: str | None = None,
     allow_missing: bool = False,
     trusted_keys: Sequence | None = None,
+    conserve: Sequence[str] = (),
 ) -> Path:
     """Forecast from ``inputs`` with a model package and write the forecasts as CF-1.8 netCDF.
     ``trusted_keys``: the package must be signed by one of these public keys.
@@ -400,7 +423,11 @@ def predict(
     Inputs that lack some of the package's variables are refused (the model was trained with
     all of them, and a forecast without them is not what it was scored on) unless
     ``allow_missing``: then the missing ones are listed in the ``scigpt_missing_variables``
-    attribute of the output. Writes ``out`` atomically and returns its path.
+    attribute of the output. ``conserve`` (an ensemble package only): variables whose total —
+    Σ cos(latitude)·value over the grid, or Σ value on a grid without latitudes — is held at
+    its value in the initial frame at every lead by ProbConserve (``eval.ensemble.
+    apply_constraints``, the variance from the members; no boundary flux), recorded in the
+    ``scigpt_constraints`` attribute. Writes ``out`` atomically and returns its path.
     """
     if isinstance(leads, str):
         leads = [leads]
@@ -416,6 +443,12 @@ def predict(
         raise IsADirectoryError(f"{out} is a directory: give the netCDF file to write")
     options = dict(options or {})
 
+    if conserve and not is_ensemble(package):
+        raise ValueError(
+            f"--conserve {', '.join(conserve)}: ProbConserve weights its correction by the "
+            f"ensemble's variance, and {package} is a single model: give an ensemble package "
+            "(scigpt ensemble)"
+        )
     if is_ensemble(package):  # every member along a CF realization dimension
         members = member_paths(package)
         models = load_ensemble(package, device=device, trusted_keys=trusted_keys)
@@ -513,6 +546,8 @@ def predict(
         _rollout(m, frames, names, lat, lon, t0, steps, model_lead, step_ns, progress)
         for m in models
     ]  # each (L, V, H, W)
+    if conserve:
+        member_fields = _conserved(member_fields, frames[-1], names, lat, conserve)
     lead_ns = np.array([s * step_ns for s in steps], dtype=np.int64)
 
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -540,6 +575,8 @@ def predict(
         # what the model did not see (allow_missing); empty when every variable was given
         "scigpt_missing_variables": ", ".join(absent),
         "scigpt_model_variables": ", ".join(pm.var_names),
+        # ProbConserve: these totals held at the initial frame's (empty: none)
+        "scigpt_constraints": ", ".join(f"mass of {v}" for v in conserve),
     }
     built = [_build_dataset(f, [info[n] for n in names], lat, lon, t0, lead_ns, attrs)
              for f in member_fields]  # fmt: skip
