@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,30 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> str:
         raise
     fsync_dir(path.parent)
     return digest.hexdigest()
+
+
+def atomic_dir(out: Path, fill: Callable[[Path], None]) -> Path:
+    """Run ``fill(tmp)`` on a temp folder beside ``out``, fsync it, then put it in place of
+    ``out``: an existing ``out`` is swapped out only once the new one is complete (a package
+    written with --force), and a failure leaves ``out`` as it was. ``fill`` fsyncs its files."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.tmp-"))
+    try:
+        fill(tmp)
+        os.chmod(tmp, 0o755)
+        fsync_dir(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.old-"))
+            os.rename(out, old / "pkg")
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def atomic_write_text(path: Path, text: str) -> str:

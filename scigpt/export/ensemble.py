@@ -20,16 +20,14 @@ and JSON, no pickle — and this module imports no DeepSpeed (``scigpt.export.lo
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from scigpt.atomic import fsync_dir, sha256_file
+from scigpt.atomic import atomic_dir, sha256_file
 from scigpt.export.errors import PackageError
 from scigpt.export.loader import PretrainedModel, load_pretrained
 from scigpt.export.verify import CHECKSUMS, CONFIG, FORMAT, read_json
@@ -96,9 +94,8 @@ def write_ensemble(
                 f"{m} is not the same model as {first[0]} (they differ in {diff}): the members "
                 "of an ensemble differ in weights only"
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.tmp-"))
-    try:
+
+    def fill(tmp: Path) -> None:
         entries = []
         for m, name in zip(members, names, strict=True):
             dest = tmp / "members" / name
@@ -109,20 +106,8 @@ def write_ensemble(
         doc = {"format": ENSEMBLE_FORMAT, "version": ENSEMBLE_VERSION, "members": entries}
         (tmp / ENSEMBLE).write_text(json.dumps(doc, indent=2) + "\n")
         (tmp / CHECKSUMS).write_text(f"{sha256_file(tmp / ENSEMBLE)}  {ENSEMBLE}\n")
-        os.chmod(tmp, 0o755)
-        fsync_dir(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.old-"))
-            os.rename(out, old / "pkg")
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return atomic_dir(out, fill)
 
 
 def _verify_files(pkg: Path) -> None:

@@ -30,8 +30,6 @@ import csv
 import datetime as dt
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from scigpt import __version__
-from scigpt.atomic import fsync_dir, sha256_file
+from scigpt.atomic import atomic_dir, sha256_file
 from scigpt.diagnostics.htsr import analyze_state, summarize
 from scigpt.export import signing
 from scigpt.export.card import evaluation_markdown, fill_card, render_card
@@ -302,9 +300,7 @@ def export_run(
         data = json.loads(scores.read_text())
         card = fill_card(card, evaluation_markdown(data.get("gridded", []), data.get("series", [])))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.tmp-"))
-    try:
+    def fill(tmp: Path) -> None:
         save_file(
             tensors,
             str(tmp / WEIGHTS),
@@ -323,17 +319,5 @@ def export_run(
         for name in written:
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)
-        fsync_dir(tmp)
-        if out.exists():  # --force: swap the old one out only once the new one is complete
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{out.name}.old-"))
-            os.rename(out, old / "pkg")
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return atomic_dir(out, fill)
