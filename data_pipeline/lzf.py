@@ -91,9 +91,10 @@ def lzf_encode(data: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def write_lzf_chunks(ds: h5py.Dataset, data: np.ndarray) -> None:
-    """Write ``data`` into ``ds`` (created with ``shuffle=True, compression="lzf"`` and chunks of
-    one row along axis 0, whole along the others) chunk by chunk, deterministically."""
+def write_lzf_chunks(ds: h5py.Dataset, data: np.ndarray, start: int = 0) -> None:
+    """Write ``data`` into rows ``start`` ... of ``ds`` (created with ``shuffle=True,
+    compression="lzf"`` and chunks of one row along axis 0, whole along the others) chunk by
+    chunk, deterministically."""
     filters = [ds.id.get_create_plist().get_filter(i)[0] for i in range(2)]
     if filters != [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_LZF]:
         raise ValueError(f"{ds.name}: expected the filters shuffle then lzf, got {filters}")
@@ -104,6 +105,6 @@ def write_lzf_chunks(ds: h5py.Dataset, data: np.ndarray) -> None:
         shuffled = shuffle_bytes(data[i])
         coded = lzf_encode(shuffled)
         if 0 < len(coded) < shuffled.size:
-            ds.id.write_direct_chunk((i, *zeros), coded)
+            ds.id.write_direct_chunk((start + i, *zeros), coded)
         else:  # incompressible: shuffled only, the LZF filter (pipeline index 1) marked skipped
-            ds.id.write_direct_chunk((i, *zeros), shuffled.tobytes(), filter_mask=0b10)
+            ds.id.write_direct_chunk((start + i, *zeros), shuffled.tobytes(), filter_mask=0b10)

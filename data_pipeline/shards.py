@@ -20,11 +20,12 @@ Shard groups hold ``patches`` (grid: (N, V, G, K); series: (N, C, P, K)), ``time
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import h5py
 import numpy as np
@@ -32,9 +33,9 @@ import numpy as np
 from scigpt.atomic import atomic_write, atomic_write_text, sha256_file
 
 from .consistency import source_flags
-from .ingest.base import GridArray, SeriesArray
+from .ingest.base import GridArray, SeriesArray, time_blocks
 from .lzf import write_lzf_chunks
-from .patches import grid_token_coords, patchify_grid, patchify_series
+from .patches import grid_token_coords, grid_tokens, patchify_grid, patchify_series
 from .plausibility import merge_checks
 from .splits import inside_block, window_last_ns
 from .stats import RunningStats
@@ -42,6 +43,19 @@ from .stats import RunningStats
 FORMAT = "scigpt-patch-store"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# A grid unit is decoded, checked, patchified and written this many bytes of frames at a time
+# (whole tubelets; at least one): memory does not grow with the unit's length.
+BLOCK_BYTES = 64 << 20
+
+
+class UnitCheck(Protocol):
+    """Checks run on a unit's values as they are written (prepare.py's reader checks)."""
+
+    def block(self, index: int, arr: GridArray | SeriesArray, values: np.ndarray) -> None:
+        """Values of array ``index``: a block of time steps of a grid, a whole series array."""
+
+    def verdict(self) -> dict[str, Any]:
+        """After the last block: entries for the record; raise to reject the unit (no shard)."""
 
 
 @dataclass(frozen=True)
@@ -108,30 +122,53 @@ def _dataset(g: h5py.Group, name: str, data: np.ndarray, **kw: Any) -> None:
     g.create_dataset(name, data=data, track_times=False, **kw)
 
 
-def _patches(g: h5py.Group, patches: np.ndarray, spec: PatchSpec) -> None:
+def _patches_dataset(g: h5py.Group, shape: tuple[int, ...], spec: PatchSpec) -> h5py.Dataset:
     """The patches dataset, one chunk per sample (a loader reads a sample with one
-    decompression). LZF chunks are coded here, not by h5py's filter, whose output depends on
-    uninitialised memory (see lzf.py): identical input → identical bytes."""
+    decompression)."""
+    if not shape[0]:
+        return g.create_dataset("patches", shape=shape, dtype=np.float32, track_times=False)
+    chunks = (1, *shape[1:])
+    return g.create_dataset("patches", shape=shape, dtype=np.float32, chunks=chunks,
+                            track_times=False, **spec.h5_filters())  # fmt: skip
+
+
+def _write_patches(ds: h5py.Dataset, start: int, patches: np.ndarray, spec: PatchSpec) -> None:
+    """Samples ``start`` ... of the patches dataset. LZF chunks are coded here, not by h5py's
+    filter, whose output depends on uninitialised memory (see lzf.py): identical input →
+    identical bytes."""
     if not len(patches):
-        _dataset(g, "patches", patches)
         return
-    chunks = (1, *patches.shape[1:])
-    if spec.compression != "lzf":
-        _dataset(g, "patches", patches, chunks=chunks, **spec.h5_filters())
-        return
-    ds = g.create_dataset("patches", shape=patches.shape, dtype=patches.dtype, chunks=chunks,
-                          track_times=False, **spec.h5_filters())  # fmt: skip
-    write_lzf_chunks(ds, patches)
+    if spec.compression == "lzf":
+        write_lzf_chunks(ds, patches, start=start)
+    else:
+        ds[start : start + len(patches)] = patches
 
 
-def _write_grid(g: h5py.Group, arr: GridArray, spec: PatchSpec, stats: NamedStats, rng) -> dict:
+def _patches(g: h5py.Group, patches: np.ndarray, spec: PatchSpec) -> None:
+    _write_patches(_patches_dataset(g, patches.shape, spec), 0, patches, spec)
+
+
+def _write_grid(
+    g: h5py.Group,
+    arr: GridArray,
+    spec: PatchSpec,
+    stats: NamedStats,
+    rng,
+    inspect: Callable[[np.ndarray], None] | None = None,
+) -> dict:
+    """Patchify ``arr`` into ``g`` a block of frames at a time (``BLOCK_BYTES``): only one
+    block is decoded (a ``LazyGrid`` reads it from the files) and patchified at once.
+    ``inspect`` sees every block of frames (the trailing ones too) before it is written."""
     pt, ph, pw = spec.grid
-    patches = patchify_grid(arr.values, spec.grid)  # (N, V, G, K)
-    n = patches.shape[0]
+    t_all, v, h, w = arr.values.shape
+    n = t_all // pt
     if n == 0:
-        raise ValueError(f"{arr.source}: {len(arr.time)} frames do not fill one {pt}-frame tubelet")
+        if inspect is not None:
+            inspect(arr.values[0:t_all])
+        raise ValueError(f"{arr.source}: {t_all} frames do not fill one {pt}-frame tubelet")
+    gh, gw = grid_tokens(h, w, ph, pw)
     times = arr.time[: n * pt : pt].astype("datetime64[ns]").astype(np.int64)  # (N,)
-    _patches(g, patches, spec)
+    ds = _patches_dataset(g, (n, v, gh * gw, pt * ph * pw), spec)
     _dataset(g, "time", times)
     _dataset(g, "lat", np.asarray(arr.lat, dtype=np.float64))
     _dataset(g, "lon", np.asarray(arr.lon, dtype=np.float64))
@@ -139,7 +176,6 @@ def _write_grid(g: h5py.Group, arr: GridArray, spec: PatchSpec, stats: NamedStat
         tlat, tlon = grid_token_coords(arr.lat, arr.lon, ph, pw)
         _dataset(g, "token_lat", tlat)
         _dataset(g, "token_lon", tlon)
-    h, w = arr.values.shape[-2:]
     all_t = arr.time.astype("datetime64[ns]").astype(np.int64)
     frame_step = int(all_t[1] - all_t[0]) if len(all_t) > 1 else 0
     # Statistics over the frames inside the block only: a tubelet of pt frames that straddles
@@ -147,8 +183,18 @@ def _write_grid(g: h5py.Group, arr: GridArray, spec: PatchSpec, stats: NamedStat
     frame_t = all_t[: n * pt].reshape(n, pt)  # (N, pt)
     inside = inside_block(frame_t, frame_t, rng)  # (N, pt)
     keep = np.repeat(inside, ph * pw, axis=1)  # (N, K)
-    for j, var in enumerate(arr.variables):
-        stats.update(var.name, np.where(keep[:, None, :], patches[:, j], np.nan))
+    steps = pt * max(1, BLOCK_BYTES // (pt * v * h * w * 4))
+    for t0, frames in time_blocks(arr.values, steps):
+        if inspect is not None:
+            inspect(frames)
+        n0, n1 = t0 // pt, min(n, (t0 + len(frames)) // pt)
+        if n1 <= n0:
+            continue  # trailing frames that do not fill a tubelet
+        patches = patchify_grid(frames[: (n1 - n0) * pt], spec.grid)  # (n1 - n0, V, G, K)
+        del frames
+        _write_patches(ds, n0, patches, spec)
+        for j, var in enumerate(arr.variables):
+            stats.update(var.name, np.where(keep[n0:n1, None, :], patches[:, j], np.nan))
     return {"kind": "grid", "n": int(n), "height": int(h), "width": int(w), "coords": arr.coords,
             "frame_step_ns": frame_step, "times": _iso(times)}  # fmt: skip
 
@@ -196,15 +242,22 @@ def write_unit(
     *,
     stats_time_range: tuple[Any, Any] | None,
     meta: dict[str, Any],
+    check: UnitCheck | None = None,
 ) -> dict[str, Any]:
-    """Patchify ``arrays`` into the unit's shard (atomically), then write its record."""
+    """Patchify ``arrays`` into the unit's shard (atomically), then write its record.
+
+    ``check`` sees the values as they are written (grids block by block) and gives its verdict
+    before the shard is renamed into place: its entries go into the record; if it raises, no
+    shard is left."""
     rel = Path("shards") / source / f"{unit}.h5"
     stats = NamedStats()
     infos: list[dict[str, Any]] = []
+    verdict: dict[str, Any] = {}
 
     def write(tmp: Path) -> None:
         infos.clear()
         stats.stats.clear()
+        verdict.clear()
         with h5py.File(tmp, "w", libver="earliest") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
@@ -215,13 +268,18 @@ def write_unit(
                 g.attrs["variables"] = json.dumps([v.to_dict() for v in arr.variables])
                 g.attrs["array_source"] = arr.source
                 if isinstance(arr, GridArray):
-                    info = _write_grid(g, arr, spec, stats, stats_time_range)
+                    inspect = None if check is None else functools.partial(check.block, i, arr)
+                    info = _write_grid(g, arr, spec, stats, stats_time_range, inspect)
                 else:
+                    if check is not None:
+                        check.block(i, arr, arr.values)
                     info = _write_series(g, arr, spec, stats, stats_time_range)
                 if arr.attrs.get("reader_warnings"):  # harmless ones; the rest are rejects
                     info["reader_warnings"] = list(arr.attrs["reader_warnings"])
                 infos.append({"group": f"a{i}", "variables": [v.name for v in arr.variables],
                               **info})  # fmt: skip
+        if check is not None:
+            verdict.update(check.verdict())
 
     sha = atomic_write(store / rel, write)
     variables: dict[str, dict] = {}
@@ -239,6 +297,7 @@ def write_unit(
         "variables": list(variables.values()),
         "stats": stats.to_dict(),
         **meta,
+        **verdict,
     }
     write_record(store, source, unit, record)
     return record
