@@ -39,7 +39,7 @@ from .ingest.base import (
 from .isolate import UNIT_MARK, UnitWorker, log_path
 from .plausibility import PlausibilityCheck
 from .shards import MANIFEST, build_manifest, read_record, write_unit
-from .work_units import SourceSpec, Unit, input_stamp, reject_unit, unit_meta
+from .work_units import SourceSpec, Unit, input_stamp, reject_unit, time_units, unit_meta
 
 _log = logging.getLogger(__name__)
 
@@ -120,6 +120,9 @@ def plan_units(sources: Sequence[SourceSpec]) -> list[Unit]:
                 units.append(Unit(src, f"{src.name}-{k:05d}", k, (), opts))
         elif src.unit == "all":
             units.append(Unit(src, f"{src.name}-00000", 0, tuple(src.paths), dict(src.options)))
+        elif (grouped := time_units(src)) is not None:  # files grouped by time
+            for k, (paths, opts) in enumerate(grouped):
+                units.append(Unit(src, f"{src.name}-{k:05d}", k, paths, opts))
         else:
             for k, p in enumerate(src.paths):
                 units.append(Unit(src, f"{src.name}-{k:05d}", k, (p,), dict(src.options)))

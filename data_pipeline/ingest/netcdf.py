@@ -402,7 +402,7 @@ def read_netcdf_source(
     return [read_netcdf(paths, variables, time_slice)]
 
 
-def probe_times(path: Path) -> tuple[list[str], np.ndarray]:
+def probe_times(path: Path, **_options: object) -> tuple[list[str], np.ndarray]:
     """The canonical variables of one file and its time axis, from metadata (work_units.py
     groups one-variable-per-file downloads by time with it)."""
     with _open(path) as ds:

@@ -224,6 +224,19 @@ def probe_zarr(
     return names, shape
 
 
+def probe_times(
+    path: Path, *, level_names: Sequence[str] = (), **_options: object
+) -> tuple[list[str], np.ndarray]:
+    """The canonical variables of one store and its time axis, from metadata (work_units.py
+    groups stores by time with it)."""
+    with _open(path) as raw:
+        view, _, _ = _canonical_view(raw, path, level_names)
+        with _as_reader_error(path):
+            fields, _ = _scan(view, path)
+            times = _times(view, _find_coord(view, _TIME_NAMES, "time", path), path)
+    return [f.info.name for f in fields], times
+
+
 def _store_pieces(
     path: Path,
     raw: xr.Dataset,
