@@ -86,8 +86,8 @@ def time_units(src: SourceSpec) -> list[tuple[tuple[Path, ...], dict[str, Any]]]
     between consecutive file start times, holding every file that overlaps it, read with
     ``time_slice`` set to the period (a yearly file is read a day at a time next to daily
     files). ``unit: day|month|year``: one unit per calendar period of the files' times. A file
-    whose metadata cannot be read stays a unit of its own (the reader then rejects it, naming
-    the reason)."""
+    whose metadata cannot be read, or that is not a regular file, stays a unit of its own (read
+    in the isolated worker, which rejects it with the reason or stops it at its timeout)."""
     if src.unit not in CALENDAR_UNITS and src.unit != "file":
         return None
     if src.format not in TIME_PROBES:
@@ -105,6 +105,9 @@ def time_units(src: SourceSpec) -> list[tuple[tuple[Path, ...], dict[str, Any]]]
     broken: list[Path] = []
     kinds: set[frozenset[str]] = set()
     for path in src.paths:
+        if src.format != "zarr" and not path.is_file():  # a FIFO would block the open here
+            broken.append(path)
+            continue
         try:
             names, times = probe(path, **options)
             window = time_window(times, src.options.get("time_slice"), path)
