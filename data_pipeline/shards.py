@@ -45,7 +45,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 # A grid unit is decoded, checked, patchified and written this many bytes of frames at a time
 # (whole tubelets; at least one): memory does not grow with the unit's length.
-BLOCK_BYTES = 64 << 20
+BLOCK_BYTES = 16 << 20
 
 
 class UnitCheck(Protocol):

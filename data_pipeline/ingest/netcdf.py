@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,10 +185,43 @@ def _load(
     return values.astype(np.float32)
 
 
+class OpenFiles:
+    """The files of one lazily read unit, at most ``keep`` open at a time (least recently used
+    closed first). An open netCDF4/HDF5 file holds ~1 MB of metadata cache plus a chunk cache
+    per variable read, so holding every file of a unit open would grow with its length."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self.open: dict[Path, xr.Dataset] = {}
+
+    def get(self, path: Path) -> xr.Dataset:
+        ds = self.open.pop(path, None) or _open(path)
+        self.open[path] = ds  # most recent last
+        while len(self.open) > self.keep:
+            self.open.pop(next(iter(self.open))).close()
+        return ds
+
+    def release(self, path: Path) -> None:
+        ds = self.open.pop(path, None)
+        if ds is not None:
+            ds.close()
+
+    def close(self) -> None:
+        for ds in self.open.values():
+            ds.close()
+        self.open.clear()
+
+
 def field_pieces(
-    ds: xr.Dataset, path: Path, fields: Sequence[_Field], window: slice, times: np.ndarray
+    ds: xr.Dataset,
+    path: Path,
+    fields: Sequence[_Field],
+    window: slice,
+    times: np.ndarray,
+    files: OpenFiles,
 ) -> dict[str, Piece]:
-    """One lazily read :class:`Piece` per field of a file (its steps in ``window``)."""
+    """One lazily read :class:`Piece` per field of a file (its steps in ``window``), read
+    through ``files``."""
     dims = (
         _find_coord(ds, _TIME_NAMES, "time", path),
         _find_coord(ds, _LAT_NAMES, "latitude", path),
@@ -199,11 +231,14 @@ def field_pieces(
 
     def reader(field: _Field):
         def read(a: int, b: int) -> np.ndarray:
-            return _load(ds, field, dims, slice(base + a, base + b))
+            return _load(files.get(path), field, dims, slice(base + a, base + b))
 
         return read
 
-    return {f.info.name: Piece(path, times[window], reader(f)) for f in fields}
+    return {
+        f.info.name: Piece(path, times[window], reader(f), lambda: files.release(path))
+        for f in fields
+    }
 
 
 def read_netcdf(
@@ -229,44 +264,42 @@ def read_netcdf(
         raise ValueError("read_netcdf got no paths. Fix: pass the netCDF files to read.")
     if time_slice is not None and len(time_slice) != 2:
         raise ValueError(f"time_slice={time_slice!r}: give (start, stop) ISO times")
-    # The files stay open for the lazy reads; LazyGrid.close (or garbage collection) closes them.
-    stack = contextlib.ExitStack()
-    try:
-        datasets = [stack.enter_context(_open(path)) for path in paths]
-        # Variables are split per level before combining, so files may carry different level
-        # sets; the horizontal grid must match exactly (no regridding).
-        ref_path, ref = paths[0], datasets[0]
-        lat = np.asarray(ref[_find_coord(ref, _LAT_NAMES, "latitude", ref_path)].values, "f8")
-        lon = np.asarray(ref[_find_coord(ref, _LON_NAMES, "longitude", ref_path)].values, "f8")
-
-        pieces: dict[str, list[Piece]] = {}
-        first: dict[str, tuple[_Field, xr.Dataset]] = {}
-        unknown: list[str] = []
-        for path, ds in zip(paths, datasets, strict=True):
+    # Metadata is read here, one file at a time; the values later, through ``files``.
+    files = OpenFiles()
+    pieces: dict[str, list[Piece]] = {}
+    first: dict[str, tuple[_Field, dict]] = {}  # name -> (field, decoding record)
+    unknown: list[str] = []
+    ref_path = paths[0]
+    lat = lon = np.zeros(0)
+    for k, path in enumerate(paths):
+        with _open(path) as ds:
+            # Variables are split per level before combining, so files may carry different
+            # level sets; the horizontal grid must match exactly (no regridding).
+            if k == 0:
+                lat = np.asarray(ds[_find_coord(ds, _LAT_NAMES, "latitude", path)].values, "f8")
+                lon = np.asarray(ds[_find_coord(ds, _LON_NAMES, "longitude", path)].values, "f8")
             _check_axes(ds, path, ref_path, lat, lon)
             times = _times(ds, _find_coord(ds, _TIME_NAMES, "time", path), path)
             fields, file_unknown = _scan(ds, path)
             unknown.extend(file_unknown)
             window = time_window(times, time_slice, path)
-            for name, piece in field_pieces(ds, path, fields, window, times).items():
+            for name, piece in field_pieces(ds, path, fields, window, times, files).items():
                 pieces.setdefault(name, []).append(piece)
             for field in fields:
-                first.setdefault(field.info.name, (field, ds))
+                if field.info.name not in first:
+                    first[field.info.name] = (field, _decoding(ds[field.var], field))
 
-        names = select_variables(list(first), variables, unknown, paths[0])
-        time, load = join_pieces(names, pieces)
-        if not len(time):
-            raise ValueError(
-                f"{ref_path}: no time step selected (time_slice={time_slice!r}). "
-                "Fix: pick a time_slice inside the files' times."
-            )
-        infos = [first[n][0].info for n in names]
-        decoding = {n: _decoding(first[n][1][first[n][0].var], first[n][0]) for n in names}
-    except BaseException:
-        stack.close()
-        raise
+    names = select_variables(list(first), variables, unknown, paths[0])
+    time, load = join_pieces(names, pieces)
+    if not len(time):
+        raise ValueError(
+            f"{ref_path}: no time step selected (time_slice={time_slice!r}). "
+            "Fix: pick a time_slice inside the files' times."
+        )
+    infos = [first[n][0].info for n in names]
+    decoding = {n: first[n][1] for n in names}
     return GridArray(
-        values=LazyGrid((len(time), len(names), len(lat), len(lon)), load, stack.close),
+        values=LazyGrid((len(time), len(names), len(lat), len(lon)), load, files.close),
         variables=infos,
         lat=lat,
         lon=lon,

@@ -29,6 +29,9 @@ class Piece:
     path: Path
     times: np.ndarray  # (n,) datetime64[ns], ascending
     read: Callable[[int, int], np.ndarray]  # local steps [a, b) -> (b - a, H, W) float32
+    # Called once its last step has been read: frees what the open file holds (netCDF-C keeps
+    # a chunk cache per open variable, which would grow with the number of files of a unit).
+    release: Callable[[], None] | None = None
 
 
 def _iso(t: np.datetime64) -> str:
@@ -121,6 +124,8 @@ def join_pieces(
                 if out is None:
                     out = np.empty((t1 - t0, len(names), *block.shape[1:]), dtype=np.float32)
                 out[lo - t0 : hi - t0, v] = block
+                if hi == start + len(piece.times) and piece.release is not None:
+                    piece.release()
         assert out is not None, f"no piece covers steps [{t0}, {t1})"
         return out
 
