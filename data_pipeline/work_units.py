@@ -31,8 +31,8 @@ class SourceSpec:
     format: str
     paths: list[Path]
     options: dict[str, Any] = field(default_factory=dict)
-    # "file": one unit per path (files holding different variables: grouped by time, see
-    # time_units); "all": every path in one unit; "day"/"month"/"year": one unit per period
+    # "file": one unit per path; "all": every path in one unit; "time": files grouped by time
+    # (ERA5 one variable per file); "day"/"month"/"year": one unit per period (time_units)
     unit: str = "file"
     patch: PatchSpec = field(default_factory=PatchSpec)
     require_coordinates: bool = True
@@ -81,17 +81,22 @@ def time_units(src: SourceSpec) -> list[tuple[tuple[Path, ...], dict[str, Any]]]
     """The units of a source grouped by time: (paths, reader options) each, or None when each
     file is its own unit.
 
-    ``unit: file`` keeps one unit per file unless the files hold different variables (ERA5 as
-    downloaded: one variable per file over a day, month or year): then a unit is one period
-    between consecutive file start times, holding every file that overlaps it, read with
-    ``time_slice`` set to the period (a yearly file is read a day at a time next to daily
-    files). ``unit: day|month|year``: one unit per calendar period of the files' times. A file
+    ``unit: time`` (ERA5 as downloaded: one variable per file over a day, month or year): a unit
+    is one period between consecutive file start times, holding every file that overlaps it,
+    read with ``time_slice`` set to the period (a yearly file is read a day at a time next to
+    daily files). ``unit: file`` keeps one unit per file, except when the source names its
+    ``variables`` and a file lacks some of them that others hold (each file alone would be
+    refused): then it groups as ``time``. ``unit: day|month|year``: one unit per calendar
+    period of the files' times. A file
     whose metadata cannot be read, or that is not a regular file, stays a unit of its own (read
     in the isolated worker, which rejects it with the reason or stops it at its timeout)."""
-    if src.unit not in CALENDAR_UNITS and src.unit != "file":
+    if src.unit not in CALENDAR_UNITS and src.unit not in ("file", "time"):
         return None
+    wanted = src.options.get("variables")
+    if src.unit == "file" and not wanted:
+        return None  # one unit per file, nothing to probe
     if src.format not in TIME_PROBES:
-        if src.unit in CALENDAR_UNITS:
+        if src.unit != "file":
             raise ValueError(
                 f"source {src.name!r}: unit: {src.unit} groups files by time, which the "
                 f"{src.format!r} reader cannot (only {sorted(TIME_PROBES)}). Fix: use unit: file "
@@ -116,10 +121,10 @@ def time_units(src: SourceSpec) -> list[tuple[tuple[Path, ...], dict[str, Any]]]
             continue
         kinds.add(frozenset(names))
         probed[path] = times[window]
-    if src.unit == "file" and len(kinds) <= 1:
-        return None
+    if src.unit == "file" and all(set(wanted) <= kind for kind in kinds):
+        return None  # every file holds every requested variable: one unit per file
     times = np.unique(np.concatenate([t for t in probed.values()] or [np.array([], "M8[ns]")]))
-    if src.unit == "file":
+    if src.unit in ("file", "time"):
         starts = np.unique([t[0] for t in probed.values() if len(t)])
         key = np.searchsorted(starts, times, side="right")  # period of each time step
     else:

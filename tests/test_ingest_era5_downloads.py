@@ -149,8 +149,9 @@ def test_zarr_one_array_per_variable_split_in_time(
 def test_units_grouped_by_time_and_ingested(
     downloads: dict[str, list[Path]], tmp_path: Path
 ) -> None:
-    """unit: file groups the one-variable files per day (3 units, the monthly u file read a
-    day at a time); unit: month makes one unit; the store equals the reference."""
+    """unit: file with a variables list groups the one-variable files per day (3 units, the
+    monthly u file read a day at a time), as unit: time does; unit: month makes one unit; the
+    store equals the reference."""
     ref = _reference(downloads)
     spec = SourceSpec("era5", "netcdf", sorted(_all(downloads)), options={"variables": NAMES})
     units = plan_units([spec])
@@ -158,6 +159,11 @@ def test_units_grouped_by_time_and_ingested(
     assert units[1].options["time_slice"] == ("2020-01-02T00:00:00", "2020-01-02T23:00:00")
     monthly = SourceSpec("era5", "netcdf", spec.paths, options=spec.options, unit="month")
     assert [len(u.paths) for u in plan_units([monthly])] == [7]
+    # Without a variables list, unit: file stays one unit per file; unit: time groups.
+    per_file = SourceSpec("era5", "netcdf", spec.paths)
+    assert [len(u.paths) for u in plan_units([per_file])] == [1] * 7
+    by_time = SourceSpec("era5", "netcdf", spec.paths, unit="time")
+    assert [u.paths for u in plan_units([by_time])] == [u.paths for u in units]
 
     manifest = prepare_store([spec], tmp_path / "store", progress=False, isolate=False)
     assert manifest is not None and not manifest["rejects"], manifest["rejects"]
