@@ -187,24 +187,37 @@ def _load(
 
 class OpenFiles:
     """The files of one lazily read unit, at most ``keep`` open at a time (least recently used
-    closed first). An open netCDF4/HDF5 file holds ~1 MB of metadata cache plus a chunk cache
-    per variable read, so holding every file of a unit open would grow with its length."""
+    closed first), each closed once all its pieces are read. An open netCDF4/HDF5 file holds
+    ~1 MB of metadata cache plus a chunk cache per variable read, so holding every file of a
+    unit open would grow with its length."""
 
     def __init__(self, keep: int = 2) -> None:
         self.keep = keep
         self.open: dict[Path, xr.Dataset] = {}
+        self.pending: dict[Path, int] = {}  # pieces of each file not yet read to their end
+
+    def adopt(self, path: Path, ds: xr.Dataset, pieces: int) -> None:
+        """Keep ``ds`` (opened to scan it) for the reads of its ``pieces``."""
+        self.pending[path] = pieces
+        self.open[path] = ds
+        self._trim()
 
     def get(self, path: Path) -> xr.Dataset:
         ds = self.open.pop(path, None) or _open(path)
         self.open[path] = ds  # most recent last
-        while len(self.open) > self.keep:
-            self.open.pop(next(iter(self.open))).close()
+        self._trim()
         return ds
 
+    def _trim(self) -> None:
+        while len(self.open) > self.keep:
+            self.open.pop(next(iter(self.open))).close()
+
     def release(self, path: Path) -> None:
-        ds = self.open.pop(path, None)
-        if ds is not None:
-            ds.close()
+        self.pending[path] = self.pending.get(path, 1) - 1
+        if self.pending[path] <= 0:
+            ds = self.open.pop(path, None)
+            if ds is not None:
+                ds.close()
 
     def close(self) -> None:
         for ds in self.open.values():
@@ -272,7 +285,8 @@ def read_netcdf(
     ref_path = paths[0]
     lat = lon = np.zeros(0)
     for k, path in enumerate(paths):
-        with _open(path) as ds:
+        ds = _open(path)
+        try:
             # Variables are split per level before combining, so files may carry different
             # level sets; the horizontal grid must match exactly (no regridding).
             if k == 0:
@@ -288,14 +302,23 @@ def read_netcdf(
             for field in fields:
                 if field.info.name not in first:
                     first[field.info.name] = (field, _decoding(ds[field.var], field))
+        except BaseException:
+            ds.close()
+            files.close()
+            raise
+        files.adopt(path, ds, len(fields))
 
-    names = select_variables(list(first), variables, unknown, paths[0])
-    time, load = join_pieces(names, pieces)
-    if not len(time):
-        raise ValueError(
-            f"{ref_path}: no time step selected (time_slice={time_slice!r}). "
-            "Fix: pick a time_slice inside the files' times."
-        )
+    try:
+        names = select_variables(list(first), variables, unknown, paths[0])
+        time, load = join_pieces(names, pieces)
+        if not len(time):
+            raise ValueError(
+                f"{ref_path}: no time step selected (time_slice={time_slice!r}). "
+                "Fix: pick a time_slice inside the files' times."
+            )
+    except BaseException:
+        files.close()
+        raise
     infos = [first[n][0].info for n in names]
     decoding = {n: first[n][1] for n in names}
     return GridArray(
