@@ -99,17 +99,18 @@ def _chunk_starts(shape: tuple[int, ...], chunks: tuple[int, ...]):
     return itertools.product(*grids)
 
 
-def write_lzf_chunks(ds: h5py.Dataset, data: np.ndarray) -> None:
-    """Write ``data`` into ``ds`` (created with ``shuffle=True, compression="lzf"``, any
-    chunking) chunk by chunk, deterministically. Edge chunks are stored whole, as HDF5 does,
-    with the part outside the dataset zero-filled."""
+def write_lzf_chunks(ds: h5py.Dataset, data: np.ndarray, start: int = 0) -> None:
+    """Write ``data`` into rows ``start`` ... of ``ds`` (created with ``shuffle=True,
+    compression="lzf"``, any chunking; ``start`` a multiple of the chunk's first extent) chunk
+    by chunk, deterministically. Edge chunks are stored whole, as HDF5 does, with the part
+    outside the dataset zero-filled."""
     filters = [ds.id.get_create_plist().get_filter(i)[0] for i in range(2)]
     if filters != [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_LZF]:
         raise ValueError(f"{ds.name}: expected the filters shuffle then lzf, got {filters}")
-    if data.shape != ds.shape:
-        raise ValueError(f"{ds.name}: data of shape {data.shape} for a dataset of {ds.shape}")
     chunks = ds.chunks
-    for origin in _chunk_starts(ds.shape, chunks):
+    if data.shape[1:] != ds.shape[1:] or start % chunks[0] or start + len(data) > len(ds):
+        raise ValueError(f"{ds.name}: rows {start}+{data.shape} do not fit {ds.shape}/{chunks}")
+    for origin in _chunk_starts(data.shape, chunks):
         sel = tuple(slice(o, o + c) for o, c in zip(origin, chunks, strict=True))
         block = data[sel]
         if block.shape != chunks:  # an edge chunk: pad to the full chunk
@@ -118,7 +119,8 @@ def write_lzf_chunks(ds: h5py.Dataset, data: np.ndarray) -> None:
             block = full
         shuffled = shuffle_bytes(block)
         coded = lzf_encode(shuffled)
+        at = (origin[0] + start, *origin[1:])
         if 0 < len(coded) < shuffled.size:
-            ds.id.write_direct_chunk(origin, coded)
+            ds.id.write_direct_chunk(at, coded)
         else:  # incompressible: shuffled only, the LZF filter (pipeline index 1) marked skipped
-            ds.id.write_direct_chunk(origin, shuffled.tobytes(), filter_mask=0b10)
+            ds.id.write_direct_chunk(at, shuffled.tobytes(), filter_mask=0b10)

@@ -414,24 +414,31 @@ def _decoding(arr: GridArray | SeriesArray, name: str, fmt: str) -> dict[str, An
     return {"rule": f"{fmt} reader: file values, converted to canonical units"}
 
 
-def check_arrays(
-    arrays: Sequence[GridArray | SeriesArray], policy: str, fmt: str, where: str
-) -> dict[str, Any]:
-    """Check every variable of a unit; returns the record entry, raises ReaderError on reject."""
-    if policy not in POLICIES:
-        raise ValueError(f"plausibility={policy!r}: choose one of {list(POLICIES)}")
-    variables: dict[str, dict[str, Any]] = {}
-    problems: list[str] = []
-    time_stamp = None
-    for arr in arrays:
+class PlausibilityCheck:
+    """The plausibility check of one unit, fed block by block (a time block of a grid, or a
+    whole series array): :meth:`add` each block, then :meth:`result` (raises on reject).
+
+    Counts, min/max and the outside fraction are over the whole unit; the likely cause of a
+    rejection is judged on the valid values of the first block with values out of range."""
+
+    def __init__(self, policy: str, fmt: str, where: str) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"plausibility={policy!r}: choose one of {list(POLICIES)}")
+        self.policy, self.fmt, self.where = policy, fmt, where
+        self.variables: dict[str, dict[str, Any]] = {}
+        self.evidence: dict[str, np.ndarray] = {}  # variable -> valid values of a bad block
+        self.time_stamp = None
+
+    def add(self, arr: GridArray | SeriesArray, values: np.ndarray) -> None:
+        """Count the values (``arr``'s layout, any leading extent) of one block of ``arr``."""
         if isinstance(arr, SeriesArray):
-            time_stamp = arr.attrs.get("time_stamp", time_stamp)
+            self.time_stamp = arr.attrs.get("time_stamp", self.time_stamp)
         for j, var in enumerate(arr.variables):
-            vals = arr.values[:, j]
+            vals = values[:, j]
             finite = vals[np.isfinite(vals)]
-            entry = variables.setdefault(var.name, {
+            entry = self.variables.setdefault(var.name, {
                 "units": var.units, "min": None, "max": None, "n_valid": 0, "n_outside": 0,
-                "decoding": _decoding(arr, var.name, fmt),
+                "decoding": _decoding(arr, var.name, self.fmt),
             })  # fmt: skip
             if finite.size:
                 lo, hi = float(finite.min()), float(finite.max())
@@ -448,28 +455,49 @@ def check_arrays(
             entry["range_source"] = rng.source
             outside = int(((finite < rng.lo) | (finite > rng.hi)).sum())
             entry["n_outside"] += outside
-            if policy != "off" and outside > MAX_OUTSIDE_FRACTION * finite.size:
+            if outside and var.name not in self.evidence:
+                self.evidence[var.name] = finite
+
+    def result(self) -> dict[str, Any]:
+        """The record entry; raises :class:`ReaderError` when the policy rejects the unit."""
+        problems: list[str] = []
+        for name, entry in self.variables.items():
+            outside, n_valid = entry["n_outside"], entry["n_valid"]
+            if entry.get("range") is None or not outside:
+                continue
+            if self.policy != "off" and outside > MAX_OUTSIDE_FRACTION * n_valid:
+                rng = PlausibleRange(*entry["range"], entry["units"], entry["range_source"])
+                cause = likely_cause(self.evidence[name], rng, entry["decoding"])
                 problems.append(
-                    f"{var.name}: {outside} of {finite.size} valid values "
-                    f"({outside / finite.size:.2%}) lie outside the plausible range "
-                    f"[{rng.lo:g}, {rng.hi:g}] {var.units} ({rng.source}); observed "
-                    f"[{finite.min():.6g}, {finite.max():.6g}]. Likely cause: "
-                    f"{likely_cause(finite, rng, entry['decoding'])}"
+                    f"{name}: {outside} of {n_valid} valid values "
+                    f"({outside / n_valid:.2%}) lie outside the plausible range "
+                    f"[{rng.lo:g}, {rng.hi:g}] {entry['units']} ({rng.source}); observed "
+                    f"[{entry['min']:.6g}, {entry['max']:.6g}]. Likely cause: {cause}"
                 )
-    out: dict[str, Any] = {"policy": policy, "variables": variables}
-    if time_stamp is not None:
-        out["time_stamp"] = time_stamp
-    if problems and policy == "reject":
-        raise ReaderError(
-            where,
-            "implausible values after decoding — "
-            + "; ".join(problems)
-            + ". Fix: correct the decoding as suggested, or set plausibility: warn (keep and "
-            "record) or off for this source if the values are right.",
-        )
-    if problems:
-        out["warnings"] = problems
-    return out
+        out: dict[str, Any] = {"policy": self.policy, "variables": self.variables}
+        if self.time_stamp is not None:
+            out["time_stamp"] = self.time_stamp
+        if problems and self.policy == "reject":
+            raise ReaderError(
+                self.where,
+                "implausible values after decoding — "
+                + "; ".join(problems)
+                + ". Fix: correct the decoding as suggested, or set plausibility: warn (keep and "
+                "record) or off for this source if the values are right.",
+            )
+        if problems:
+            out["warnings"] = problems
+        return out
+
+
+def check_arrays(
+    arrays: Sequence[GridArray | SeriesArray], policy: str, fmt: str, where: str
+) -> dict[str, Any]:
+    """Check every variable of a unit; returns the record entry, raises ReaderError on reject."""
+    check = PlausibilityCheck(policy, fmt, where)
+    for arr in arrays:
+        check.add(arr, arr.values)
+    return check.result()
 
 
 def merge_checks(records: Sequence[dict[str, Any]]) -> dict[str, Any]:

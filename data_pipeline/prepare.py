@@ -28,11 +28,18 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 from tqdm import tqdm
 
-from .ingest.base import GridArray, ReaderError, SeriesArray, format_kind, get_reader
+from .ingest.base import (
+    GridArray,
+    ReaderError,
+    SeriesArray,
+    close_arrays,
+    format_kind,
+    get_reader,
+)
 from .isolate import UNIT_MARK, UnitWorker, log_path
-from .plausibility import check_arrays
+from .plausibility import PlausibilityCheck
 from .shards import MANIFEST, build_manifest, read_record, write_unit
-from .work_units import SourceSpec, Unit, input_stamp, reject_unit, unit_meta
+from .work_units import SourceSpec, Unit, input_stamp, reject_unit, time_units, unit_meta
 
 _log = logging.getLogger(__name__)
 
@@ -113,68 +120,92 @@ def plan_units(sources: Sequence[SourceSpec]) -> list[Unit]:
                 units.append(Unit(src, f"{src.name}-{k:05d}", k, (), opts))
         elif src.unit == "all":
             units.append(Unit(src, f"{src.name}-00000", 0, tuple(src.paths), dict(src.options)))
+        elif (grouped := time_units(src)) is not None:  # files grouped by time
+            for k, (paths, opts) in enumerate(grouped):
+                units.append(Unit(src, f"{src.name}-{k:05d}", k, paths, opts))
         else:
             for k, p in enumerate(src.paths):
                 units.append(Unit(src, f"{src.name}-{k:05d}", k, (p,), dict(src.options)))
     return units
 
 
-def _check_arrays(arrays: list, unit: Unit) -> None:
-    where = unit.paths[0] if unit.paths else unit.name
-    if not arrays:
-        raise ReaderError(where, "the reader returned no data")
-    for arr in arrays:
-        flat = arr.values.reshape(arr.values.shape[0], len(arr.variables), -1)
-        for j, v in enumerate(arr.variables):
-            if np.isnan(flat[:, j]).all():
+class _ReaderChecks:
+    """What a unit's arrays must pass before they are stored, checked block by block as the
+    shard is written (``shards.UnitCheck``): every variable has a valid value, no valid value
+    sits at a pixel without coordinates, the values are physically plausible."""
+
+    def __init__(self, arrays: list, unit: Unit) -> None:
+        self.where = unit.paths[0] if unit.paths else unit.name
+        if not arrays:
+            raise ReaderError(self.where, "the reader returned no data")
+        for arr in arrays:
+            if (
+                isinstance(arr, SeriesArray)
+                and unit.source.require_coordinates
+                and not (arr.has_coordinates)
+            ):
                 raise ReaderError(
-                    where, f"variable {v.name} has no valid value (all missing or outside "
-                    "valid_range): drop it from variables or check the file"
-                )  # fmt: skip
-        if (
-            isinstance(arr, SeriesArray)
-            and unit.source.require_coordinates
-            and not (arr.has_coordinates)
-        ):
-            raise ReaderError(
-                where,
-                "records without latitude/longitude, which the tokenizer needs: give the "
-                "station coordinates (reader option, e.g. stations/site) or set "
-                "require_coordinates: false for this source",
-            )
+                    self.where,
+                    "records without latitude/longitude, which the tokenizer needs: give the "
+                    "station coordinates (reader option, e.g. stations/site) or set "
+                    "require_coordinates: false for this source",
+                )
+        self.arrays = arrays
+        self.valid = [np.zeros(len(a.variables), dtype=bool) for a in arrays]
+        self.nocoord: dict[int, np.ndarray] = {}
+        self.plausibility = PlausibilityCheck(
+            unit.source.plausibility, unit.source.format, str(self.where)
+        )
+
+    def block(self, index: int, arr: GridArray | SeriesArray, values: np.ndarray) -> None:
+        flat = values.reshape(values.shape[0], len(arr.variables), -1)
+        self.valid[index] |= ~np.isnan(flat).all(axis=(0, 2))
         if isinstance(arr, GridArray) and arr.coords == "geographic":
-            # Off-map pixels (MODIS tiles at the dateline) may lack coordinates, but only where
-            # they also lack values.
-            lat, lon = np.broadcast_arrays(
-                *(np.meshgrid(arr.lat, arr.lon, indexing="ij") if arr.lat.ndim == 1
-                  else (arr.lat, arr.lon))
-            )  # fmt: skip
-            nocoord = ~(np.isfinite(lat) & np.isfinite(lon))  # (H, W)
-            if nocoord.any() and not np.isnan(arr.values[..., nocoord]).all():
-                raise ReaderError(where, "valid values at pixels without coordinates")
+            if index not in self.nocoord:
+                # Off-map pixels (MODIS tiles at the dateline) may lack coordinates, but only
+                # where they also lack values.
+                lat, lon = np.broadcast_arrays(
+                    *(np.meshgrid(arr.lat, arr.lon, indexing="ij") if arr.lat.ndim == 1
+                      else (arr.lat, arr.lon))
+                )  # fmt: skip
+                self.nocoord[index] = ~(np.isfinite(lat) & np.isfinite(lon))  # (H, W)
+            nocoord = self.nocoord[index]
+            if nocoord.any() and not np.isnan(values[..., nocoord]).all():
+                raise ReaderError(self.where, "valid values at pixels without coordinates")
+        self.plausibility.add(arr, values)
+
+    def verdict(self) -> dict[str, Any]:
+        for arr, valid in zip(self.arrays, self.valid, strict=True):
+            for v, ok in zip(arr.variables, valid, strict=True):
+                if not ok:
+                    raise ReaderError(
+                        self.where, f"variable {v.name} has no valid value (all missing or "
+                        "outside valid_range): drop it from variables or check the file"
+                    )  # fmt: skip
+        return {"plausibility": self.plausibility.result()}
 
 
 def run_unit(store: Path, unit: Unit, stats_time_range) -> dict[str, Any]:
-    """Read, check, patchify and write one unit; bad input becomes a reject record."""
+    """Read, check, patchify and write one unit; bad input becomes a reject record. Grids read
+    lazily (``LazyGrid``) are decoded, checked and written a block of time steps at a time."""
     t0 = time.perf_counter()
     meta = unit_meta(unit)
+    arrays: list = []
     try:
         reader = get_reader(unit.source.format)
         arrays = reader(list(unit.paths), **unit.options)
-        _check_arrays(arrays, unit)
-        where = unit.paths[0] if unit.paths else unit.name
-        meta["plausibility"] = check_arrays(
-            arrays, unit.source.plausibility, unit.source.format, str(where)
-        )
+        checks = _ReaderChecks(arrays, unit)
         rec = write_unit(store, unit.source.name, unit.name, arrays, unit.source.patch,
                          stats_time_range=unit.source.stats_time_range or stats_time_range,
-                         meta=meta)  # fmt: skip
+                         meta=meta, check=checks)  # fmt: skip
     except Exception as e:
         # Anything a bad file makes a library raise is a reject, recorded with the path and the
         # reason; the traceback goes to the worker's log (logs/prepare-rank<r>.log).
         if not isinstance(e, (ValueError, OSError)):  # not a reader's own verdict: keep where
             _log.info("unit %s: %s raised", unit.name, type(e).__name__, exc_info=True)
         rec = reject_unit(store, unit, f"{type(e).__name__}: {e}")
+    finally:
+        close_arrays(arrays)
     rec["seconds"] = time.perf_counter() - t0
     return rec
 

@@ -27,12 +27,13 @@ bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import h5py
 import numpy as np
@@ -40,7 +41,7 @@ import numpy as np
 from scigpt.atomic import atomic_write, atomic_write_text, sha256_file
 
 from .consistency import source_flags
-from .ingest.base import GridArray, SeriesArray
+from .ingest.base import GridArray, SeriesArray, time_blocks
 from .lzf import write_lzf_chunks
 from .patches import grid_token_coords, grid_tokens, patchify_grid, patchify_series
 from .plausibility import merge_checks
@@ -53,6 +54,19 @@ READABLE_VERSIONS = (1, 2)
 LAYOUT_VERSION = 2
 TILE_BYTES = 1 << 20  # uncompressed bytes a grid chunk aims at (1-4 MB: one decompression each)
 MANIFEST = "manifest.json"
+# A grid unit is decoded, checked, patchified and written this many bytes of frames at a time
+# (whole tubelets; at least one): memory does not grow with the unit's length.
+BLOCK_BYTES = 16 << 20
+
+
+class UnitCheck(Protocol):
+    """Checks run on a unit's values as they are written (prepare.py's reader checks)."""
+
+    def block(self, index: int, arr: GridArray | SeriesArray, values: np.ndarray) -> None:
+        """Values of array ``index``: a block of time steps of a grid, a whole series array."""
+
+    def verdict(self) -> dict[str, Any]:
+        """After the last block: entries for the record; raise to reject the unit (no shard)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,27 @@ def grid_tile(
     return 1, th, tw
 
 
+def _chunked_dataset(
+    g: h5py.Group, name: str, shape: tuple[int, ...], dtype, spec: PatchSpec, chunks: tuple
+) -> h5py.Dataset:
+    """An empty dataset to be filled by ``_write_rows`` (chunked and filtered as ``spec``)."""
+    if not shape[0]:
+        return g.create_dataset(name, shape=shape, dtype=dtype, track_times=False)
+    return g.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, track_times=False,
+                            **spec.h5_filters())  # fmt: skip
+
+
+def _write_rows(ds: h5py.Dataset, start: int, data: np.ndarray, spec: PatchSpec) -> None:
+    """Rows ``start`` ... of ``ds``. LZF chunks are coded here, not by h5py's filter, whose
+    output depends on uninitialised memory (see lzf.py): identical input → identical bytes."""
+    if not len(data):
+        return
+    if spec.compression == "lzf":
+        write_lzf_chunks(ds, data, start=start)
+    else:
+        ds[start : start + len(data)] = data
+
+
 def _patches(
     g: h5py.Group,
     patches: np.ndarray,
@@ -145,37 +180,40 @@ def _patches(
     chunks: tuple[int, ...] | None = None,
     name: str = "patches",
 ) -> None:
-    """The ``name`` dataset, chunked as ``chunks`` (default: one chunk per row). LZF chunks
-    are coded here, not by h5py's filter, whose output depends on uninitialised memory (see
-    lzf.py): identical input -> identical bytes."""
-    if not len(patches):
-        _dataset(g, name, patches)
-        return
+    """The ``name`` dataset holding ``patches``, chunked as ``chunks`` (default: one chunk per
+    row)."""
     chunks = chunks or (1, *patches.shape[1:])
-    if spec.compression != "lzf":
-        _dataset(g, name, patches, chunks=chunks, **spec.h5_filters())
-        return
-    ds = g.create_dataset(name, shape=patches.shape, dtype=patches.dtype, chunks=chunks,
-                          track_times=False, **spec.h5_filters())  # fmt: skip
-    write_lzf_chunks(ds, patches)
+    ds = _chunked_dataset(g, name, patches.shape, patches.dtype, spec, chunks)
+    _write_rows(ds, 0, patches, spec)
 
 
-def _write_grid(g: h5py.Group, arr: GridArray, spec: PatchSpec, stats: NamedStats, rng) -> dict:
+def _write_grid(
+    g: h5py.Group,
+    arr: GridArray,
+    spec: PatchSpec,
+    stats: NamedStats,
+    rng,
+    inspect: Callable[[np.ndarray], None] | None = None,
+) -> dict:
+    """Write ``arr``'s frames (layout 2) into ``g`` a block of whole samples at a time
+    (``BLOCK_BYTES``): only one block is decoded (a ``LazyGrid`` reads it from the files) at once.
+    ``inspect`` sees every block of frames (the trailing ones too) before it is written."""
     pt, ph, pw = spec.grid
-    patches = patchify_grid(arr.values, spec.grid)  # (N, V, G, K)
-    n = patches.shape[0]
+    t_all, v, h, w = arr.values.shape
+    n = t_all // pt
     if n == 0:
-        raise ValueError(f"{arr.source}: {len(arr.time)} frames do not fill one {pt}-frame tubelet")
-    times = arr.time[: n * pt : pt].astype("datetime64[ns]").astype(np.int64)  # (N,)
-    h, w = arr.values.shape[-2:]
+        if inspect is not None:
+            inspect(arr.values[0:t_all])
+        raise ValueError(f"{arr.source}: {t_all} frames do not fill one {pt}-frame tubelet")
     gh, gw = grid_tokens(h, w, ph, pw)
-    nv, k = patches.shape[1], patches.shape[3]
-    tile = grid_tile(nv, gh, gw, k, patches.dtype.itemsize, target=TILE_BYTES)
+    times = arr.time[: n * pt : pt].astype("datetime64[ns]").astype(np.int64)  # (N,)
+    k = pt * ph * pw
+    tile = grid_tile(v, gh, gw, k, 4, target=TILE_BYTES)
     # layout 2: the frames themselves (N·pt, V, H, W), a chunk per sample (pt frames), cv
     # variables and a tile of th x tw patches: a read needs no token transpose, a crop or a
     # variable subset decompresses only its chunks
     chunks = (pt, tile[0], min(h, tile[1] * ph), min(w, tile[2] * pw))
-    _patches(g, np.ascontiguousarray(arr.values[: n * pt]), spec, chunks=chunks, name="fields")
+    ds = _chunked_dataset(g, "fields", (n * pt, v, h, w), np.float32, spec, chunks)
     _dataset(g, "time", times)
     _dataset(g, "lat", np.asarray(arr.lat, dtype=np.float64))
     _dataset(g, "lon", np.asarray(arr.lon, dtype=np.float64))
@@ -190,8 +228,19 @@ def _write_grid(g: h5py.Group, arr: GridArray, spec: PatchSpec, stats: NamedStat
     frame_t = all_t[: n * pt].reshape(n, pt)  # (N, pt)
     inside = inside_block(frame_t, frame_t, rng)  # (N, pt)
     keep = np.repeat(inside, ph * pw, axis=1)  # (N, K)
-    for j, var in enumerate(arr.variables):
-        stats.update(var.name, np.where(keep[:, None, :], patches[:, j], np.nan))
+    steps = pt * max(1, BLOCK_BYTES // (pt * v * h * w * 4))
+    for t0, frames in time_blocks(arr.values, steps):
+        if inspect is not None:
+            inspect(frames)
+        n0, n1 = t0 // pt, min(n, (t0 + len(frames)) // pt)
+        if n1 <= n0:
+            continue  # trailing frames that do not fill a tubelet
+        block = np.ascontiguousarray(frames[: (n1 - n0) * pt], dtype=np.float32)
+        del frames
+        _write_rows(ds, n0 * pt, block, spec)
+        patches = patchify_grid(block, spec.grid)  # (n1 - n0, V, G, K): for the statistics
+        for j, var in enumerate(arr.variables):
+            stats.update(var.name, np.where(keep[n0:n1, None, :], patches[:, j], np.nan))
     return {"kind": "grid", "n": int(n), "height": int(h), "width": int(w), "coords": arr.coords,
             "frame_step_ns": frame_step, "layout": LAYOUT_VERSION, "tile": list(tile),
             "times": _iso(times)}  # fmt: skip
@@ -240,15 +289,22 @@ def write_unit(
     *,
     stats_time_range: tuple[Any, Any] | None,
     meta: dict[str, Any],
+    check: UnitCheck | None = None,
 ) -> dict[str, Any]:
-    """Patchify ``arrays`` into the unit's shard (atomically), then write its record."""
+    """Patchify ``arrays`` into the unit's shard (atomically), then write its record.
+
+    ``check`` sees the values as they are written (grids block by block) and gives its verdict
+    before the shard is renamed into place: its entries go into the record; if it raises, no
+    shard is left."""
     rel = Path("shards") / source / f"{unit}.h5"
     stats = NamedStats()
     infos: list[dict[str, Any]] = []
+    verdict: dict[str, Any] = {}
 
     def write(tmp: Path) -> None:
         infos.clear()
         stats.stats.clear()
+        verdict.clear()
         with h5py.File(tmp, "w", libver="earliest") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
@@ -259,13 +315,18 @@ def write_unit(
                 g.attrs["variables"] = json.dumps([v.to_dict() for v in arr.variables])
                 g.attrs["array_source"] = arr.source
                 if isinstance(arr, GridArray):
-                    info = _write_grid(g, arr, spec, stats, stats_time_range)
+                    inspect = None if check is None else functools.partial(check.block, i, arr)
+                    info = _write_grid(g, arr, spec, stats, stats_time_range, inspect)
                 else:
+                    if check is not None:
+                        check.block(i, arr, arr.values)
                     info = _write_series(g, arr, spec, stats, stats_time_range)
                 if arr.attrs.get("reader_warnings"):  # harmless ones; the rest are rejects
                     info["reader_warnings"] = list(arr.attrs["reader_warnings"])
                 infos.append({"group": f"a{i}", "variables": [v.name for v in arr.variables],
                               **info})  # fmt: skip
+        if check is not None:
+            verdict.update(check.verdict())
 
     sha = atomic_write(store / rel, write)
     variables: dict[str, dict] = {}
@@ -283,6 +344,7 @@ def write_unit(
         "variables": list(variables.values()),
         "stats": stats.to_dict(),
         **meta,
+        **verdict,
     }
     write_record(store, source, unit, record)
     return record

@@ -114,7 +114,9 @@ class SourceConfig(_Strict):
     path: str | None = Field(default=None, min_length=1)
     variables: list[str] | None = None  # passed to the reader's `variables` option
     options: dict[str, Any] = {}  # the reader's keyword options (checked at ingest)
-    unit: Literal["file", "all"] = "file"  # one work unit per file, or all files in one
+    # One work unit per file, all files in one, files grouped by time ("time": ERA5 one variable
+    # per file over days/months/years), or one unit per day/month/year (netcdf, zarr).
+    unit: Literal["file", "all", "time", "day", "month", "year"] = "file"
     # Grid tokens: [pt, ph, pw] tubelets (default [1, 4, 4]); series: [samples per token] (50).
     patch: list[PositiveInt] | None = None
     window: PositiveInt | None = None  # series: samples per window (default 1200)

@@ -325,7 +325,10 @@ MISMATCHES = {
     "attention": (["model.attention=flash3"], ["unknown attention 'flash3'", "'sdpa'"]),
     "reader_option": (
         ["data.sources.0.options={chunks: 4}"],
-        ["data.sources.0.options.chunks: unknown option of format 'netcdf'", "['variables']"],
+        [
+            "data.sources.0.options.chunks: unknown option of format 'netcdf'",
+            "['time_slice', 'variables']",
+        ],
     ),
     "name_300": ([f"name={LONG_NAME}"], ["300 characters, at most 184 allowed: shorten it"]),
     "memory": (

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -51,11 +51,102 @@ class _Channels:
         return ~np.isnan(self.values)
 
 
+class LazyGrid:
+    """(T, V, H, W) float32 values decoded from their files on demand, a time range at a time.
+
+    What a reader returns as ``GridArray.values`` when the whole unit need not be in memory:
+    ``values[t0:t1]`` decodes just those time steps (what the ingest does, block by block:
+    :func:`time_blocks`); anything else (``np.asarray(values)``, other indexing, ndarray
+    methods) decodes the whole array once and keeps it, so code written for arrays still works.
+    """
+
+    ndim = 4
+    dtype = np.dtype(np.float32)
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int, int],
+        load: Callable[[int, int], np.ndarray],
+        close: Callable[[], None] | None = None,
+    ) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self._load = load  # (t0, t1) -> (t1 - t0, V, H, W) float32
+        self._close = close
+        self._full: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def read(self, t0: int, t1: int) -> np.ndarray:
+        """Time steps ``t0`` to ``t1`` (exclusive) as a (t1 - t0, V, H, W) float32 array."""
+        t0, t1 = max(t0, 0), min(t1, self.shape[0])
+        if self._full is not None:
+            return self._full[t0:t1]
+        if t1 <= t0:
+            return np.empty((0, *self.shape[1:]), dtype=np.float32)
+        out = self._load(t0, t1)
+        if out.shape != (t1 - t0, *self.shape[1:]) or out.dtype != np.float32:
+            raise AssertionError(f"LazyGrid loader gave {out.shape} {out.dtype} for [{t0}, {t1})")
+        return out
+
+    def close(self) -> None:
+        """Release the open files (the values already read stay valid)."""
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if self._full is None:
+            self._full = self.read(0, self.shape[0])
+        return self._full if dtype is None else self._full.astype(dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
+        if isinstance(first, slice) and first.step in (None, 1) and Ellipsis not in rest:
+            start, stop, _ = first.indices(self.shape[0])
+            return self.read(start, max(start, stop))[(slice(None), *rest)]
+        if isinstance(first, int | np.integer) and Ellipsis not in rest:
+            t = int(first) + (self.shape[0] if first < 0 else 0)
+            if not 0 <= t < self.shape[0]:
+                raise IndexError(f"time index {first} out of range for {self.shape[0]} steps")
+            return self.read(t, t + 1)[(0, *rest)]
+        return np.asarray(self)[key]
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(np.asarray(self), name)  # ndarray methods: on the decoded whole
+
+
+def time_blocks(values: np.ndarray | LazyGrid, steps: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(t0, values[t0:t0 + steps])`` over the time axis: for a :class:`LazyGrid`, only one
+    block is decoded (and held) at a time."""
+    steps = max(int(steps), 1)
+    for t0 in range(0, values.shape[0], steps):
+        yield t0, values[t0 : t0 + steps]
+
+
+def close_arrays(arrays: Sequence[Any]) -> None:
+    """Close the files behind the lazily read values of ``arrays`` (no-op for in-memory ones)."""
+    for arr in arrays:
+        if isinstance(getattr(arr, "values", None), LazyGrid):
+            arr.values.close()
+
+
 @dataclass
 class GridArray(_Channels):
     """Gridded fields of one source on one grid and one time axis."""
 
-    values: np.ndarray  # (T, V, H, W) float32, NaN where missing
+    # (T, V, H, W) float32, NaN where missing; a LazyGrid when read from files block by block
+    values: np.ndarray | LazyGrid
     variables: list[VariableInfo]
     lat: np.ndarray  # (H,) or (H, W) degrees north (y for cartesian grids), float64
     lon: np.ndarray  # (W,) or (H, W) degrees east (x for cartesian grids), float64

@@ -40,6 +40,7 @@ Conventions (both readers):
 
 from __future__ import annotations
 
+import ctypes
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -428,6 +429,54 @@ def read_modis_hdf4(
     return arrays
 
 
+# pyhdf attribute types → (SWIG buffer class in pyhdf.hdfext, numpy dtype of its elements)
+_HDF4_ATTR_TYPES = {
+    4: ("array_byte", "u1"),  # CHAR8: text
+    3: ("array_byte", "u1"),  # UCHAR8
+    21: ("array_byte", "u1"),  # UINT8
+    20: ("array_int8", "i1"),
+    22: ("array_int16", "i2"),
+    23: ("array_uint16", "u2"),
+    24: ("array_int32", "i4"),
+    25: ("array_uint32", "u4"),
+    5: ("array_float32", "f4"),
+    6: ("array_float64", "f8"),
+}
+
+
+def hdf4_attributes(obj: Any, count: int) -> dict[str, Any]:
+    """The ``count`` attributes of a pyhdf ``SD`` or ``SDS``, equal to ``obj.attributes()``.
+
+    pyhdf's ``attributes()`` converts every value element by element in Python, which for the
+    HDF-EOS metadata text (tens of kB per file) was 95 % of a MODIS read; here each attribute
+    is read by the same C call into the same buffer, then copied out in one piece (the buffer's
+    address is the SWIG object's ``this``). Values: ``str`` for text, a Python scalar for one
+    number, a list for several — as pyhdf gives them.
+    """
+    from pyhdf import hdfext
+    from pyhdf.error import HDF4Error
+
+    out: dict[str, Any] = {}
+    for index in range(count):
+        status, name, data_type, n_values = hdfext.SDattrinfo(obj._id, index)
+        if status < 0:
+            raise HDF4Error(f"SDattrinfo failed on attribute {index}")
+        if data_type not in _HDF4_ATTR_TYPES or n_values < 1:
+            out[name] = obj.attr(index).get()  # anything unusual: pyhdf's own conversion
+            continue
+        cls, dtype = _HDF4_ATTR_TYPES[data_type]
+        buf = getattr(hdfext, cls)(n_values)
+        if hdfext.SDreadattr(obj._id, index, buf) < 0:
+            raise HDF4Error(f"SDreadattr failed on attribute {name!r}")
+        raw = ctypes.string_at(int(buf.this), n_values * np.dtype(dtype).itemsize)
+        if data_type == 4:
+            out[name] = raw.decode("latin-1")  # pyhdf: "".join(chr(b) for b in buf)
+        else:
+            values = np.frombuffer(raw, dtype=dtype).tolist()
+            out[name] = values[0] if n_values == 1 else values
+    return out
+
+
 def _read_hdf4_file(
     sd: Any,
     path: Path,
@@ -437,7 +486,7 @@ def _read_hdf4_file(
     scale_convention: ScaleOption,
     units: Mapping[str, str] | None,
 ) -> list[GridArray]:
-    attrs = sd.attributes()
+    attrs = hdf4_attributes(sd, sd.info()[1])
     # The metadata of the file as written wins; a subsetter (HEG) keeps the parent tile's in
     # Old*Metadata.0, so that is only a fallback, and only if its grid matches the SDS shapes.
     source = "StructMetadata"
@@ -457,7 +506,7 @@ def _read_hdf4_file(
     sds_attrs = {}
     for name in in_file:
         sds = sd.select(name)
-        sds_attrs[name] = sds.attributes()
+        sds_attrs[name] = hdf4_attributes(sds, sds.info()[4])
         sds.endaccess()
     m = _NAME_TILE.match(path.name)
     product = _product(attrs) or (m["product"] if m else None)

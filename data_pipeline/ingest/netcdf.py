@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,8 @@ import xarray as xr
 
 from ..units import to_canonical
 from ..variables import ERA5_VARIABLES, VariableInfo, era5_variable, era5_variable_info
-from .base import GridArray, select_variables
+from .base import GridArray, LazyGrid, select_variables
+from .time_join import Piece, join_pieces, time_window
 
 _LAT_NAMES = ("latitude", "lat")
 _LON_NAMES = ("longitude", "lon")
@@ -167,12 +167,17 @@ def _scan(ds: xr.Dataset, path: Path) -> tuple[list[_Field], list[str]]:
     return fields, unknown
 
 
-def _load(ds: xr.Dataset, field: _Field, dims: tuple[str, str, str]) -> np.ndarray:
-    """(T, H, W) float32 values of one field, converted to canonical units."""
+def _load(
+    ds: xr.Dataset, field: _Field, dims: tuple[str, str, str], steps: slice | None = None
+) -> np.ndarray:
+    """(T, H, W) float32 values of one field (its time ``steps`` only, if given), converted to
+    canonical units."""
     da = ds[field.var].isel(dict.fromkeys(field.squeezed, 0))
     if field.level_index is not None:
         level_dim = next(d for d in da.dims if d in _LEVEL_NAMES)
         da = da.isel({level_dim: field.level_index})
+    if steps is not None:
+        da = da.isel({dims[0]: steps})
     values = np.asarray(da.transpose(*dims).values)  # (T, H, W), float64 after unpacking
     where = f"{field.path}:{field.var}"
     values = to_canonical(values, field.units, field.info.units, where=where)
@@ -180,68 +185,144 @@ def _load(ds: xr.Dataset, field: _Field, dims: tuple[str, str, str]) -> np.ndarr
     return values.astype(np.float32)
 
 
-def read_netcdf(paths: Sequence[str | Path], variables: Sequence[str] | None = None) -> GridArray:
-    """Read CF netCDF files (one or many variables per file) into one :class:`GridArray`.
+class OpenFiles:
+    """The files of one lazily read unit, at most ``keep`` open at a time (least recently used
+    closed first), each closed once all its pieces are read. An open netCDF4/HDF5 file holds
+    ~1 MB of metadata cache plus a chunk cache per variable read, so holding every file of a
+    unit open would grow with its length."""
 
-    Pressure-level variables are split into one canonical variable per level (``u`` at 850 hPa
-    → ``u850``) and all values are converted to canonical units. ``variables=None`` returns every
-    field in path order, then file order, then level order; otherwise exactly the named canonical
-    variables in the given order. All files must share the same lat, lon and time axes.
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self.open: dict[Path, xr.Dataset] = {}
+        self.pending: dict[Path, int] = {}  # pieces of each file not yet read to their end
+
+    def adopt(self, path: Path, ds: xr.Dataset, pieces: int) -> None:
+        """Keep ``ds`` (opened to scan it) for the reads of its ``pieces``."""
+        self.pending[path] = pieces
+        self.open[path] = ds
+        self._trim()
+
+    def get(self, path: Path) -> xr.Dataset:
+        ds = self.open.pop(path, None) or _open(path)
+        self.open[path] = ds  # most recent last
+        self._trim()
+        return ds
+
+    def _trim(self) -> None:
+        while len(self.open) > self.keep:
+            self.open.pop(next(iter(self.open))).close()
+
+    def release(self, path: Path) -> None:
+        self.pending[path] = self.pending.get(path, 1) - 1
+        if self.pending[path] <= 0:
+            ds = self.open.pop(path, None)
+            if ds is not None:
+                ds.close()
+
+    def close(self) -> None:
+        for ds in self.open.values():
+            ds.close()
+        self.open.clear()
+
+
+def field_pieces(
+    ds: xr.Dataset,
+    path: Path,
+    fields: Sequence[_Field],
+    window: slice,
+    times: np.ndarray,
+    files: OpenFiles,
+) -> dict[str, Piece]:
+    """One lazily read :class:`Piece` per field of a file (its steps in ``window``), read
+    through ``files``."""
+    dims = (
+        _find_coord(ds, _TIME_NAMES, "time", path),
+        _find_coord(ds, _LAT_NAMES, "latitude", path),
+        _find_coord(ds, _LON_NAMES, "longitude", path),
+    )
+    base = window.start or 0
+
+    def reader(field: _Field):
+        def read(a: int, b: int) -> np.ndarray:
+            return _load(files.get(path), field, dims, slice(base + a, base + b))
+
+        return read
+
+    return {
+        f.info.name: Piece(path, times[window], reader(f), lambda: files.release(path))
+        for f in fields
+    }
+
+
+def read_netcdf(
+    paths: Sequence[str | Path],
+    variables: Sequence[str] | None = None,
+    time_slice: tuple[str, str] | None = None,
+) -> GridArray:
+    """Read CF netCDF files into one :class:`GridArray`, decoded lazily (``LazyGrid``).
+
+    Files may hold one or many variables each, over the same or consecutive periods (ERA5 as
+    downloaded: one variable per file per day, month or year): the files of one variable are
+    concatenated in time, different variables are joined per time step and must cover the same
+    times (``time_join.py``). Pressure-level variables are split into one canonical variable
+    per level (``u`` at 850 hPa → ``u850``) and all values are converted to canonical units.
+    ``variables=None`` returns every field in path order, then file order, then level order;
+    otherwise exactly the named canonical variables in the given order. ``time_slice``: ISO
+    (start, stop), both inclusive. All files must share the same lat and lon axes.
     """
     if isinstance(paths, (str, Path)):
         raise ValueError(f"read_netcdf takes a sequence of paths, got the single path {paths!r}")
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("read_netcdf got no paths. Fix: pass the netCDF files to read.")
-    with contextlib.ExitStack() as stack:
-        datasets: list[xr.Dataset] = []
-        for path in paths:
-            datasets.append(stack.enter_context(_open(path)))
-
-        # Variables are split per level before combining, so files may carry different level
-        # sets; the horizontal grid and time axis must match exactly (no regridding, no joins).
-        ref_path = paths[0]
-        ref = datasets[0]
-        ref_lat = _find_coord(ref, _LAT_NAMES, "latitude", ref_path)
-        ref_lon = _find_coord(ref, _LON_NAMES, "longitude", ref_path)
-        ref_time = _find_coord(ref, _TIME_NAMES, "time", ref_path)
-        lat = np.asarray(ref[ref_lat].values, dtype=np.float64)
-        lon = np.asarray(ref[ref_lon].values, dtype=np.float64)
-        time = _times(ref, ref_time, ref_path)
-
-        available: dict[str, tuple[_Field, xr.Dataset]] = {}
-        unknown: list[str] = []
-        for path, ds in zip(paths, datasets, strict=True):
-            _check_axes(ds, path, ref_path, lat, lon, time)
+    if time_slice is not None and len(time_slice) != 2:
+        raise ValueError(f"time_slice={time_slice!r}: give (start, stop) ISO times")
+    # Metadata is read here, one file at a time; the values later, through ``files``.
+    files = OpenFiles()
+    pieces: dict[str, list[Piece]] = {}
+    first: dict[str, tuple[_Field, dict]] = {}  # name -> (field, decoding record)
+    unknown: list[str] = []
+    ref_path = paths[0]
+    lat = lon = np.zeros(0)
+    for k, path in enumerate(paths):
+        ds = _open(path)
+        try:
+            # Variables are split per level before combining, so files may carry different
+            # level sets; the horizontal grid must match exactly (no regridding).
+            if k == 0:
+                lat = np.asarray(ds[_find_coord(ds, _LAT_NAMES, "latitude", path)].values, "f8")
+                lon = np.asarray(ds[_find_coord(ds, _LON_NAMES, "longitude", path)].values, "f8")
+            _check_axes(ds, path, ref_path, lat, lon)
+            times = _times(ds, _find_coord(ds, _TIME_NAMES, "time", path), path)
             fields, file_unknown = _scan(ds, path)
             unknown.extend(file_unknown)
+            window = time_window(times, time_slice, path)
+            for name, piece in field_pieces(ds, path, fields, window, times, files).items():
+                pieces.setdefault(name, []).append(piece)
             for field in fields:
-                if field.info.name in available:
-                    other = available[field.info.name][0].path
-                    raise ValueError(
-                        f"variable {field.info.name!r} is in both {other} and {path}. "
-                        "Fix: pass each variable once (time-split files are not combined yet)."
-                    )
-                available[field.info.name] = (field, ds)
+                if field.info.name not in first:
+                    first[field.info.name] = (field, _decoding(ds[field.var], field))
+        except BaseException:
+            ds.close()
+            files.close()
+            raise
+        files.adopt(path, ds, len(fields))
 
-        names = select_variables(list(available), variables, unknown, paths[0])
-
-        out = np.empty((len(time), len(names), len(lat), len(lon)), dtype=np.float32)
-        infos: list[VariableInfo] = []
-        decoding: dict[str, dict] = {}
-        for v, name in enumerate(names):
-            field, ds = available[name]
-            dims = (
-                _find_coord(ds, _TIME_NAMES, "time", field.path),
-                _find_coord(ds, _LAT_NAMES, "latitude", field.path),
-                _find_coord(ds, _LON_NAMES, "longitude", field.path),
+    try:
+        names = select_variables(list(first), variables, unknown, paths[0])
+        time, load = join_pieces(names, pieces)
+        if not len(time):
+            raise ValueError(
+                f"{ref_path}: no time step selected (time_slice={time_slice!r}). "
+                "Fix: pick a time_slice inside the files' times."
             )
-            out[:, v] = _load(ds, field, dims)  # (T, H, W)
-            infos.append(field.info)
-            decoding[name] = _decoding(ds[field.var], field)
-
+    except BaseException:
+        files.close()
+        raise
+    infos = [first[n][0].info for n in names]
+    decoding = {n: first[n][1] for n in names}
     return GridArray(
-        values=out,
+        values=LazyGrid((len(time), len(names), len(lat), len(lon)), load, files.close),
         variables=infos,
         lat=lat,
         lon=lon,
@@ -305,8 +386,15 @@ def _times(ds: xr.Dataset, name: str, path: Path) -> np.ndarray:
 
 
 def _check_axes(
-    ds: xr.Dataset, path: Path, ref_path: Path, lat: np.ndarray, lon: np.ndarray, time: np.ndarray
+    ds: xr.Dataset,
+    path: Path,
+    ref_path: Path,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    time: np.ndarray | None = None,
 ) -> None:
+    """Same latitude and longitude axes as the reference file (and the same time axis, if
+    given)."""
     names = {
         "latitude": _find_coord(ds, _LAT_NAMES, "latitude", path),
         "longitude": _find_coord(ds, _LON_NAMES, "longitude", path),
@@ -318,6 +406,8 @@ def _check_axes(
                 f"{path} and {ref_path} have different {what} axes. "
                 "Fix: regrid/subset them to one grid before ingest."
             )
+    if time is None:
+        return
     this = _times(ds, _find_coord(ds, _TIME_NAMES, "time", path), path)
     if not np.array_equal(this, time):
         first = _first_difference(this, time)
@@ -358,7 +448,20 @@ def probe_netcdf(
 
 
 def read_netcdf_source(
-    paths: Sequence[str | Path], *, variables: Sequence[str] | None = None
+    paths: Sequence[str | Path],
+    *,
+    variables: Sequence[str] | None = None,
+    time_slice: tuple[str, str] | None = None,
 ) -> list[GridArray]:
-    """Reader-registry entry point: all ``paths`` of one work unit read as one grid."""
-    return [read_netcdf(paths, variables)]
+    """Reader-registry entry point: all ``paths`` of one work unit read as one grid (within
+    ``time_slice``: ISO start and stop, both inclusive; set per unit by time-grouped units)."""
+    return [read_netcdf(paths, variables, time_slice)]
+
+
+def probe_times(path: Path, **_options: object) -> tuple[list[str], np.ndarray]:
+    """The canonical variables of one file and its time axis, from metadata (work_units.py
+    groups one-variable-per-file downloads by time with it)."""
+    with _open(path) as ds:
+        fields, _ = _scan(ds, path)
+        times = _times(ds, _find_coord(ds, _TIME_NAMES, "time", path), path)
+    return [f.info.name for f in fields], times

@@ -23,7 +23,7 @@ import xarray as xr
 
 from ..units import to_canonical
 from ..variables import ERA5_VARIABLES
-from .base import GridArray, ReaderError, select_variables
+from .base import GridArray, LazyGrid, ReaderError, select_variables
 from .netcdf import (
     _LAT_NAMES,
     _LEVEL_NAMES,
@@ -37,6 +37,7 @@ from .netcdf import (
     _scan,
     _times,
 )
+from .time_join import Piece, join_pieces, time_window
 
 # WeatherBench-2 / ARCO-ERA5 variable names → ERA5 short names (variables.ERA5_VARIABLES).
 # Accumulations over a window ("total_precipitation_6hr") are other quantities and not aliased.
@@ -223,6 +224,108 @@ def probe_zarr(
     return names, shape
 
 
+def probe_times(
+    path: Path, *, level_names: Sequence[str] = (), **_options: object
+) -> tuple[list[str], np.ndarray]:
+    """The canonical variables of one store and its time axis, from metadata (work_units.py
+    groups stores by time with it)."""
+    with _open(path) as raw:
+        view, _, _ = _canonical_view(raw, path, level_names)
+        with _as_reader_error(path):
+            fields, _ = _scan(view, path)
+            times = _times(view, _find_coord(view, _TIME_NAMES, "time", path), path)
+    return [f.info.name for f in fields], times
+
+
+def _store_pieces(
+    path: Path,
+    raw: xr.Dataset,
+    view: xr.Dataset,
+    store_names: dict[str, str],
+    fields: Sequence[_Field],
+    window: slice,
+    times: np.ndarray,
+    missing_chunks: str,
+) -> dict[str, Piece]:
+    """One lazily read piece per field of a store; absent chunks of the window are refused
+    before anything is read, a corrupt chunk when it is read."""
+    time_dim = _find_coord(raw, _TIME_NAMES, "time", path)
+    dims = (
+        time_dim,
+        _find_coord(view, _LAT_NAMES, "latitude", path),
+        _find_coord(view, _LON_NAMES, "longitude", path),
+    )
+    out: dict[str, Piece] = {}
+    for field in fields:
+        store_name = store_names[field.var]
+        if missing_chunks == "error" and window.stop > window.start:
+            raw_dims = tuple(str(d) for d in raw[store_name].dims)
+            selection: dict[str, slice | int] = {time_dim: window}
+            if field.level_index is not None:
+                level_dim = next(d for d in raw_dims if d not in dims)
+                selection[level_dim] = field.level_index
+            _check_chunks(path, store_name, raw_dims, selection)
+
+        def read(a: int, b: int, field: _Field = field, store_name: str = store_name):
+            steps = slice(window.start + a, window.start + b)
+            try:
+                return _load(view, field, dims, steps)  # (b - a, H, W)
+            except Exception as exc:  # codec errors of a corrupt chunk surface only when read
+                raise ReaderError(
+                    path,
+                    f"cannot read variable {store_name!r} ({field.info.name}): "
+                    f"{type(exc).__name__}: {exc}. Fix: a chunk is corrupt; re-download or "
+                    "rewrite the store.",
+                ) from exc
+
+        out[field.info.name] = Piece(path, times[window], read)
+    return out
+
+
+def _assemble(stack, stores, variables, time_slice, level_names, missing_chunks):
+    """Open the stores (on ``stack``), check them and join their fields (``time_join.py``):
+    (lat, lon, time, names, variable infos, block loader)."""
+    pieces: dict[str, list[Piece]] = {}
+    first: dict[str, _Field] = {}
+    unknown: list[str] = []
+    windows: list[slice] = []
+    lat = lon = None
+    for path in stores:
+        raw = stack.enter_context(_open(path))
+        view, store_names, store_unknown = _canonical_view(raw, path, level_names)
+        unknown.extend(f"{path}:{n}" for n in store_unknown)
+        with _as_reader_error(path):
+            if lat is None:
+                lat = np.asarray(view[_find_coord(view, _LAT_NAMES, "lat", path)].values, "f8")
+                lon = np.asarray(view[_find_coord(view, _LON_NAMES, "lon", path)].values, "f8")
+            _check_axes(view, path, stores[0], lat, lon)
+            times = _times(view, _find_coord(view, _TIME_NAMES, "time", path), path)
+            window = time_window(times, time_slice, path)
+            fields, _ = _scan(view, path)
+        windows.append(window)
+        # Units are checked for every field before any data is read: a bad units attribute
+        # is then the only ValueError, and later read errors mean corrupt chunks.
+        for field in fields:
+            first.setdefault(field.info.name, field)
+        fields = [f for f in fields if variables is None or f.info.name in variables]
+        for field in fields:
+            where = f"{field.path}:{store_names[field.var]}"
+            with _as_reader_error(field.path):
+                to_canonical(np.zeros(1), field.units, field.info.units, where=where)
+        got = _store_pieces(path, raw, view, store_names, fields, window, times, missing_chunks)
+        for name, piece in got.items():
+            pieces.setdefault(name, []).append(piece)
+    if all(w.stop <= w.start for w in windows):  # nothing selected: say so for the first store
+        _time_window(stack.enter_context(_open(stores[0])), stores[0], time_slice)
+    names = select_variables(
+        list(first), variables, unknown, ", ".join(map(str, stores)), inputs="stores"
+    )
+    with _as_reader_error(stores[0]):
+        time, load = join_pieces(names, pieces)
+    assert lat is not None and lon is not None
+    return lat, lon, time, names, [first[n].info for n in names], load
+
+
 def read_zarr(
     paths: Sequence[str | Path],
     *,
@@ -240,7 +343,10 @@ def read_zarr(
     inclusive, read lazily. ``level_names``: extra names of the pressure-level dim besides
     ``level``/``pressure_level``/``isobaricInhPa``/``plev`` (hPa unless its units say otherwise).
     ``missing_chunks``: ``"error"`` refuses absent chunks, ``"fill"`` reads them as fill values.
-    Several stores are combined variable-wise and must share grid and (sliced) time axis.
+    Several stores are combined like netCDF files (``time_join.py``): the stores of one variable
+    are concatenated in time, different variables joined per time step; they must share the grid
+    and, variable by variable, cover the same (sliced) times. Values are read lazily, a block of
+    time steps at a time (``LazyGrid``).
     Latitude/longitude are kept as stored (WB2: ascending latitude; ARCO: descending).
     """
     if isinstance(paths, (str, Path)):
@@ -253,86 +359,22 @@ def read_zarr(
     if not stores:
         raise ValueError("read_zarr got no paths. Fix: pass the Zarr stores to read.")
 
-    with contextlib.ExitStack() as stack:
-        # Each entry: (store path, raw dataset, canonical view sliced in time, short → store name)
-        opened: list[tuple[Path, xr.Dataset, xr.Dataset, dict[str, str]]] = []
-        unknown: list[str] = []
-        for path in stores:
-            raw = stack.enter_context(_open(path))
-            view, store_names, store_unknown = _canonical_view(raw, path, level_names)
-            unknown.extend(f"{path}:{n}" for n in store_unknown)
-            window = _time_window(raw, path, time_slice)
-            time_dim = _find_coord(raw, _TIME_NAMES, "time", path)
-            opened.append((path, raw, view.isel({time_dim: window}), store_names))
-
-        ref_path, _, ref_view, _ = opened[0]
-        with _as_reader_error(ref_path):
-            lat = np.asarray(ref_view[_find_coord(ref_view, _LAT_NAMES, "lat", ref_path)].values)
-            lon = np.asarray(ref_view[_find_coord(ref_view, _LON_NAMES, "lon", ref_path)].values)
-            time = _times(ref_view, _find_coord(ref_view, _TIME_NAMES, "time", ref_path), ref_path)
-        lat, lon = lat.astype(np.float64), lon.astype(np.float64)
-
-        available: dict[str, tuple[_Field, int]] = {}
-        for i, (path, _, view, _) in enumerate(opened):
-            with _as_reader_error(path):
-                _check_axes(view, path, ref_path, lat, lon, time)
-                fields, _ = _scan(view, path)
-            for field in fields:
-                if field.info.name in available:
-                    other = stores[available[field.info.name][1]]
-                    raise ReaderError(
-                        path,
-                        f"variable {field.info.name!r} is also in {other}. "
-                        "Fix: pass each variable once.",
-                    )
-                available[field.info.name] = (field, i)
-
-        names = select_variables(
-            list(available), variables, unknown, ", ".join(map(str, stores)), inputs="stores"
+    # The stores stay open for the lazy reads; LazyGrid.close (or garbage collection) closes them.
+    stack = contextlib.ExitStack()
+    try:
+        lat, lon, time, names, infos, load = _assemble(
+            stack, stores, variables, time_slice, level_names, missing_chunks
         )
-
-        # Units are checked for every requested field before any data is read: a bad units
-        # attribute is then the only ValueError, and later read errors mean corrupt chunks.
-        for name in names:
-            field, i = available[name]
-            where = f"{field.path}:{opened[i][3][field.var]}"
-            with _as_reader_error(field.path):
-                to_canonical(np.zeros(1), field.units, field.info.units, where=where)
-
-        out = np.empty((len(time), len(names), len(lat), len(lon)), dtype=np.float32)
-        for v, name in enumerate(names):
-            field, i = available[name]
-            path, raw, view, store_names = opened[i]
-            store_name = store_names[field.var]
-            time_dim = _find_coord(raw, _TIME_NAMES, "time", path)
-            dims = (
-                time_dim,
-                _find_coord(view, _LAT_NAMES, "latitude", path),
-                _find_coord(view, _LON_NAMES, "longitude", path),
-            )
-            if missing_chunks == "error":
-                raw_dims = tuple(str(d) for d in raw[store_name].dims)
-                selection: dict[str, slice | int] = {time_dim: _time_window(raw, path, time_slice)}
-                if field.level_index is not None:
-                    level_dim = next(d for d in raw_dims if d not in dims)
-                    selection[level_dim] = field.level_index
-                _check_chunks(path, store_name, raw_dims, selection)
-            try:
-                out[:, v] = _load(view, field, dims)  # (T, H, W)
-            except Exception as exc:  # codec errors of a corrupt chunk surface only when read
-                raise ReaderError(
-                    path,
-                    f"cannot read variable {store_name!r} ({name}): {type(exc).__name__}: {exc}. "
-                    "Fix: a chunk is corrupt; re-download or rewrite the store.",
-                ) from exc
-
+    except BaseException:
+        stack.close()
+        raise
     grid = GridArray(
-        values=out,
-        variables=[available[n][0].info for n in names],
+        values=LazyGrid((len(time), len(names), len(lat), len(lon)), load, stack.close),
+        variables=infos,
         lat=lat,
         lon=lon,
         time=time,
-        source=f"era5-zarr:{ref_path.resolve().name}",
+        source=f"era5-zarr:{stores[0].resolve().name}",
         attrs={"stores": [str(p) for p in stores], "time_slice": time_slice},
     )
     return [grid]
