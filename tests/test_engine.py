@@ -511,9 +511,9 @@ def _diagnostics_sharded_equal_consolidated(layout_run, pkgs: dict[str, Path]) -
     also DeepSpeed's own eager merge — to 1e-10 on every number of the table."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from scigpt.commands.diagnose import run_state
     from scigpt.diagnostics.htsr import analyze_state
     from scigpt.export.loader import load_pretrained
+    from scigpt.export.writer import checkpoint_weights
 
     def table(weights) -> list[dict]:
         rows = [d.row() for d in analyze_state(weights, min_evals=16, workers=2)]
@@ -532,7 +532,7 @@ def _diagnostics_sharded_equal_consolidated(layout_run, pkgs: dict[str, Path]) -
 
     for name in ("tp2", "pp2", "z3"):
         ckpt = layout_run(name) / "checkpoints" / "step_00000020"
-        streamed = table(run_state(ckpt))
+        streamed = table(checkpoint_weights(ckpt))
         package = load_pretrained(pkgs[name], device="cpu").model.state_dict()
         same(streamed, table(package), f"{name}: sharded vs package")
         if name == "z3":

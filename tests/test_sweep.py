@@ -120,8 +120,8 @@ def _check_weight_diagnostics(out: Path, rows: list[dict]) -> None:
     ``scigpt diagnose`` on it) with the test loss: ρ as scipy computes it on the table."""
     from scipy import stats
 
-    from scigpt.commands.diagnose import run_state
     from scigpt.diagnostics.htsr import analyze_state, summarize
+    from scigpt.export.writer import checkpoint_weights
     from scigpt.sweep.diagnostics import tested_checkpoint
 
     for r in rows:
@@ -132,7 +132,7 @@ def _check_weight_diagnostics(out: Path, rows: list[dict]) -> None:
     points = {p["name"]: p for p in diag["points"]}
     assert points.keys() == {r["name"] for r in rows}
     widest = max(rows, key=lambda r: r["params"])["name"]  # embed 96: matrices with >= 50 evals
-    direct = summarize(analyze_state(run_state(tested_checkpoint(out / "runs" / widest))))
+    direct = summarize(analyze_state(checkpoint_weights(tested_checkpoint(out / "runs" / widest))))
     assert points[widest]["mean_alpha"] == pytest.approx(direct["mean_alpha"], rel=1e-12)
     fitted = [p for p in diag["points"] if p["mean_alpha"] is not None]
     corr = diag["correlation"]["mean_alpha"]

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ..units import to_canonical
@@ -138,32 +139,6 @@ def _canonical_view(
         # A custom level dim name becomes "level" (hPa unless its coordinate says otherwise).
         view = view.rename({extra_levels[0]: "level"})
     return view, store_names, unknown
-
-
-def _time_window(ds: xr.Dataset, path: Path, time_slice: tuple[str, str] | None) -> slice:
-    """Integer positions of ``time_slice`` (both ends inclusive) on the store's time axis."""
-    name = _find_coord(ds, _TIME_NAMES, "time", path)
-    if time_slice is None:
-        return slice(0, ds.sizes[name])
-    index = ds.indexes[name]
-    if not index.is_monotonic_increasing:
-        raise ReaderError(path, f"time axis {name!r} is not ascending; time_slice needs it sorted")
-    try:
-        # pandas label slicing, as xarray's .sel(time=slice(start, stop)): both ends inclusive,
-        # and a partial date ("2020-01-01") covers its whole period.
-        window = index.slice_indexer(time_slice[0], time_slice[1])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(
-            f"time_slice={time_slice!r} is not a pair of ISO times ({exc}). "
-            "Fix: use e.g. ('2020-01-01T06:00', '2020-01-01T12:00')."
-        ) from exc
-    if window.stop <= window.start:
-        raise ReaderError(
-            path,
-            f"time_slice {time_slice} selects no times; the store covers {index[0]} to "
-            f"{index[-1]}. Fix: pick a window inside that range.",
-        )
-    return window
 
 
 async def _all_exist(paths: list[Any]) -> list[bool]:
@@ -289,6 +264,7 @@ def _assemble(stack, stores, variables, time_slice, level_names, missing_chunks)
     first: dict[str, _Field] = {}
     unknown: list[str] = []
     windows: list[slice] = []
+    first_times = None
     lat = lon = None
     for path in stores:
         raw = stack.enter_context(_open(path))
@@ -302,6 +278,8 @@ def _assemble(stack, stores, variables, time_slice, level_names, missing_chunks)
             times = _times(view, _find_coord(view, _TIME_NAMES, "time", path), path)
             window = time_window(times, time_slice, path)
             fields, _ = _scan(view, path)
+        if first_times is None:
+            first_times = pd.DatetimeIndex(times)
         windows.append(window)
         # Units are checked for every field before any data is read: a bad units attribute
         # is then the only ValueError, and later read errors mean corrupt chunks.
@@ -316,7 +294,11 @@ def _assemble(stack, stores, variables, time_slice, level_names, missing_chunks)
         for name, piece in got.items():
             pieces.setdefault(name, []).append(piece)
     if all(w.stop <= w.start for w in windows):  # nothing selected: say so for the first store
-        _time_window(stack.enter_context(_open(stores[0])), stores[0], time_slice)
+        raise ReaderError(
+            stores[0],
+            f"time_slice {time_slice} selects no times; the store covers {first_times[0]} to "
+            f"{first_times[-1]}. Fix: pick a window inside that range.",
+        )
     names = select_variables(
         list(first), variables, unknown, ", ".join(map(str, stores)), inputs="stores"
     )

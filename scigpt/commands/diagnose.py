@@ -14,26 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import torch
 
 from scigpt.commands import EXIT_OK
 from scigpt.diagnostics.htsr import analyze_state, summarize
 from scigpt.diagnostics.report import write_report
 from scigpt.export.loader import load_pretrained
 from scigpt.export.verify import FORMAT
-from scigpt.export.writer import merge_lora_stream, resolve_checkpoint
-from scigpt.parallel.reshard import iter_consolidated
+from scigpt.export.writer import checkpoint_weights, resolve_checkpoint
 from scigpt.rundir import RunDir
-from scigpt.train.checkpoint import CheckpointManager, CheckpointState, step_of
-
-
-def run_state(ckpt: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """The full fp32 tensors of a run's checkpoint folder, one at a time, LoRA adapters merged."""
-    cfg = CheckpointState.read(ckpt).to_dict()["config"]
-    return merge_lora_stream(iter_consolidated(ckpt), cfg.get("finetune") or {})
+from scigpt.train.checkpoint import CheckpointManager, step_of
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,24 +35,25 @@ def run(args: argparse.Namespace) -> int:
         if args.step is not None:
             raise ValueError(f"--step is for a run directory; {src} is a package (one model)")
         state = dict(load_pretrained(src, device="cpu").model.state_dict())
+        layers = analyze_state(state, keep_evals=True, **opts)
         source = {"package": str(src.resolve())}
         out = args.out or src.parent / f"{src.name}-diagnostics"
     elif RunDir(src).checkpoints.is_dir():
         ckpt = resolve_checkpoint(src, step=args.step)
-        state = run_state(ckpt)
+        layers = analyze_state(checkpoint_weights(ckpt), keep_evals=True, **opts)
         source = {"run_dir": str(src.resolve()), "step": step_of(ckpt.name)}
         out = args.out or RunDir(src).path / "diagnostics" / ckpt.name
         tags = CheckpointManager(ckpt.parent, rank=0, world_size=1, keep_last=0).tags()
         if len(tags) > 1 and not args.no_history:
-            for tag in tags:
-                rows = analyze_state(run_state(ckpt.parent / tag), **opts)
+            for tag in tags:  # the chosen checkpoint's rows are already there
+                rows = layers if tag == ckpt.name else analyze_state(
+                    checkpoint_weights(ckpt.parent / tag), **opts)  # fmt: skip
                 history[step_of(tag)] = {d.name: d.alpha for d in rows if d.status == "ok"}
     else:
         raise FileNotFoundError(
             f"{src} is neither a model package (no {FORMAT}) nor a run directory (no "
             "checkpoints/): give the folder `scigpt export` wrote or a run directory"
         )
-    layers = analyze_state(state, keep_evals=True, **opts)
     summary = {**summarize(layers), "source": source, "seconds": time.perf_counter() - t0}
     written = write_report(Path(out), layers, summary, history=history, chosen=args.layer or ())
     print(json.dumps({k: summary[k] for k in ("layers", "fitted_layers", "mean_alpha",

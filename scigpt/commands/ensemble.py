@@ -8,6 +8,7 @@ import argparse
 import yaml
 
 from scigpt.commands import EXIT_FAIL, EXIT_OK
+from scigpt.commands.evaluate import print_ensemble_scores
 from scigpt.eval.ensemble import evaluate_ensemble_package
 from scigpt.rundir import runs_root
 from scigpt.sweep import ensemble
@@ -45,10 +46,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"  ensemble package   {res['package']}")
     if args.evaluate is not None:
         ev = evaluate_ensemble_package(res["package"], args.evaluate, out / "evaluate")
-        for row in ev["rows"]:
-            print(f"  {row['variable']:>10s} {row['constraint']:>12s}  RMSE {row['rmse']:.4g}  "
-                  f"CRPS {row['crps']:.4g}  SSR {row['spread_skill_ratio']:.3f}  "
-                  f"mass error {row['conservation_error']:.2e}")  # fmt: skip
-        for key, path in ev["files"].items():
-            print(f"  {key:18s} {path}")
+        print_ensemble_scores(ev["rows"], ev["files"])
     return EXIT_OK

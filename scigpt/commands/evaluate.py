@@ -33,6 +33,16 @@ from scigpt.prepare import IngestRejected, prepare_from_config
 from scigpt.rundir import RunDir
 
 
+def print_ensemble_scores(rows: list[dict[str, Any]], files: dict[str, Path]) -> None:
+    """An ensemble's scores, one line per variable and constraint arm, then its files."""
+    for r in rows:
+        print(f"  {r['variable']:>10s} {r['constraint']:>12s}  RMSE {r['rmse']:.4g}  "
+              f"CRPS {r['crps']:.4g}  spread/skill {r['spread_skill_ratio']:.3f}  "
+              f"mass error {r['conservation_error']:.2e}")  # fmt: skip
+    for key, path in files.items():
+        print(f"  {key:18s} {path}")
+
+
 def _is_package(path: Path) -> bool:
     return (path / FORMAT).is_file()
 
@@ -102,12 +112,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if res["summary"]["kind"] == "ensemble":
         print(f"{res['summary']['n_forecasts']} forecasts, {res['summary']['n_members']} members:")
-        for r in res["summary"]["ensemble"]:
-            print(f"  {r['variable']:>10s} {r['constraint']:>12s}  RMSE {r['rmse']:.4g}  "
-                  f"CRPS {r['crps']:.4g}  spread/skill {r['spread_skill_ratio']:.3f}  "
-                  f"mass error {r['conservation_error']:.2e}")  # fmt: skip
-        for key, path in res["files"].items():
-            print(f"  {key:18s} {path}")
+        print_ensemble_scores(res["summary"]["ensemble"], res["files"])
         return EXIT_OK
     rows = res["summary"]["gridded"]
     print(f"{res['summary']['n_forecasts']} forecasts per lead; RMSE (ACC) by lead:")

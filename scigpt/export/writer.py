@@ -56,7 +56,7 @@ from scigpt.export.verify import (
     WEIGHTS,
 )
 from scigpt.finetune.lora import LoRALinear
-from scigpt.parallel.reshard import consolidate
+from scigpt.parallel.reshard import consolidate, iter_consolidated
 from scigpt.rundir import RunDir
 from scigpt.train.checkpoint import CheckpointManager, CheckpointState, tag_of
 
@@ -151,6 +151,13 @@ def merge_lora_stream(
         prefix, group[name] = p, t
     if group:
         yield from merge_lora_state(group, finetune).items()
+
+
+def checkpoint_weights(ckpt: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The full fp32 tensors of a run's checkpoint folder (any layout), one at a time
+    (``reshard.iter_consolidated``), LoRA adapters folded in per module."""
+    cfg = CheckpointState.read(ckpt).to_dict()["config"]
+    return merge_lora_stream(iter_consolidated(ckpt), cfg.get("finetune") or {})
 
 
 def _variables_with_stats(state: dict[str, Any]) -> list[dict[str, Any]]:

@@ -32,11 +32,10 @@ from scipy import stats
 
 from scigpt.atomic import atomic_write, atomic_write_text
 from scigpt.diagnostics.htsr import analyze_state, summarize
-from scigpt.export.writer import merge_lora_stream
-from scigpt.parallel.reshard import iter_consolidated
+from scigpt.export.writer import checkpoint_weights
 from scigpt.rundir import RunDir
 from scigpt.tables import Table, fmt
-from scigpt.train.checkpoint import CheckpointState, tag_of
+from scigpt.train.checkpoint import tag_of
 
 DIAGNOSTICS = ("mean_alpha", "mean_alpha_weighted")
 N_PERM = 20_000
@@ -54,9 +53,7 @@ def tested_checkpoint(run: Path) -> Path:
 
 def point_summary(run: Path, *, workers: int = 1) -> dict[str, Any]:
     """The HTSR summary of a run's tested checkpoint (LoRA adapters folded in)."""
-    ckpt = tested_checkpoint(run)
-    cfg = CheckpointState.read(ckpt).to_dict()["config"]
-    weights = merge_lora_stream(iter_consolidated(ckpt), cfg.get("finetune") or {})
+    weights = checkpoint_weights(tested_checkpoint(run))
     return summarize(analyze_state(weights, workers=workers, traps=False))
 
 
