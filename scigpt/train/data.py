@@ -19,6 +19,7 @@ import torch
 
 from scigpt.config import RunConfig
 from scigpt.config_loader import LoadedConfig
+from scigpt.data_pipeline.downscale import DownscaleDataset
 from scigpt.data_pipeline.ingest.base import format_kind
 from scigpt.data_pipeline.loader import (
     ForecastDataset,
@@ -74,7 +75,20 @@ class RunData:
 
     @property
     def lead(self) -> int:
-        return 0 if self.cfg.data.task == "operator" else self.cfg.data.lead
+        task = self.cfg.data.task
+        return 0 if task == "operator" else 1 if task == "downscale" else self.cfg.data.lead
+
+    @property
+    def grid_lat(self) -> Any:
+        """Latitudes of the scored grid's rows (a downscale crop's rows; else the store's)."""
+        return self.test_ds.lat if self.cfg.data.task == "downscale" else self.store.lat
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the model's input grid."""
+        if self.cfg.data.task == "downscale":
+            return self.test_ds.shape
+        return len(self.store.lat), len(self.store.lon)
 
     def source_stats(self) -> dict[str, dict[str, Any]]:
         return {
@@ -150,6 +164,9 @@ def build_datasets(data: RunData) -> None:
 
     oc = cfg.objectives
     pooled_targets = oc.pooled_targets if oc.pooled else []
+    if cfg.data.task == "downscale":
+        _build_downscale(data)
+        return
 
     def series_dataset(src, block: str):
         splits = src.splits or cfg.data.splits
@@ -214,6 +231,43 @@ def build_datasets(data: RunData) -> None:
         )  # fmt: skip
 
 
+def downscale_dataset(
+    cfg: RunConfig, store: GridStore, block: str, *, var_ids: list[int] | None = None
+) -> DownscaleDataset:
+    """The first source's ``block`` (train, val or test) as downscaling samples; the noise of
+    bicubic+noise is seeded per sample from the run's seed and the block."""
+    ds = cfg.data.downscale
+    src = cfg.data.sources[0]
+    splits = src.splits or cfg.data.splits
+    rng = getattr(splits, block)
+    if rng is None:
+        raise ValueError(f"the config has no data.splits.{block}: add it")
+    return DownscaleDataset(
+        store, time_range=rng.bounds(), factor=ds.factor, degradation=ds.degradation,
+        noise=ds.noise, seed=cfg.seed * 3 + ("train", "val", "test").index(block), crop=ds.crop,
+        multiple=math.lcm(ds.factor, cfg.model.patch_size),
+        gap=None if block == "train" else splits.gap_ns(), var_ids=var_ids,
+    )  # fmt: skip
+
+
+def _build_downscale(data: RunData) -> None:
+    """A downscale run: the first (grid) source's blocks as downscaling samples."""
+    cfg = data.cfg
+    if len(cfg.data.sources) > 1:
+        raise ValueError(
+            "data.task=downscale trains on one grid source: list one source in data.sources"
+        )
+    store = data.store
+    ids = [data.registry.names.index(n) for n in store.names]
+    data.train_dss.append(downscale_dataset(cfg, store, "train", var_ids=ids))
+    data.collates.append(collate_forecast)
+    if cfg.data.train_fraction < 1:
+        data.train_dss = [_subset(d, cfg.data.train_fraction) for d in data.train_dss]
+    data.test_ds = downscale_dataset(cfg, store, "test", var_ids=ids)
+    if cfg.eval.every:
+        data.val_ds = downscale_dataset(cfg, store, "val", var_ids=ids)
+
+
 def training_stream(
     data: RunData, sampler: MixingBatchSampler, *, device: torch.device
 ) -> Iterator[dict[str, Any]]:
@@ -264,6 +318,7 @@ __all__ = [
     "RunData",
     "batch_sampler",
     "build_datasets",
+    "downscale_dataset",
     "ingest",
     "open_data",
     "training_stream",

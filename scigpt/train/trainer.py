@@ -288,7 +288,7 @@ class Trainer:
         self.residual = meta.residual
         # Sizes of the whole model, before any parallelism shards it.
         store = data.store
-        self.n_tokens = meta.num_tokens(len(store.lat), len(store.lon))
+        self.n_tokens = meta.num_tokens(*data.grid_shape)
         self.flops_per_sample = 3 * forward_flops_per_token(meta, self.n_tokens) * self.n_tokens
         self.n_params = sum(p.numel() for p in meta.parameters())
 
@@ -364,7 +364,7 @@ class Trainer:
     def _describe(self) -> None:
         """Peak FLOP/s, latitude weights; rank 0: provenance.json and the run's summary line."""
         self.peak = self.cfg.logging.peak_tflops or detect_peak_tflops(self.cfg.precision)
-        self.weights = lat_weights(torch.as_tensor(self.data.store.lat)).to(self.device)
+        self.weights = lat_weights(torch.as_tensor(self.data.grid_lat)).to(self.device)
         if self.is_main:
             describe_run(self)
 
