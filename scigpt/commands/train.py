@@ -27,7 +27,9 @@ def run_training(loaded, args: argparse.Namespace, *, demo: bool) -> int:
     if not s or not result.main:  # rank 0 reports for the run; a preempted run has no test
         return EXIT_OK
     # an operator task hides its outputs from the inputs: the baseline is the training mean
-    base = "the mean" if loaded.config.data.task == "operator" else "persistence"
+    # a downscale task's "persistence" is its input: the bicubic-up-sampled coarse field
+    task = loaded.config.data.task
+    base = {"operator": "the mean", "downscale": "bicubic"}.get(task, "persistence")
     print()
     print(f"Test forecasts ({s['n_forecasts']}), latitude-weighted RMSE over normalised channels:")
     print(f"  model        {s['rmse_model']:.4f}")
