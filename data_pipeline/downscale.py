@@ -12,6 +12,7 @@ normalisation are the forecast task's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,4 +110,33 @@ class DownscaleDataset(torch.utils.data.Dataset):
         }
 
 
-__all__ = ["DownscaleDataset", "crop_in_patches"]
+BLOCKS = ("train", "val", "test")
+
+
+def block_dataset(
+    store: GridStore,
+    downscale: Any,
+    splits: Any,
+    block: str,
+    *,
+    seed: int,
+    patch_size: int,
+    var_ids: Sequence[int] | None = None,
+    variables: Sequence[str] | None = None,
+) -> DownscaleDataset:
+    """A run's ``block`` (train, val or test) of ``store`` as downscaling samples, from its
+    ``data.downscale`` and splits configs; the noise of bicubic+noise is seeded per sample from
+    the run's ``seed`` and the block (every block its own draws)."""
+    rng = getattr(splits, block)
+    if rng is None:
+        raise ValueError(f"the config has no data.splits.{block}: add it")
+    return DownscaleDataset(
+        store, time_range=rng.bounds(), factor=downscale.factor,
+        degradation=downscale.degradation, noise=downscale.noise,
+        seed=seed * len(BLOCKS) + BLOCKS.index(block), crop=downscale.crop,
+        multiple=math.lcm(downscale.factor, patch_size),
+        gap=None if block == "train" else splits.gap_ns(), var_ids=var_ids, variables=variables,
+    )  # fmt: skip
+
+
+__all__ = ["DownscaleDataset", "block_dataset", "crop_in_patches"]

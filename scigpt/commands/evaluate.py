@@ -20,6 +20,7 @@ from typing import Any
 from scigpt.atomic import atomic_write_text
 from scigpt.commands import EXIT_OK
 from scigpt.config_loader import LoadedConfig, load_config
+from scigpt.eval.downscale import check_downscale, score_downscale, superres_table
 from scigpt.eval.ensemble import evaluate_ensemble_package
 from scigpt.eval.run import check_forecaster, score_model
 from scigpt.export.card import evaluation_markdown, update_package_card
@@ -87,18 +88,20 @@ def evaluate(
     with tempfile.TemporaryDirectory(dir=out, prefix=".pkg-") as tmp:
         pkg_path = target if is_pkg else export_run(target, Path(tmp) / "pkg")
         pm = load_pretrained(pkg_path, trusted_keys=trusted_keys if is_pkg else None)
-    check_forecaster(pm, loaded)  # before the data is prepared
+    downscale = cfg.data.task == "downscale"
+    check_downscale(pm, loaded) if downscale else check_forecaster(pm, loaded)  # before prepare
     store_dir = loaded.resolve_path(cfg.data.store) if cfg.data.store else out / "store"
     manifest = prepare_from_config(loaded, store_dir, progress=progress)
     if manifest and manifest["rejects"]:
         raise IngestRejected.of(manifest["rejects"])
-    files, scores = score_model(pm, loaded, store_dir, out, progress=progress)
+    score = score_downscale if downscale else score_model
+    files, scores = score(pm, loaded, store_dir, out, progress=progress)
     summary = {"target": str(target), "kind": "package" if is_pkg else "run", **scores}
     files["eval_json"] = out / "eval.json"
     atomic_write_text(files["eval_json"], json.dumps(summary, indent=1, default=float) + "\n")
     if card and is_pkg and is_signed(target):
         print(f"{target} is signed: its MODEL_CARD.md is left as it is; the scores are in {out}")
-    elif card and is_pkg:
+    elif card and is_pkg and not downscale:
         section = evaluation_markdown(scores["gridded"], scores["series"])
         update_package_card(target, section)
         files["model_card"] = target / CARD
@@ -113,6 +116,16 @@ def run(args: argparse.Namespace) -> int:
     if res["summary"]["kind"] == "ensemble":
         print(f"{res['summary']['n_forecasts']} forecasts, {res['summary']['n_members']} members:")
         print_ensemble_scores(res["summary"]["ensemble"], res["files"])
+        return EXIT_OK
+    if res["summary"].get("task") == "downscale":
+        s = res["summary"]
+        print(
+            f"{s['n_samples']} samples, x{s['factor']} ({s['degradation']}); RFNE gain over "
+            f"bicubic: model {100 * s['rfne_gain']:+.1f}%, CNN {100 * s['rfne_gain_cnn']:+.1f}%"
+        )
+        print(superres_table(s).text([10, 8] + [10] * 6))
+        for key, path in res["files"].items():
+            print(f"  {key:18s} {path}")
         return EXIT_OK
     rows = res["summary"]["gridded"]
     print(f"{res['summary']['n_forecasts']} forecasts per lead; RMSE (ACC) by lead:")

@@ -19,7 +19,7 @@ import torch
 
 from scigpt.config import RunConfig
 from scigpt.config_loader import LoadedConfig
-from scigpt.data_pipeline.downscale import DownscaleDataset
+from scigpt.data_pipeline.downscale import DownscaleDataset, block_dataset
 from scigpt.data_pipeline.ingest.base import format_kind
 from scigpt.data_pipeline.loader import (
     ForecastDataset,
@@ -231,25 +231,6 @@ def build_datasets(data: RunData) -> None:
         )  # fmt: skip
 
 
-def downscale_dataset(
-    cfg: RunConfig, store: GridStore, block: str, *, var_ids: list[int] | None = None
-) -> DownscaleDataset:
-    """The first source's ``block`` (train, val or test) as downscaling samples; the noise of
-    bicubic+noise is seeded per sample from the run's seed and the block."""
-    ds = cfg.data.downscale
-    src = cfg.data.sources[0]
-    splits = src.splits or cfg.data.splits
-    rng = getattr(splits, block)
-    if rng is None:
-        raise ValueError(f"the config has no data.splits.{block}: add it")
-    return DownscaleDataset(
-        store, time_range=rng.bounds(), factor=ds.factor, degradation=ds.degradation,
-        noise=ds.noise, seed=cfg.seed * 3 + ("train", "val", "test").index(block), crop=ds.crop,
-        multiple=math.lcm(ds.factor, cfg.model.patch_size),
-        gap=None if block == "train" else splits.gap_ns(), var_ids=var_ids,
-    )  # fmt: skip
-
-
 def _build_downscale(data: RunData) -> None:
     """A downscale run: the first (grid) source's blocks as downscaling samples."""
     cfg = data.cfg
@@ -258,14 +239,22 @@ def _build_downscale(data: RunData) -> None:
             "data.task=downscale trains on one grid source: list one source in data.sources"
         )
     store = data.store
-    ids = [data.registry.names.index(n) for n in store.names]
-    data.train_dss.append(downscale_dataset(cfg, store, "train", var_ids=ids))
+    splits = cfg.data.sources[0].splits or cfg.data.splits
+
+    def block(name: str) -> DownscaleDataset:
+        return block_dataset(
+            store, cfg.data.downscale, splits, name, seed=cfg.seed,
+            patch_size=cfg.model.patch_size,
+            var_ids=[data.registry.names.index(n) for n in store.names],
+        )  # fmt: skip
+
+    data.train_dss.append(block("train"))
     data.collates.append(collate_forecast)
     if cfg.data.train_fraction < 1:
         data.train_dss = [_subset(d, cfg.data.train_fraction) for d in data.train_dss]
-    data.test_ds = downscale_dataset(cfg, store, "test", var_ids=ids)
+    data.test_ds = block("test")
     if cfg.eval.every:
-        data.val_ds = downscale_dataset(cfg, store, "val", var_ids=ids)
+        data.val_ds = block("val")
 
 
 def training_stream(
@@ -318,7 +307,6 @@ __all__ = [
     "RunData",
     "batch_sampler",
     "build_datasets",
-    "downscale_dataset",
     "ingest",
     "open_data",
     "training_stream",
