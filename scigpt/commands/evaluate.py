@@ -85,10 +85,12 @@ def evaluate(
         )
     out = Path(out) if out is not None else default_out(target)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".pkg-") as tmp:
-        pkg_path = target if is_pkg else export_run(target, Path(tmp) / "pkg")
-        pm = load_pretrained(pkg_path, trusted_keys=trusted_keys if is_pkg else None)
     downscale = cfg.data.task == "downscale"
+    # a downscale run is scored at its checkpoint chosen on validation (the run's test's)
+    best = downscale and not is_pkg and (RunDir(target).checkpoints / "best").exists()
+    with tempfile.TemporaryDirectory(dir=out, prefix=".pkg-") as tmp:
+        pkg_path = target if is_pkg else export_run(target, Path(tmp) / "pkg", best=best)
+        pm = load_pretrained(pkg_path, trusted_keys=trusted_keys if is_pkg else None)
     check_downscale(pm, loaded) if downscale else check_forecaster(pm, loaded)  # before prepare
     store_dir = loaded.resolve_path(cfg.data.store) if cfg.data.store else out / "store"
     manifest = prepare_from_config(loaded, store_dir, progress=progress)
