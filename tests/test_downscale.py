@@ -110,7 +110,7 @@ def test_noise_is_seeded_per_sample():
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (["data.downscale.crop=[36, 36]"], r"crop to \[32, 32\]"),
+        (["data.downscale.crop=[38, 38]"], r"crop to \[36, 36\]"),
         (["data.downscale.noise=0.1"], "bicubic\\+noise only"),
         (["data.downscale.degradation=bicubic+noise"], "needs noise > 0"),
         (["data.history=2"], "set data.history: 1"),
