@@ -146,7 +146,8 @@ def test_same_case_at_three_grids_agrees_after_spectral_truncation() -> None:
 def test_downsample_spectral_and_grid_errors() -> None:
     """A band-limited field sampled on 48² and truncated to 16² equals it sampled on 16²
     (1e-13); a mode at or above the coarse Nyquist is dropped. Too coarse a grid for the
-    case is an error naming the smallest grid."""
+    case is an error naming the smallest grid; a blow-up (dt far too large) is an error, not
+    NaN samples."""
     y, x = _mesh(48)
     y16, x16 = _mesh(16)
     low = np.sin(2 * x - 3 * y) + 0.5 * np.cos(7 * y)
@@ -154,6 +155,8 @@ def test_downsample_spectral_and_grid_errors() -> None:
     assert np.abs(got - (np.sin(2 * x16 - 3 * y16) + 0.5 * np.cos(7 * y16))).max() < 1e-13
     with pytest.raises(ValueError, match=r"use grid >= 13"):
         ns.simulate(ns.NSCase(ic_wavenumber=4), 12, [1.0])
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match=r"blew up.*dt=0.5"):
+        ns.simulate(ns.NSCase(ic_energy=50.0), 32, [20.0], dt=0.5)  # RK4 far past its limit
 
 
 # --- the PDE family ----------------------------------------------------------------------------

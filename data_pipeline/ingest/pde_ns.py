@@ -342,7 +342,8 @@ class _Rhs:
         wy = sfft.irfft2(1j * self.ky * w_hat, s=(n, n), norm="forward", workers=wk)
         adv = sfft.rfft2(u * wx + v * wy, norm="forward", workers=wk)
         speed = (np.abs(u).max() + np.abs(v).max()) * n / (2.0 * math.pi)
-        self.speed = max(self.speed, float(speed))
+        if not speed <= self.speed:  # also takes a nan (max() would drop it)
+            self.speed = float(speed)
         return np.where(self.mask, -adv, 0.0) + self.f_hat
 
 
@@ -403,6 +404,12 @@ def simulate(
             w_hat = e2 * w_hat + (e2 * k1 + 2 * e1 * (k2 + k3) + k4) / 6
             t = t + h if target - (t + h) > 1e-12 * max(1.0, target) else target
             steps += 1
+            if not math.isfinite(rhs.speed):  # max|u| of a stage: inf or nan after a blow-up
+                how = f"cfl={cfl:g}" if dt is None else f"dt={dt:g}"
+                raise FloatingPointError(
+                    f"the {n}² Navier–Stokes run blew up near t = {t:g} ({how}). Fix: lower "
+                    "dt or cfl."
+                )
         out[i] = to_physical(w_hat, n, workers)
     u, v = velocity(out, workers) if t_out.size else (out, out)
     return NSResult(times=t_out, w=out, u=u, v=v, steps=steps, grid=n)
