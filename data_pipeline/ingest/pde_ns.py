@@ -110,10 +110,16 @@ class NSCase:
         )
         for name, ok, need in checks:
             if not ok:
-                raise ValueError(f"NSCase.{name}={getattr(self, name)!r}: need {need}.")
+                raise ValueError(
+                    f"Navier–Stokes option {name}={getattr(self, name)!r}: need {need}. Fix: "
+                    "change it (in a pde source: under options)."
+                )
         for name in ("forcing_wavenumber", "ic_wavenumber"):
             if int(getattr(self, name)) != getattr(self, name):
-                raise ValueError(f"NSCase.{name}={getattr(self, name)!r} must be an integer.")
+                raise ValueError(
+                    f"Navier–Stokes option {name}={getattr(self, name)!r} must be an integer "
+                    "(a wavenumber on the 2π-periodic box). Fix: round it."
+                )
 
     def max_wavenumber(self) -> int:
         """The largest |k_x| or |k_y| the case puts into ω (initial condition, forcing)."""
@@ -458,7 +464,9 @@ class NSParams:
             or int(self.snapshots) != self.snapshots
             or (self.snapshots < 1)
         ):
-            raise ValueError(f"snapshots must be an integer >= 1, got {self.snapshots!r}.")
+            raise ValueError(
+                f"snapshots must be an integer >= 1, got {self.snapshots!r}. Fix: e.g. 32."
+            )
         if self.dt is not None and not self.dt > 0:
             raise ValueError(f"dt must be > 0 or left out (CFL-chosen), got {self.dt!r}.")
 
