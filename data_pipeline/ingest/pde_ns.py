@@ -110,10 +110,16 @@ class NSCase:
         )
         for name, ok, need in checks:
             if not ok:
-                raise ValueError(f"NSCase.{name}={getattr(self, name)!r}: need {need}.")
+                raise ValueError(
+                    f"Navier–Stokes option {name}={getattr(self, name)!r}: need {need}. Fix: "
+                    "change it (in a pde source: under options)."
+                )
         for name in ("forcing_wavenumber", "ic_wavenumber"):
             if int(getattr(self, name)) != getattr(self, name):
-                raise ValueError(f"NSCase.{name}={getattr(self, name)!r} must be an integer.")
+                raise ValueError(
+                    f"Navier–Stokes option {name}={getattr(self, name)!r} must be an integer "
+                    "(a wavenumber on the 2π-periodic box). Fix: round it."
+                )
 
     def max_wavenumber(self) -> int:
         """The largest |k_x| or |k_y| the case puts into ω (initial condition, forcing)."""
@@ -342,7 +348,8 @@ class _Rhs:
         wy = sfft.irfft2(1j * self.ky * w_hat, s=(n, n), norm="forward", workers=wk)
         adv = sfft.rfft2(u * wx + v * wy, norm="forward", workers=wk)
         speed = (np.abs(u).max() + np.abs(v).max()) * n / (2.0 * math.pi)
-        self.speed = max(self.speed, float(speed))
+        if not speed <= self.speed:  # also takes a nan (max() would drop it)
+            self.speed = float(speed)
         return np.where(self.mask, -adv, 0.0) + self.f_hat
 
 
@@ -403,6 +410,12 @@ def simulate(
             w_hat = e2 * w_hat + (e2 * k1 + 2 * e1 * (k2 + k3) + k4) / 6
             t = t + h if target - (t + h) > 1e-12 * max(1.0, target) else target
             steps += 1
+            if not math.isfinite(rhs.speed):  # max|u| of a stage: inf or nan after a blow-up
+                how = f"cfl={cfl:g}" if dt is None else f"dt={dt:g}"
+                raise FloatingPointError(
+                    f"the {n}² Navier–Stokes run blew up near t = {t:g} ({how}). Fix: lower "
+                    "dt or cfl."
+                )
         out[i] = to_physical(w_hat, n, workers)
     u, v = velocity(out, workers) if t_out.size else (out, out)
     return NSResult(times=t_out, w=out, u=u, v=v, steps=steps, grid=n)
@@ -451,7 +464,9 @@ class NSParams:
             or int(self.snapshots) != self.snapshots
             or (self.snapshots < 1)
         ):
-            raise ValueError(f"snapshots must be an integer >= 1, got {self.snapshots!r}.")
+            raise ValueError(
+                f"snapshots must be an integer >= 1, got {self.snapshots!r}. Fix: e.g. 32."
+            )
         if self.dt is not None and not self.dt > 0:
             raise ValueError(f"dt must be > 0 or left out (CFL-chosen), got {self.dt!r}.")
 
