@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .coarsen import coarsen
+
 DEGRADATIONS = ("block_mean", "bicubic", "bicubic+noise")
 
 
@@ -39,11 +41,10 @@ def _as4d(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
 
 
 def block_mean(fine: torch.Tensor, factor: int) -> torch.Tensor:
-    """Conservative ``factor × factor`` block means of (..., H, W) → (..., H/f, W/f)."""
+    """Conservative ``factor × factor`` block means (``coarsen``, equal cell weights, summed in
+    float64) of (..., H, W) → (..., H/f, W/f), in ``fine``'s dtype."""
     _check(fine, factor)
-    h, w = fine.shape[-2:]
-    x = fine.reshape(*fine.shape[:-2], h // factor, factor, w // factor, factor)
-    return x.mean(dim=(-3, -1))
+    return torch.from_numpy(coarsen(fine.detach().cpu().numpy(), factor)).to(fine.dtype)
 
 
 def bicubic_downsample(fine: torch.Tensor, factor: int) -> torch.Tensor:
