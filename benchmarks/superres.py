@@ -87,6 +87,7 @@ def main() -> None:
                             "minutes": (time.perf_counter() - tc) / 60, "n_test": s["n_samples"],
                             "rows": summarise(s)})  # fmt: skip
             print(json.dumps(results[-1], default=float), flush=True)
+            atomic_write_text(a.out, report(results, a))  # after each case: a kill keeps them
     atomic_write_text(a.out, report(results, a))
 
 
