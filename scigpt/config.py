@@ -13,13 +13,13 @@ rules are stated once, in ``scigpt.layout_rules``: this module asks them too.
 from __future__ import annotations
 
 import itertools
-import math
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from scigpt.config_downscale import DownscaleConfig, check_downscale_task
 from scigpt.data_pipeline.ingest.base import READERS, format_kind
 from scigpt.data_pipeline.units import known_units, parse_units
 from scigpt.layout_rules import check_layout
@@ -218,32 +218,6 @@ class LoaderConfig(_Strict):
     on_corrupt: Literal["fail", "skip"] = "fail"  # a shard failing its sha256 check
 
 
-class DownscaleConfig(_Strict):
-    """``data.task: downscale``: the coarse input is made from each fine frame by
-    ``degradation`` (``scigpt.data_pipeline.degrade``) at ``factor``; the model sees it
-    bicubic-up-sampled to the fine grid and predicts the fine frame."""
-
-    factor: Annotated[int, Field(ge=2)] = 4
-    degradation: Literal["block_mean", "bicubic", "bicubic+noise"] = "block_mean"
-    noise: Annotated[float, Field(ge=0)] = 0.0  # σ in normalised units; bicubic+noise only
-    # [h, w] grid points from the top-left corner (e.g. 40 x 40 of the 41 x 41 ERA5 sample)
-    crop: list[PositiveInt] | None = Field(default=None, min_length=2, max_length=2)
-
-    @model_validator(mode="after")
-    def _noise_and_crop(self) -> DownscaleConfig:
-        if self.noise and self.degradation != "bicubic+noise":
-            raise ValueError(
-                f"data.downscale.noise={self.noise} applies to degradation: bicubic+noise only "
-                f"(this one is {self.degradation}): remove noise or change the degradation"
-            )
-        if self.degradation == "bicubic+noise" and not self.noise:
-            raise ValueError(
-                "data.downscale.degradation=bicubic+noise needs noise > 0 (σ in normalised "
-                "units, e.g. 0.05): set it, or use degradation: bicubic"
-            )
-        return self
-
-
 class DataConfig(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     # Where the ingested store goes; default: <run dir>/store.
@@ -275,16 +249,7 @@ class DataConfig(_Strict):
             )
         if self.task in ("operator", "downscale") and self.loader.backend == "dali":
             raise ValueError(f"data.task={self.task} reads through data.loader.backend=torch")
-        if (self.task == "downscale") != (self.downscale is not None):
-            raise ValueError(
-                "data.task=downscale and data.downscale go together: set data.downscale "
-                "({factor: 4, degradation: block_mean}) with task: downscale, or neither"
-            )
-        if self.task == "downscale" and self.history != 1:
-            raise ValueError(
-                f"data.task=downscale maps one frame to its fine version: set data.history: 1 "
-                f"(it is {self.history})"
-            )
+        check_downscale_task(self.task, self.downscale, self.history)
         return self
 
 
@@ -618,17 +583,8 @@ class RunConfig(_Strict):
                 "finetune.lead_head needs parallel.pp=1 and zero_stage <= 2 (the new head is "
                 "added to a whole model): use data or tensor parallelism"
             )
-        ds = self.data.downscale
-        if ds is not None and ds.crop is not None:
-            mult = math.lcm(ds.factor, m.patch_size)
-            bad = [c for c in ds.crop if c % mult]
-            if bad:
-                fix = [c - c % mult for c in ds.crop]
-                raise ValueError(
-                    f"data.downscale.crop={list(ds.crop)} is not a multiple of both data."
-                    f"downscale.factor={ds.factor} and model.patch_size={m.patch_size} (of "
-                    f"{mult}): crop to {fix}, or change the factor or the patch size"
-                )
+        if self.data.downscale is not None:
+            self.data.downscale.check_crop(m.patch_size)
         if p.pp > 1 and (self.objectives.masked or self.objectives.pooled):
             raise ValueError(
                 f"parallel.pp={p.pp} trains the forecast objective only; objectives.masked and "
