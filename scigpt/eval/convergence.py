@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from scipy import stats
 
 from scigpt.atomic import atomic_write, atomic_write_text
@@ -202,7 +203,8 @@ def plot_convergence(
         h0, e0 = h[pos][0], e[pos][0]
         for s in ref_slopes:
             ax.loglog(h, e0 * (h / h0) ** s, ":", color="grey", lw=1)
-            ax.annotate(f"h^{s:g}", (h[-1], e0 * (h[-1] / h0) ** s), fontsize=7, color="grey")
+            ax.annotate(f"∝ h^{s:g}", (h[-1], e0 * (h[-1] / h0) ** s), fontsize=7, color="grey")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # the log axis's minor labels overlap
     ax.set_xlabel(xlabel)
     ax.set_ylabel("error")
     ax.legend(fontsize=8)

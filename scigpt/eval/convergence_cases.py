@@ -27,7 +27,7 @@ import numpy as np
 from scipy.interpolate import RectBivariateSpline
 
 from data_pipeline.ingest.base import GridArray
-from data_pipeline.ingest.pde import CHANNELS, FAMILIES, RANGES, generate
+from data_pipeline.ingest.pde import CHANNELS, FAMILIES, RANGES, TIME_ORIGIN, TIME_STEP, generate
 from data_pipeline.ingest.pde_solvers import grid_coords, spacing
 from scigpt.eval.convergence import Thresholds, convergence_study
 
@@ -168,3 +168,55 @@ def coarsening_study(
         spacing=float,
         thresholds=thresholds,
     )
+
+
+def _pseudo_index(stamp: Any) -> int:
+    """The sample index of a pseudo-time stamp (``pde.TIME_ORIGIN + index hours``)."""
+    t = np.datetime64(str(stamp).replace("Z", ""), "ns")
+    return int((t - TIME_ORIGIN) // TIME_STEP)
+
+
+def cases_from_config(
+    run_config: dict[str, Any], *, source: str | None = None, n_cases: int = 8
+) -> tuple[list[PDECase], dict[str, Any]]:
+    """The cases of an operator run's steady PDE source: up to ``n_cases`` samples of its test
+    split (the last ``n_cases`` samples without one), and the source's config entry.
+
+    ``run_config``: a run config as a dict (a package's ``config.json`` ``run_config``).
+    ``source``: the source's name (default: the first ``format: pde`` source of a steady
+    family)."""
+    data = run_config.get("data") or {}
+    if data.get("task") != "operator":
+        raise ValueError(
+            f"the convergence test evaluates an operator model (data.task: operator); this run "
+            f"has data.task {data.get('task', 'forecast')!r}. Fix: pass an operator-task PDE "
+            "model (e.g. one trained from configs/runs/transfer-*.yaml)."
+        )
+    pde = [s for s in data.get("sources") or [] if s.get("format") == "pde"
+           and (s.get("options") or {}).get("family") in FAMILIES]  # fmt: skip
+    if source is not None:
+        pde = [s for s in pde if s.get("name") == source]
+    if not pde:
+        names = [s.get("name") for s in data.get("sources") or []]
+        raise ValueError(
+            f"no steady PDE source {'named ' + repr(source) + ' ' if source else ''}among the "
+            f"run's data.sources {names} (format: pde, family one of {list(FAMILIES)}). Fix: "
+            "name one with --source, or evaluate a model trained on one."
+        )
+    src = pde[0]
+    opts = dict(src.get("options") or {})
+    n = int(opts.get("n_samples", 1))
+    start = int(opts.get("start_index", 0))
+    test = (src.get("splits") or data.get("splits") or {}).get("test")
+    if test:
+        lo, hi = _pseudo_index(test["start"]), _pseudo_index(test["end"])
+        idx = [i for i in range(max(lo, start), min(hi, start + n - 1) + 1)]
+    else:
+        idx = list(range(start, start + n))[-n_cases:]
+    if not idx:
+        raise ValueError(f"source {src.get('name')!r}: its test split holds no sample")
+    skip = {"family", "n_samples", "grid", "seed", "start_index", "bc"}
+    extra = tuple(sorted((k, tuple(v)) for k, v in opts.items() if k not in skip))
+    cases = [PDECase(opts["family"], int(opts.get("seed", 0)), i, opts.get("bc") or "dirichlet",
+                     extra) for i in idx[:n_cases]]  # fmt: skip
+    return cases, src
