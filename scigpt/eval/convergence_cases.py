@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.interpolate import RectBivariateSpline
 
 from data_pipeline.ingest.base import GridArray
@@ -105,7 +106,6 @@ def package_predictor(pm, outputs: Sequence[str] = ("pde_u",)) -> Callable[[PDEC
     """``predict(case, grid)`` of a loaded operator package (``PretrainedModel``): the case's
     fields at ``grid`` with the outputs hidden (NaN → 0, as in training) → the first output
     (grid, grid) in physical units."""
-    import torch
 
     def predict(case: PDECase, grid: int) -> np.ndarray:
         ga = pde_level(case, grid)

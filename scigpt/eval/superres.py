@@ -289,7 +289,8 @@ def superres_report(
     channel: truth max − min over the channel (all samples). ``velocity``: the channel indices
     (iu, iv) of a velocity pair for the spectrum band errors and the divergence RMS.
     Returns ``{"rows": [{method, variable, rfne, …}], "physics": [{method, low, mid, high,
-    divergence_rms}], "rfne_gain": 1 − RFNE_model / RFNE_bicubic (mean over channels)}``."""
+    divergence_rms}], "rfne_gain": 1 − RFNE_model / RFNE_bicubic (mean over channels),
+    "bicubic": the baseline's (N, C, H, W) array (for plots; not JSON)}``."""
     p = np.asarray(pred, dtype=np.float64)
     t = np.asarray(truth, dtype=np.float64)
     c = np.asarray(coarse, dtype=np.float64)
