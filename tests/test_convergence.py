@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from data_pipeline.coarsen import coarsen
 from data_pipeline.ingest.pde_solvers import Coefficients, grid_coords, solve
 from scigpt.eval import convergence as cv
 from scigpt.eval.convergence_cases import (
@@ -119,20 +120,18 @@ def test_time_step_study_forward_euler():
 
 
 def test_coarsening_study():
-    """(b) Reanalysis by conservative coarsening: a 3-point smoothing 'model' applied at each
-    coarsening factor f has an error ∝ (f·h)² against the coarsened truth: order 2 ± 0.2 in f."""
+    """(b) Reanalysis by conservative coarsening (data_pipeline.coarsen): a 3-point smoothing
+    'model' applied at each coarsening factor f has an error ∝ (f·h)² against the coarsened
+    truth: order 2 ± 0.2 in f."""
     n = 256
     x = (np.arange(n) + 0.5) / n
     y, xx = np.meshgrid(x, x, indexing="ij")
     truth = np.sin(2 * np.pi * xx) * np.cos(2 * np.pi * y) + 0.5 * np.sin(4 * np.pi * y)
 
-    def block_mean(a: np.ndarray, f: int) -> np.ndarray:
-        return a.reshape(a.shape[0] // f, f, a.shape[1] // f, f).mean(axis=(1, 3))
-
     def smooth(a: np.ndarray) -> np.ndarray:
         return (np.roll(a, 1, 1) + a + np.roll(a, -1, 1)) / 3
 
-    res = coarsening_study(smooth, [truth], [truth], [2, 4, 8, 16], block_mean)
+    res = coarsening_study(smooth, [truth], [truth], [2, 4, 8, 16], coarsen)
     assert res["verdict"] == "converges" and abs(res["fit"]["p"] - 2.0) < 0.2, res
 
 
