@@ -33,6 +33,14 @@ def _add_config_args(p: argparse.ArgumentParser, *, config: bool = True) -> None
     )
 
 
+def _int_list(text: str) -> list[int]:
+    """``16,32,64`` → [16, 32, 64]."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give integers separated by commas") from None
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run-name",
@@ -305,11 +313,28 @@ def build_parser() -> argparse.ArgumentParser:
         "conventions (RMSE: mean over space and time, root last; ACC against a climatology from "
         "the training split or eval.climatology); series sources get pooled-head and masked-"
         "reconstruction scores (RMSE/MAE/NSE/KGE). Writes CSV, Markdown and PNGs; fills the "
-        "package's model card (a run's card at its next export).",
+        "package's model card (a run's card at its next export). With --convergence: the "
+        "resolution-convergence test of an operator-task PDE model (its test cases regenerated "
+        "at each of --levels grids; error, observed order and a verdict; convergence.json/.csv/"
+        ".png).",
     )
     p.add_argument("target", type=Path, metavar="PACKAGE_OR_RUN",
                    help="model package or run directory")  # fmt: skip
-    _add_config_args(p)
+    p.add_argument("config", type=Path, nargs="?", default=None,
+                   help="run config YAML whose data to score (optional with --convergence: "
+                   "default the model's own)")  # fmt: skip
+    _add_config_args(p, config=False)
+    p.add_argument("--convergence", action="store_true",
+                   help="run the resolution-convergence test, not the scores")  # fmt: skip
+    p.add_argument("--levels", type=_int_list, default=None, metavar="N,N,...",
+                   help="--convergence grid sizes (default 16,32,64,128)")  # fmt: skip
+    p.add_argument("--cases", type=int, default=8,
+                   help="--convergence: test samples used (default 8)")  # fmt: skip
+    p.add_argument("--reference", choices=("fine", "level"), default="fine",
+                   help="--convergence reference: the continuous solution (fine, default) or "
+                   "each grid's own discretisation (level)")  # fmt: skip
+    p.add_argument("--source", default=None,
+                   help="--convergence: the PDE source's name (default: the first)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: RUN/eval/evaluate or PACKAGE-eval)")  # fmt: skip
     p.add_argument("--no-card", action="store_true", help="leave the package's card as it is")

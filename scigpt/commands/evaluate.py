@@ -7,6 +7,12 @@ where a later ``scigpt export`` finds them for the card. A package is evaluated 
 its MODEL_CARD.md (and checksum list) is updated in place unless ``card=False``; a signed
 package's card is left as it is (a change would break its signature). The scoring itself is
 ``scigpt.eval.run.score_model``; the card section is ``scigpt.export.card``'s.
+
+``scigpt evaluate PACKAGE_OR_RUN --convergence [--levels 16,32,64,128]`` runs the resolution-
+convergence test (``scigpt.eval.convergence``) on an operator-task PDE model instead: the test
+cases of its PDE source regenerated at each grid, scored against the continuous solution, and
+writes convergence.json/.csv/.png to the same folder. CONFIG is optional there (default: the
+model's own run config).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 from scigpt.atomic import atomic_write_text
 from scigpt.commands import EXIT_OK
 from scigpt.config_loader import LoadedConfig, load_config
+from scigpt.eval.convergence import write_study
+from scigpt.eval.convergence_cases import cases_from_config, package_predictor, pde_study
 from scigpt.eval.downscale import check_downscale, score_downscale, superres_table
 from scigpt.eval.ensemble import evaluate_ensemble_package
 from scigpt.eval.run import check_forecaster, score_model
@@ -77,20 +85,12 @@ def evaluate(
         res = evaluate_ensemble_package(target, loaded, out, progress=progress,
                                         trusted_keys=trusted_keys)  # fmt: skip
         return {"files": res["files"], "summary": res["summary"], "out": out}
-    is_pkg = _is_package(target)
-    if not is_pkg and not RunDir(target).is_run():
-        raise PackageError(
-            f"{target} is neither a model package (format.json) nor a run directory "
-            "(checkpoints/): pass one of them"
-        )
+    is_pkg = _check_target(target)
     out = Path(out) if out is not None else default_out(target)
     out.mkdir(parents=True, exist_ok=True)
     downscale = cfg.data.task == "downscale"
     # a downscale run is scored at its checkpoint chosen on validation (the run's test's)
-    best = downscale and not is_pkg and (RunDir(target).checkpoints / "best").exists()
-    with tempfile.TemporaryDirectory(dir=out, prefix=".pkg-") as tmp:
-        pkg_path = target if is_pkg else export_run(target, Path(tmp) / "pkg", best=best)
-        pm = load_pretrained(pkg_path, trusted_keys=trusted_keys if is_pkg else None)
+    pm = _load_model(target, out, trusted_keys, best=downscale)
     check_downscale(pm, loaded) if downscale else check_forecaster(pm, loaded)  # before prepare
     store_dir = loaded.resolve_path(cfg.data.store) if cfg.data.store else out / "store"
     manifest = prepare_from_config(loaded, store_dir, progress=progress)
@@ -110,7 +110,94 @@ def evaluate(
     return {"files": files, "summary": summary, "out": out}
 
 
+def _check_target(target: Path) -> bool:
+    """True for a package, False for a run directory; anything else is an error."""
+    is_pkg = _is_package(target)
+    if not is_pkg and not RunDir(target).is_run():
+        raise PackageError(
+            f"{target} is neither a model package (format.json) nor a run directory "
+            "(checkpoints/): pass one of them"
+        )
+    return is_pkg
+
+
+def _load_model(target: Path, out: Path, trusted_keys: list | None, *, best: bool = False):
+    """The model of a package, or of a run directory's latest checkpoint (``best``: its best
+    validation checkpoint when it has one), exported to a temporary package in ``out``."""
+    is_pkg = _is_package(target)
+    best = best and not is_pkg and (RunDir(target).checkpoints / "best").exists()
+    with tempfile.TemporaryDirectory(dir=out, prefix=".pkg-") as tmp:
+        pkg_path = target if is_pkg else export_run(target, Path(tmp) / "pkg", best=best)
+        return load_pretrained(pkg_path, trusted_keys=trusted_keys if is_pkg else None)
+
+
+def evaluate_convergence(
+    target: str | Path,
+    loaded: LoadedConfig | None = None,
+    *,
+    levels: list[int] | None = None,
+    n_cases: int = 8,
+    reference: str = "fine",
+    source: str | None = None,
+    out: str | Path | None = None,
+    trusted_keys: list | None = None,
+) -> dict[str, Any]:
+    """The convergence test of an operator-task PDE model ``target`` (package or run): the
+    test cases of its PDE source (of ``loaded``'s config, default the model's run config) at
+    grid sizes ``levels``; writes convergence.json/.csv/.png to ``out``."""
+    target = Path(target).resolve()
+    if not target.is_dir():
+        raise FileNotFoundError(f"{target}: not a model package or run directory")
+    _check_target(target)
+    out = Path(out) if out is not None else default_out(target)
+    out.mkdir(parents=True, exist_ok=True)
+    pm = _load_model(target, out, trusted_keys)
+    run_config = (loaded.config.model_dump(mode="json") if loaded is not None
+                  else pm.config.get("run_config") or {})  # fmt: skip
+    cases, src = cases_from_config(run_config, source=source, n_cases=n_cases)
+    outputs = list(run_config["data"].get("operator_outputs") or ["pde_u"])
+    if outputs[0] != "pde_u":
+        raise ValueError(f"the convergence test scores pde_u; this model predicts {outputs}")
+    levels = sorted(levels or [16, 32, 64, 128])
+    result = pde_study(package_predictor(pm, outputs), cases, levels, reference=reference)
+    result.update(target=str(target), source=src.get("name"), family=cases[0].family,
+                  train_grid=(src.get("options") or {}).get("grid"),
+                  cases=[c.index for c in cases])  # fmt: skip
+    files = write_study(
+        result, out, title=f"{target.name}: {src.get('name')} ({result['verdict']})"
+    )
+    return {"files": files, "summary": result, "out": out}
+
+
+def print_convergence(res: dict[str, Any]) -> None:
+    """The convergence table (one row per level), the fit and the verdict."""
+    s = res["summary"]
+    print(f"{s['source']} ({s['family']}, trained at grid {s['train_grid']}), "
+          f"{len(s['cases'])} cases, reference: {s['reference']}")  # fmt: skip
+    print(f"  {'grid':>6s} {'h':>9s} {'RFNE':>10s} {'order':>7s}")
+    for r in s["rows"]:
+        print(f"  {r['level']:6d} {r['h']:9.4g} {r['error']:10.4g} {r['pairwise_order']:7.3g}")
+    if s["fit"] is not None:
+        f = s["fit"]
+        print(f"  observed order p = {f['p']:.3g} ± {f['p_se']:.2g} (95 %: {f['p_lo']:.3g} .. "
+              f"{f['p_hi']:.3g}), R² {f['r2']:.3f}")  # fmt: skip
+    print(f"  verdict: {s['verdict']} — {s['reason']}")
+    for key, path in res["files"].items():
+        print(f"  {key:18s} {path}")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.convergence:
+        loaded = load_config(args.config, args.overrides) if args.config else None
+        res = evaluate_convergence(
+            args.target, loaded, levels=args.levels, n_cases=args.cases,
+            reference=args.reference, source=args.source, out=args.out,
+            trusted_keys=args.trusted_keys,
+        )  # fmt: skip
+        print_convergence(res)
+        return EXIT_OK
+    if args.config is None:
+        raise ValueError("scigpt evaluate needs a CONFIG (the data to score on), or --convergence")
     loaded = load_config(args.config, args.overrides)
     res = evaluate(
         args.target, loaded, out=args.out, card=not args.no_card, trusted_keys=args.trusted_keys

@@ -100,7 +100,10 @@ def score_downscale(
     truth, cp = _physical(res["truth"], test), _physical(coarse, test)
     vel = velocity_pair(names)
     periodic = first.format == "pde"
-    kw = {"velocity": vel, "names": names, "periodic": periodic}
+    # grid spacing for the divergence: the PDE's own units, or metres (1° ≈ 111.195 km, the
+    # meridional spacing; a regional crop's zonal spacing is shorter by cos(latitude))
+    dx = float(abs(test.lon[1] - test.lon[0])) * (1.0 if periodic else 111_195.0)
+    kw = {"velocity": vel, "names": names, "periodic": periodic, "dx": dx}
     model_rep = superres_report(_physical(res["pred"], test), truth, cp, ds_cfg.factor, **kw)
     cnn_rep = superres_report(_physical(cnn_pred, test), truth, cp, ds_cfg.factor, **kw)
     rows = model_rep["rows"] + [{**r, "method": "cnn"} for r in cnn_rep["rows"]

@@ -282,14 +282,17 @@ def superres_report(
     names: Sequence[str] | None = None,
     band_edges: Sequence[float] | None = None,
     periodic: bool = True,
+    dx: float = 1.0,
 ) -> dict[str, Any]:
     """Score ``pred`` and the bicubic baseline against ``truth``.
 
     pred, truth: (N, C, H, W); coarse: (N, C, H / factor, W / factor). ``data_range`` of each
     channel: truth max − min over the channel (all samples). ``velocity``: the channel indices
-    (iu, iv) of a velocity pair for the spectrum band errors and the divergence RMS.
+    (iu, iv) of a velocity pair for the spectrum band errors and the divergence RMS (grid
+    spacing ``dx`` in both directions: 1 means per pixel of the fine grid).
     Returns ``{"rows": [{method, variable, rfne, …}], "physics": [{method, low, mid, high,
-    divergence_rms}], "rfne_gain": 1 − RFNE_model / RFNE_bicubic (mean over channels)}``."""
+    divergence_rms}], "rfne_gain": 1 − RFNE_model / RFNE_bicubic (mean over channels),
+    "bicubic": the baseline's (N, C, H, W) array (for plots; not JSON)}``."""
     p = np.asarray(pred, dtype=np.float64)
     t = np.asarray(truth, dtype=np.float64)
     c = np.asarray(coarse, dtype=np.float64)
@@ -313,7 +316,7 @@ def superres_report(
         iu, iv = velocity
         for method, arr in methods.items():
             bands = spectrum_band_errors((arr[:, iu], arr[:, iv]), (t[:, iu], t[:, iv]), band_edges)
-            div = divergence_rms(arr[:, iu], arr[:, iv], periodic=periodic)
+            div = divergence_rms(arr[:, iu], arr[:, iv], dx=dx, dy=dx, periodic=periodic)
             physics.append({"method": method, **bands, "divergence_rms": div})
     mean = {m: np.mean([r["rfne"] for r in rows if r["method"] == m]) for m in methods}
     gain = 1.0 - mean["model"] / mean["bicubic"] if mean["bicubic"] > 0 else float("nan")
@@ -357,14 +360,15 @@ def plot_panels(
 
 def plot_spectra(spectra: dict[str, tuple[Any, Any]], path: str | Path, *, title: str = "") -> Path:
     """Sample-mean energy spectra, log-log, of labelled velocity pairs ``{label: (u, v)}``
-    (e.g. truth, bicubic, model)."""
+    (e.g. truth, bicubic, model), for 1 ≤ k ≤ Nyquist."""
     path = Path(path)
     fig = Figure(figsize=(5, 4))
     ax = fig.subplots()
     for label, (u, v) in spectra.items():
         k, e = energy_spectrum(u, v)
         e = e.reshape(-1, len(k)).mean(axis=0)
-        ax.loglog(k[1:], np.maximum(e[1:], 1e-300), label=label)
+        top = min(np.shape(u)[-2:]) // 2 + 1  # up to Nyquist: the corner shells are partial
+        ax.loglog(k[1:top], np.maximum(e[1:top], 1e-300), label=label)
     ax.set_xlabel("wavenumber k")
     ax.set_ylabel("E(k)")
     ax.legend(fontsize=8)
