@@ -4,7 +4,8 @@ besides bicubic interpolation.
 SRCNN-like (Dong et al. 2016): it takes the bicubic-up-sampled coarse field on the fine grid (the
 same input the SciGPT model gets) and adds a correction from three convolutions (5 × 5, 3 × 3,
 3 × 3; ``width`` channels, GELU), the last zero-initialised, so the untrained network is bicubic
-exactly, like the model. A few thousand parameters (3.8k for 5 variables at width 16).
+exactly, like the model. A few thousand parameters (4.0k for 3 variables, 5.1k for 5, at
+width 16).
 """
 
 from __future__ import annotations
