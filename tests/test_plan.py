@@ -210,6 +210,10 @@ def test_bucket_matches_the_engine():
     cfg = load_config(shipped_config("runs/demo.yaml")).config
     for n in (10, 2**20 + 1, 10**8, 10**10):
         assert planner.bucket_elements(n) == bucket_elements(cfg, n)
+    # DeepSpeed's ZeRO 1/2 asserts an even bucket (NCCL alignment factor 2): an odd parameter
+    # count is rounded up, never down
+    assert bucket_elements(cfg, 2**20 + 1) == 2**20 + 2
+    assert bucket_elements(cfg, 3_000_001) == 3_000_002
 
 
 # --- constraints --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import torch
 
 from scigpt.config import RunConfig
 from scigpt.layout_rules import check_layout
+from scigpt.parallel import memory_model
 from scigpt.parallel.topology import Topology
 
 
@@ -20,11 +21,11 @@ def bucket_elements(cfg: RunConfig, n_params: int) -> int:
     DeepSpeed allocates a fresh bucket of this size every micro-step (stage_1_and_2.py,
     ``setup_buckets``). Its default, 5e8 elements, is 2 GB of fp32 per step that buys nothing
     for a model smaller than the bucket, so cap it at the parameter count
-    (benchmarks/engine_overhead.py measures both).
+    (benchmarks/engine_overhead.py measures both); the rule is memory_model.bucket_elements.
     """
     if cfg.parallel.bucket_elements is not None:
         return cfg.parallel.bucket_elements
-    return int(min(5e8, max(2**20, n_params)))
+    return memory_model.bucket_elements(n_params)
 
 
 def deepspeed_config(cfg: RunConfig, topo: Topology, n_params: int) -> dict[str, Any]:

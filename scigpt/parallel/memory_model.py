@@ -137,8 +137,12 @@ def _persistent_numel(model_json: str, spec: ModelSpec) -> int:
 
 
 def bucket_elements(n_params: int) -> int:
-    """ZeRO bucket of ``scigpt.parallel.engine.bucket_elements`` (no config override)."""
-    return int(min(5e8, max(2**20, n_params)))
+    """ZeRO reduce/all-gather bucket in elements when the config sets none: the parameter
+    count, at least 2**20 and at most DeepSpeed's 5e8, rounded up to an even count (ZeRO 1/2
+    asserts the bucket is a multiple of its NCCL alignment factor, 2; an odd parameter count
+    crashed the engine — the 512² downscaling model)."""
+    n = int(min(5e8, max(2**20, n_params)))
+    return n + n % 2
 
 
 def check_precision(precision: str) -> None:
