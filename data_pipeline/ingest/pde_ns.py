@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -80,13 +80,13 @@ NS_VARIABLES: dict[str, VariableInfo] = {
 
 
 @dataclass(frozen=True)
-class NSCase:
-    """One physical case, independent of the grid: coefficients, forcing and initial condition.
+class NSPhysics:
+    """The physical coefficients shared by a case and the family's options.
 
     ``ic_wavenumber`` K0: the initial vorticity has Fourier modes 1 ≤ |k| ≤ K0 only, with equal
     expected energy per mode, scaled so that its kinetic energy ½⟨|u|²⟩ is ``ic_energy``
     exactly. ``forcing_amplitude`` A and ``forcing_wavenumber`` k_f: the vorticity forcing
-    A sin(k_f y). ``seed`` and ``trajectory`` seed the initial condition.
+    A sin(k_f y).
     """
 
     nu: float = 1e-3
@@ -95,6 +95,13 @@ class NSCase:
     forcing_amplitude: float = 4.0
     ic_wavenumber: int = 4
     ic_energy: float = 0.5
+
+
+@dataclass(frozen=True)
+class NSCase(NSPhysics):
+    """One physical case, independent of the grid: the coefficients, forcing and initial
+    condition of :class:`NSPhysics`; ``seed`` and ``trajectory`` seed the initial condition."""
+
     seed: int = 0
     trajectory: int = 0
 
@@ -435,17 +442,11 @@ def simulate_grids(
 
 
 @dataclass(frozen=True)
-class NSParams:
+class NSParams(NSPhysics):
     """Options of the ``ns-kolmogorov`` family (scalars, the same for every trajectory; each
     trajectory draws its own initial condition). Defaults: the Kolmogorov flow of JAX-CFD and
     SuperBench — ν = 1e-3 (Re = 1000), drag 0.1, k_f = 4, u-forcing amplitude χ = A/k_f = 1."""
 
-    nu: float = 1e-3
-    drag: float = 0.1
-    forcing_wavenumber: int = 4
-    forcing_amplitude: float = 4.0
-    ic_wavenumber: int = 4
-    ic_energy: float = 0.5
     spinup: float = 20.0  # time before the first snapshot
     interval: float = 0.5  # time between snapshots
     snapshots: int = 32  # per trajectory
@@ -472,8 +473,7 @@ class NSParams:
 
     def case(self, seed: int, trajectory: int) -> NSCase:
         """The physical case of one trajectory."""
-        names = ("nu", "drag", "forcing_wavenumber", "forcing_amplitude", "ic_wavenumber")
-        kw = {k: getattr(self, k) for k in (*names, "ic_energy")}
+        kw = {f.name: getattr(self, f.name) for f in fields(NSPhysics)}
         return NSCase(**kw, seed=seed, trajectory=trajectory)
 
 
