@@ -56,6 +56,9 @@ def _inputs() -> tuple[np.ndarray, np.ndarray]:
     context[4, :] = 1e-3  # a tiny level: scaled values near 1
     label[4] = [1e6, -1e6, 0, 1e-3, 15e-3, -15e-3, 16e-3, 0.5e-3, np.nan, 2e-3, 3e-3, 4e-3]
     label[5, :] = context[5, -1]  # persistence
+    context[6] = np.tile([1.0, -1.0], c // 2)  # scale exactly 1 ...
+    centres = np.linspace(-15, 15, 4096 - 3, dtype=np.float32)
+    label[6] = ((centres[1:] + centres[:-1]) / 2)[::341][:h]  # ... and values on bin edges
     return context, label
 
 
