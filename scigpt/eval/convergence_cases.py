@@ -27,9 +27,16 @@ import numpy as np
 import torch
 from scipy.interpolate import RectBivariateSpline
 
-from data_pipeline.ingest.base import GridArray
-from data_pipeline.ingest.pde import CHANNELS, FAMILIES, RANGES, TIME_ORIGIN, TIME_STEP, generate
-from data_pipeline.ingest.pde_solvers import grid_coords, spacing
+from scigpt.data_pipeline.ingest.base import GridArray
+from scigpt.data_pipeline.ingest.pde import (
+    CHANNELS,
+    FAMILIES,
+    RANGES,
+    TIME_ORIGIN,
+    TIME_STEP,
+    generate,
+)
+from scigpt.data_pipeline.ingest.pde_solvers import grid_coords, spacing
 from scigpt.eval.convergence import Thresholds, convergence_study
 
 
