@@ -309,16 +309,23 @@ class SeriesWindowDataset(torch.utils.data.Dataset):
         targets: Sequence[str] = (),
         var_ids: Sequence[int] | None = None,
         gap: np.timedelta64 | None = None,
+        horizon: int | None = None,
+        tokenizer: str = "patch",
+        stats: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         src = store.sources[source]
         if src.get("kind") != "series":
             raise ValueError(f"source {source!r} is {src.get('kind')!r}, not a series source")
         self.store, self.source, self.targets = store, source, list(targets)
+        # a forecast window: its last ``horizon`` samples are forecast from the rest (context);
+        # binned sources (Chronos-style tokens) get physical values, their scale is the model's
+        self.horizon, self.tokenizer = horizon, tokenizer
         self.variables = store.variables(source)
         names = [v.name for v in self.variables]
-        mean, std = store.stats(source)
-        self.mean32 = mean.astype(np.float32)[:, None]
-        self.std32 = std.astype(np.float32)[:, None]
+        # a model's own statistics (a package scored on another store) or the store's
+        mean, std = stats if stats is not None else store.stats(source)
+        self.mean32 = np.asarray(mean).astype(np.float32)[:, None]
+        self.std32 = np.asarray(std).astype(np.float32)[:, None]
         self.step_ns = 0
         self._rows: list[tuple[str, str, int, list[int]]] = []  # shard, group, row, channel map
         window = int(src["patch"]["window"])
@@ -340,6 +347,9 @@ class SeriesWindowDataset(torch.utils.data.Dataset):
         if len(self._var_ids) != len(names):
             raise ValueError(f"var_ids has {len(self._var_ids)} ids for {len(names)} channels")
         self._modality_id = modality_id(self.variables[0].modality)
+        self.window = window
+        if horizon is not None and not 0 < horizon < window:
+            raise ValueError(f"source {source!r}: horizon={horizon} must be in (0, {window})")
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -352,7 +362,11 @@ class SeriesWindowDataset(torch.utils.data.Dataset):
             (len(self.variables), patches.shape[1] * patches.shape[2]), np.nan, np.float32
         )
         raw[chans] = patches.reshape(len(chans), -1)
-        fields, mask = normalise(raw, self.mean32, self.std32)  # (C, L)
+        if self.tokenizer == "bins":
+            mask = np.isfinite(raw)
+            fields = np.where(mask, raw, 0.0).astype(np.float32)
+        else:
+            fields, mask = normalise(raw, self.mean32, self.std32)  # (C, L)
         attrs = g.get("attrs", {})
         tgt = [float(attrs[k][row]) if k in attrs else np.nan for k in self.targets]
         depth = float(g["depth"][row]) if "depth" in g else 0.0
@@ -367,6 +381,11 @@ class SeriesWindowDataset(torch.utils.data.Dataset):
             "var_ids": self._var_ids,
             "modality_id": self._modality_id,
             "step_ns": self.step_ns,
+            **(
+                {"context": self.window - self.horizon, "tokenizer": self.tokenizer}
+                if self.horizon
+                else {}
+            ),
         }
 
 
@@ -375,7 +394,10 @@ def collate_series(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ``depth`` (B,), ``targets`` (B, K); ``var_ids``, ``modality_id``, ``step_ns`` shared."""
     if not items:
         raise ValueError("collate_series got no items")
-    shared = {key: _shared(items, key) for key in ("var_ids", "modality_id", "step_ns")}
+    keys = ["var_ids", "modality_id", "step_ns"] + [
+        k for k in ("context", "tokenizer") if k in items[0]
+    ]  # forecast windows
+    shared = {key: _shared(items, key) for key in keys}
     out = {k: torch.stack([it[k] for it in items]) for k in ("fields", "mask", "lat", "lon",
                                                              "depth", "targets")}  # fmt: skip
     out["times"] = torch.stack([it["time"] for it in items])

@@ -346,13 +346,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read INPUT files with SciGPT's readers (names and units as in training), "
         "normalise with the package's statistics, roll the model out to each --lead and write "
         "the forecasts as CF-1.8 netCDF (time, prediction_timedelta, latitude, longitude; "
-        "valid_time; units; provenance attributes). Inputs lacking any of the package's "
-        "variables are refused (exit 2, naming them) unless --allow-missing.",
+        "valid_time; units; provenance attributes). A series package (trained with "
+        "objectives.series_forecast) reads station files instead and writes --samples sample "
+        "paths and --quantiles of the next --horizon samples of every station as a CF "
+        "timeSeries netCDF (station, time; realization and quantile dimensions). Inputs lacking "
+        "any of the package's variables are refused (exit 2, naming them) unless "
+        "--allow-missing.",
     )
     p.add_argument("package", type=Path, metavar="PACKAGE", help="model package directory")
     p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="input files")
-    p.add_argument("--lead", action="append", required=True, dest="leads",
-                   help="lead: 6h, PT6H, 2d or a number of time steps (repeatable)")  # fmt: skip
+    p.add_argument("--lead", action="append", default=None, dest="leads",
+                   help="grid packages: lead 6h, PT6H, 2d or a number of time steps "
+                        "(repeatable; required)")  # fmt: skip
+    p.add_argument(
+        "--horizon",
+        type=int,
+        default=None,
+        help="series packages: samples to forecast (default: the model's horizon)",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=100,
+        help="series packages: sample paths to draw (default 100)",
+    )
+    p.add_argument(
+        "--quantiles",
+        default="0.05,0.1,0.25,0.5,0.75,0.9,0.95",
+        help="series packages: comma-separated quantile levels to write",
+    )
+    p.add_argument("--seed", type=int, default=0, help="series packages: seed of the draws")
     p.add_argument("--out", type=Path, default=Path("forecast.nc"), help="netCDF file to write")
     p.add_argument("--format", dest="fmt", default=None,
                    help="input reader (netcdf, grib, zarr; default: from the suffix)")  # fmt: skip

@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from scigpt.config_downscale import DownscaleConfig, check_downscale_task
+from scigpt.config_series import BinsConfig, check_series_run, check_series_source
 from scigpt.data_pipeline.ingest.base import READERS, format_kind
 from scigpt.data_pipeline.units import known_units, parse_units
 from scigpt.layout_rules import check_layout
@@ -124,6 +125,11 @@ class SourceConfig(_Strict):
     stride: PositiveInt | None = None  # series: window stride (default: window)
     partial: Literal["pad", "drop"] = "pad"  # series: trailing partial window
     require_coordinates: bool = True  # refuse series without lat/lon (the tokenizer needs them)
+    # Series forecasting (scigpt.config_series): Chronos-style tokens or real-valued patches,
+    # and the samples each window ends with that objectives.series_forecast predicts.
+    tokenizer: Literal["patch", "bins"] = "patch"
+    bins: BinsConfig | None = None
+    horizon: PositiveInt | None = None
     samples_per_unit: PositiveInt = 64  # generated sources: samples per work unit
     # A unit (file) whose read gives no result within this many seconds is stopped and
     # rejected (a hung read); each unit is read in its own worker process (scigpt prepare).
@@ -203,6 +209,7 @@ class SourceConfig(_Strict):
                     f"source {self.name!r}: window={window} is not a multiple of "
                     f"patch={patch}: choose a window of whole tokens"
                 )
+        check_series_source(self, format_kind(self.format) != "grid")
         return self
 
 
@@ -305,11 +312,21 @@ class ObjectivesConfig(_Strict):
     pooled_targets: list[str] = []  # per-record attributes, e.g. [source_magnitude]
     pooled_classes: PositiveInt | None = None  # classification: number of classes
     variable_weights: dict[str, Annotated[float, Field(ge=0)]] = {}  # canonical name → weight
+    # series sources with a horizon: forecast it (scigpt.models.objectives.series_forecast);
+    # quantiles: the levels the patch tokenizer's head predicts (pinball loss)
+    series_forecast: Annotated[float, Field(ge=0)] = 0.0
+    quantiles: list[Annotated[float, Field(gt=0, lt=1)]] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
+                                                            0.8, 0.9]  # fmt: skip
 
     @model_validator(mode="after")
     def _something(self) -> ObjectivesConfig:
-        if not (self.forecast or self.masked or self.pooled):
-            raise ValueError("objectives: every weight is 0: enable forecast, masked or pooled")
+        if not (self.forecast or self.masked or self.pooled or self.series_forecast):
+            raise ValueError(
+                "objectives: every weight is 0: enable forecast, masked, pooled or series_forecast"
+            )
+        if sorted(set(self.quantiles)) != self.quantiles or 0.5 not in self.quantiles:
+            raise ValueError(f"objectives.quantiles={self.quantiles}: list increasing levels in "
+                             "(0, 1) without repeats, 0.5 (the median) among them")  # fmt: skip
         if self.pooled and not self.pooled_targets:
             raise ValueError("objectives.pooled > 0 needs objectives.pooled_targets")
         classes = self.pooled_classes or 0
@@ -482,37 +499,6 @@ class RuntimeConfig(_Strict):
     deterministic: bool = True
 
 
-def check_trainable(cfg: RunConfig) -> None:
-    """What training needs beyond a valid config (``scigpt prepare`` takes any sources): a
-    grid source first (test forecasts, plots and exports use it), and series sources trained
-    through the masked or pooled objective with the torch loader."""
-    kinds = [format_kind(src.format) for src in cfg.data.sources]
-    if kinds[0] != "grid":
-        raise ValueError(
-            f"data.sources.0 ({cfg.data.sources[0].name}) is a series source: the first "
-            "source must be gridded (test forecasts, plots and exports use it); list a "
-            "grid source first"
-        )
-    oc = cfg.objectives
-    if "series" in kinds and not (oc.masked or oc.pooled):
-        raise ValueError(
-            "series sources train through objectives.masked or objectives.pooled (they have "
-            "no forecast target): set one of them > 0"
-        )
-    if "series" in kinds and cfg.data.loader.backend == "dali":
-        raise ValueError("data.loader.backend=dali reads grids only: use torch")
-    if len(cfg.data.sources) > 1 and cfg.data.loader.backend == "dali":
-        raise ValueError("data.loader.backend=dali reads one source: use torch to mix sources")
-    if cfg.data.train_fraction < 1 and cfg.data.loader.backend == "dali":
-        raise ValueError("data.train_fraction < 1 needs data.loader.backend=torch")
-    first = cfg.data.sources[0].splits or cfg.data.splits
-    if cfg.eval.every and first.val is None:
-        raise ValueError(
-            f"eval.every={cfg.eval.every} validates on the first source, whose own splits "
-            "have no val block: add data.sources.0.splits.val"
-        )
-
-
 class DiagnosticsConfig(_Strict):
     """HTSR weight diagnostics during training (``scigpt.diagnostics``; ``scigpt diagnose`` for
     checkpoints and packages): every ``every`` steps rank 0 logs the summary and each layer's α
@@ -585,6 +571,7 @@ class RunConfig(_Strict):
             )
         if self.data.downscale is not None:
             self.data.downscale.check_crop(m.patch_size)
+        check_series_run(self)
         if p.pp > 1 and (self.objectives.masked or self.objectives.pooled):
             raise ValueError(
                 f"parallel.pp={p.pp} trains the forecast objective only; objectives.masked and "

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from scigpt.cluster import load_profile
-from scigpt.config import ModelConfig, RunConfig, check_trainable
+from scigpt.config import ModelConfig, RunConfig
 from scigpt.config_loader import ConfigError, LoadedConfig
 from scigpt.data_pipeline.ingest.base import ReaderError, probe
 from scigpt.data_pipeline.prepare import plan_units
@@ -45,6 +45,7 @@ from scigpt.parallel.planner import predict_memory, usable_gib
 from scigpt.parallel.topology import Topology
 from scigpt.prepare import source_specs
 from scigpt.rundir import check_run_name
+from scigpt.trainable import check_trainable
 
 DEFAULT_GPU_MEM_GIB = 80.0  # validate's target when none is given: one H100-class GPU per rank
 

@@ -297,7 +297,7 @@ def test_series_source_and_head_config_refusals(change, message):
         "objectives": {"forecast": 1.0, "masked": 1.0},
         **change,
     }  # fmt: skip
-    from scigpt.config import check_trainable
+    from scigpt.trainable import check_trainable
 
     with pytest.raises(ValueError, match=message):  # at load, or (sources) when training starts
         check_trainable(RunConfig.model_validate_json(json.dumps(raw)))

@@ -192,6 +192,7 @@ def read_camels(
     *,
     attributes_dir: str | Path | None = None,
     forcing: bool = True,
+    variables: Sequence[str] | None = None,
 ) -> list[SeriesArray]:
     """Read CAMELS-US basins, one :class:`SeriesArray` (one daily record) per gauge.
 
@@ -213,6 +214,9 @@ def read_camels(
     m) from ``camels_topo.txt`` in ``attributes_dir`` (default: ``../attributes`` beside the
     file's folder). A missing or malformed ``camels_topo.txt`` is a :class:`ReaderError`; a gauge
     it does not list gets NaN coordinates and a :class:`UserWarning`.
+
+    ``variables``: keep these channels only, in this order (e.g. ``[streamflow, prcp, tmax,
+    tmin]``; Daymet's ``swe`` is 0 on every day of many basins and carries nothing).
     """
     paths = _as_paths(paths, "read_camels")
     groups: dict[str, dict[str, Path]] = {}
@@ -250,6 +254,17 @@ def read_camels(
             parts.append((daily, group["forcing"]))
             attrs["forcing_header"] = header
         values, channels, start = _join_daily(parts)
+        if variables is not None:
+            names = [c.name for c in channels]
+            unknown = [v for v in variables if v not in names]
+            if unknown:
+                raise ReaderError(
+                    next(iter(group.values())),
+                    f"has no channels {unknown}; it has {names}. Fix: choose variables among "
+                    "them (forcing channels need forcing=True)",
+                )
+            keep = [names.index(v) for v in variables]
+            values, channels = values[keep], [channels[i] for i in keep]
         first = next(iter(group.values()))
         folder = (
             Path(attributes_dir)

@@ -31,6 +31,7 @@ from scigpt.eval.convergence_cases import cases_from_config, package_predictor, 
 from scigpt.eval.downscale import check_downscale, score_downscale, superres_table
 from scigpt.eval.ensemble import evaluate_ensemble_package
 from scigpt.eval.run import check_forecaster, score_model
+from scigpt.eval.series_eval import print_series_scores, score_series
 from scigpt.export.card import evaluation_markdown, update_package_card
 from scigpt.export.ensemble import is_ensemble
 from scigpt.export.errors import PackageError
@@ -89,21 +90,26 @@ def evaluate(
     out = Path(out) if out is not None else default_out(target)
     out.mkdir(parents=True, exist_ok=True)
     downscale = cfg.data.task == "downscale"
-    # a downscale run is scored at its checkpoint chosen on validation (the run's test's)
-    pm = _load_model(target, out, trusted_keys, best=downscale)
-    check_downscale(pm, loaded) if downscale else check_forecaster(pm, loaded)  # before prepare
+    series = bool(cfg.data.sources[0].horizon)  # a series forecaster (scigpt.eval.series_eval)
+    # downscale and series runs are scored at their checkpoint chosen on validation (their
+    # test's); a grid forecaster at its latest
+    pm = _load_model(target, out, trusted_keys, best=downscale or series)
+    if downscale:
+        check_downscale(pm, loaded)  # before prepare
+    elif not series:
+        check_forecaster(pm, loaded)
     store_dir = loaded.resolve_path(cfg.data.store) if cfg.data.store else out / "store"
     manifest = prepare_from_config(loaded, store_dir, progress=progress)
     if manifest and manifest["rejects"]:
         raise IngestRejected.of(manifest["rejects"])
-    score = score_downscale if downscale else score_model
+    score = score_downscale if downscale else score_series if series else score_model
     files, scores = score(pm, loaded, store_dir, out, progress=progress)
     summary = {"target": str(target), "kind": "package" if is_pkg else "run", **scores}
     files["eval_json"] = out / "eval.json"
     atomic_write_text(files["eval_json"], json.dumps(summary, indent=1, default=float) + "\n")
     if card and is_pkg and is_signed(target):
         print(f"{target} is signed: its MODEL_CARD.md is left as it is; the scores are in {out}")
-    elif card and is_pkg and not downscale:
+    elif card and is_pkg and not downscale and not series:
         section = evaluation_markdown(scores["gridded"], scores["series"])
         update_package_card(target, section)
         files["model_card"] = target / CARD
@@ -215,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
         print(superres_table(s).text([10, 8] + [10] * 6))
         for key, path in res["files"].items():
             print(f"  {key:18s} {path}")
+        return EXIT_OK
+    if res["summary"].get("task") == "series_forecast":
+        print_series_scores(res["summary"], res["files"])
         return EXIT_OK
     rows = res["summary"]["gridded"]
     print(f"{res['summary']['n_forecasts']} forecasts per lead; RMSE (ACC) by lead:")

@@ -31,6 +31,10 @@ def run_training(loaded, args: argparse.Namespace, *, demo: bool) -> int:
     task = loaded.config.data.task
     base = {"operator": "the mean", "downscale": "bicubic"}.get(task, "persistence")
     print()
+    if "per_channel" in result.test:  # a series-forecasting run
+        print_series_test(result.test)
+        print_files(result)
+        return EXIT_OK
     print(f"Test forecasts ({s['n_forecasts']}), latitude-weighted RMSE over normalised channels:")
     print(f"  model        {s['rmse_model']:.4f}")
     print(f"  {base:12s} {s['rmse_persistence']:.4f}")
@@ -43,13 +47,29 @@ def run_training(loaded, args: argparse.Namespace, *, demo: bool) -> int:
         scores = ", ".join(f"{k} {v:.4g}" for k, v in res["summary"].items() if k != "n_windows")
         print(f"  {name} ({res['summary']['n_windows']} test windows): {scores}")
     print()
+    print_files(result)
+    return EXIT_OK
+
+
+def print_series_test(test: dict) -> None:
+    """Lead 1 and leads >= 7 of each forecast channel: the model against persistence."""
+    print(f"Test forecasts ({test['summary']['n_windows']} windows), model vs persistence:")
+    for res in test["per_channel"]:
+        m, p = res["model"], res["persistence"]
+        for key, what in (("lead1", "lead 1"), ("lead7plus", "leads >= 7")):
+            print(f"  {res['channel']:>12s} {what:>10s}: MASE {m['mase_' + key]:.4g} vs "
+                  f"{p['mase_' + key]:.4g}, CRPS {m['crps_' + key]:.4g} vs {p['crps_' + key]:.4g} "
+                  f"{res['units']}")  # fmt: skip
+    print("  (climatology and seasonal naive: scigpt evaluate RUN_DIR CONFIG)")
+
+
+def print_files(result) -> None:
     run = RunDir(result.run_dir)
     print(f"Run directory: {result.run_dir}")
     for key, path in result.files.items():
         print(f"  {key:14s} {path}")
     print(f"  {'metrics':14s} {run.metrics_path}")
     print(f"  {'tensorboard':14s} tensorboard --logdir {run.tb}")
-    return EXIT_OK
 
 
 def print_demo_details(result) -> None:

@@ -141,11 +141,16 @@ def score(
     point: np.ndarray | None = None,
     season: int = 1,
     levels: Sequence[float] = LEVELS,
+    quantiles: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Per-lead scores of one forecaster: ``samples`` (N, H, S) or ``point`` (N, H) vs ``obs``.
 
     Returns arrays (H,) ``mase``, ``wql``, ``crps``, ``nse``, ``kge``, ``n`` (pairs where truth and
     median are finite; CRPS of samples also needs 2 finite members, MASE a positive scale),
+    ``quantiles`` (N, H, Q) at ``levels`` (0.5 among them), with ``samples``: the forecast's
+    exact quantiles (a model's, computed from its distribution) — the median and WQL use them
+    instead of the samples' (whose sampling noise would count against the model), the CRPS the
+    samples.
     ``leads`` (1..H), ``kind`` ("samples"/"point"), and aggregates ``<metric>_lead1`` and
     ``<metric>_lead7plus`` (the mean of the per-lead values over leads >= 7; NaN if H < 7).
     """
@@ -162,8 +167,15 @@ def score(
         x = np.asarray(samples, dtype=np.float64)
         if x.ndim != 3 or x.shape[:2] != y.shape:
             raise ValueError(f"samples shape {x.shape} must be (N, H, S) with (N, H) = {y.shape}")
-        med = _quiet(np.nanmedian, x, axis=-1)
-        qs = np.moveaxis(_quiet(np.nanquantile, x, lv, axis=-1), 0, -1)  # (N, H, Q)
+        if quantiles is not None:
+            qs = np.asarray(quantiles, dtype=np.float64)
+            if qs.shape != (*y.shape, lv.size) or not np.any(np.isclose(lv, 0.5)):
+                raise ValueError(f"quantiles shape {qs.shape} must be (N, H, {lv.size}) at "
+                                 f"levels {lv.tolist()} including 0.5")  # fmt: skip
+            med = qs[..., int(np.argmin(np.abs(lv - 0.5)))]
+        else:
+            med = _quiet(np.nanmedian, x, axis=-1)
+            qs = np.moveaxis(_quiet(np.nanquantile, x, lv, axis=-1), 0, -1)  # (N, H, Q)
         crps = crps_ragged(y, x)
     else:
         med = np.asarray(point, dtype=np.float64)

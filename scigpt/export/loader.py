@@ -34,6 +34,7 @@ from scigpt.finetune.adapt import add_lead_head, use_lead_head
 from scigpt.kernels import fuse_patch_embed, register_attention_kernels
 from scigpt.models.attention import register_attention
 from scigpt.models.build import build_model
+from scigpt.models.series_tokens import BinSettings
 from scigpt.models.vit import ModelSpec
 
 __all__ = [
@@ -209,7 +210,15 @@ def build_from_config(
     spec = config["spec"]
     model = build_model(
         ModelConfig.model_validate(mcfg),
-        ModelSpec(int(spec["num_vars"]), int(spec["history"]), int(spec.get("num_targets", 0))),
+        ModelSpec(
+            int(spec["num_vars"]),
+            int(spec["history"]),
+            int(spec.get("num_targets", 0)),
+            bins=BinSettings(**{k: spec["bins"][k] for k in ("n_tokens", "low", "high")})
+            if spec.get("bins")
+            else None,
+            quantiles=tuple(spec.get("quantiles") or ()),
+        ),
         device=device,
     )
     extra = [k for k in spec.get("leads", {}) if k != "head"]

@@ -61,6 +61,15 @@ class PooledSpec(_Fields):
     targets: list[str]
 
 
+class BinsSpec(_Fields):
+    n_tokens: Annotated[int, Field(ge=5)]
+    low: float
+    high: float
+    pad_id: NonNeg = 0
+    eos_id: NonNeg = 1
+    n_special: NonNeg = 2
+
+
 class Spec(_Fields):
     num_vars: Pos
     history: Pos
@@ -68,6 +77,8 @@ class Spec(_Fields):
     leads: dict[str, NonNeg] | None = None  # head key -> lead in time steps ("head": pretrained)
     forecast_head: str | None = None
     pooled: PooledSpec | None = None
+    bins: BinsSpec | None = None  # the Chronos-style vocabulary of binned series sources
+    quantiles: list[Annotated[float, Field(gt=0, lt=1)]] | None = None  # quantile head levels
 
     @model_validator(mode="after")
     def _active_head_known(self) -> Spec:

@@ -40,6 +40,7 @@ from torch import nn
 
 from scigpt import __version__
 from scigpt.atomic import atomic_dir, sha256_file
+from scigpt.config_series import BinsConfig, series_spec_fields
 from scigpt.diagnostics.htsr import analyze_state, summarize
 from scigpt.export import signing
 from scigpt.export.card import evaluation_markdown, fill_card, render_card
@@ -200,6 +201,27 @@ def _variables_with_stats(state: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def series_facts(cfg: dict[str, Any], source_stats: dict[str, Any]) -> dict[str, Any]:
+    """What a package's user needs to forecast its series sources: per source with a horizon,
+    its tokenizer and bins, window, context and horizon (samples), and channels."""
+    out = {}
+    for src in cfg["data"]["sources"]:
+        if not src.get("horizon"):
+            continue
+        window = int(src.get("window") or 1200)
+        out[src["name"]] = {
+            "format": src["format"], "tokenizer": src.get("tokenizer", "patch"),
+            "bins": (BinsConfig.model_validate(src.get("bins") or {}).settings().to_dict()
+                     if src.get("tokenizer") == "bins" else None),
+            "window": window, "horizon": int(src["horizon"]),
+            "context": window - int(src["horizon"]),
+            "channels": (source_stats.get(src["name"]) or {}).get("variables"),
+            "options": src.get("options") or {},  # the reader's, as trained
+            "quantiles": list(cfg["objectives"].get("quantiles") or []),
+        }  # fmt: skip
+    return out
+
+
 def _num_targets(state_dict: dict[str, torch.Tensor]) -> int:
     w = state_dict.get("pooled.proj.weight")
     return int(w.shape[0]) if w is not None else 0
@@ -247,6 +269,11 @@ def export_run(
     spec["forecast_head"] = heads.get("forecast_head")
     if spec["num_targets"]:
         spec["pooled"] = heads.get("pooled")
+    fields = series_spec_fields(cfg["data"]["sources"], cfg.get("objectives") or {})
+    if fields["bins"] is not None:
+        spec["bins"] = fields["bins"].to_dict()
+    if fields["quantiles"]:
+        spec["quantiles"] = list(fields["quantiles"])
     config = {
         "model": cfg["model"],
         "spec": spec,
@@ -259,6 +286,9 @@ def export_run(
         },
         "run_config": cfg,
     }
+    series = series_facts(cfg, state.get("source_stats") or {})
+    if series:
+        config["series"] = series
     run = RunDir(run_dir)
     run_prov = {}
     if run.provenance_path.is_file():

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import types
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from scigpt.models.heads import ForecastHead, PooledHead
 from scigpt.models.tokenizer import GRID, SERIES, WAVEFORM
-from scigpt.models.vit import _PER_VARIABLE, ModelSpec
+from scigpt.models.vit import _PER_VARIABLE
 
 __all__ = [
     "POOLED_KINDS",
@@ -164,6 +165,7 @@ def train_new_variable_rows(model: nn.Module, new_ids: Sequence[int]) -> list[st
     params = dict(model.named_parameters())
     keep = torch.zeros(model.spec.num_vars, dtype=torch.bool)
     keep[list(new_ids)] = True
+    names = [n for n in names if n in params]  # heads the model has (series heads are optional)
     for n in names:
         p = params[n]
         if p.requires_grad:  # already trained whole (e.g. the head in finetune.train)
@@ -204,7 +206,7 @@ def add_pooled_head(
     head = PooledHead(model.norm.normalized_shape[0], outputs).to(**_like(model))
     _init_seeded(head, seed)
     model.pooled = head
-    model.spec = ModelSpec(model.spec.num_vars, model.spec.history, outputs)
+    model.spec = replace(model.spec, num_targets=outputs)  # series fields kept
     model.pooled_kind = kind
     return head
 

@@ -6,6 +6,8 @@ embeddings), so adding a variable appends a row.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -86,3 +88,68 @@ class PooledHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.norm(x.mean(1)))  # (B, outputs)
+
+
+class SeriesForecastHead(nn.Module):
+    """Horizon tokens → each channel's forecast of its p samples per token, one of:
+
+    * bins (Chronos-style tokenizer): logits over the token vocabulary, ``(B, C, N, p, n_tokens)``:
+      a per-variable, per-position projection of the token, scored against an output table of
+      the vocabulary (``(W[v, j] · h) · E_outᵀ + b``), added to a persistence prior, the log of a
+      Laplace density around the channel's last known value x̂ in the context's scaled units,
+      ``−|c_k − x̂| / β_v`` (c_k the bin centres, β_v a learned width per variable, 0.1 at
+      first): the untrained head forecasts "about the same as now", as the grid model's
+      residual and the quantile head below do, and training learns the departures. Chronos has
+      no such prior: it learns everything from its large corpus; one station's windows are not
+      enough to learn the identity map over 4096 bins;
+    * quantiles (patch tokenizer): ``(B, C, N, p, Q)`` values in normalised units, a
+      per-variable linear decoder added to the channel's last observed context value
+      (zero-initialised: the untrained head forecasts persistence at every quantile).
+    """
+
+    def __init__(self, num_vars: int, dim: int, patch: int, n_tokens: int, n_quantiles: int):
+        super().__init__()
+        self.patch, self.n_tokens, self.n_quantiles = patch, n_tokens, n_quantiles
+        self.norm = nn.LayerNorm(dim)
+        self.bin_proj = nn.Parameter(torch.empty(num_vars, patch * dim, dim)) if n_tokens else None
+        self.bin_out = nn.Parameter(torch.empty(n_tokens, dim)) if n_tokens else None
+        self.bin_bias = nn.Parameter(torch.empty(n_tokens)) if n_tokens else None
+        self.bin_log_width = nn.Parameter(torch.empty(num_vars)) if n_tokens else None
+        q = patch * n_quantiles
+        self.quantile = nn.Parameter(torch.empty(num_vars, q, dim)) if n_quantiles else None
+        self.quantile_bias = nn.Parameter(torch.empty(num_vars, q)) if n_quantiles else None
+
+    def init_weights(self) -> None:
+        nn.init.ones_(self.norm.weight)
+        nn.init.zeros_(self.norm.bias)
+        if self.n_tokens:
+            nn.init.trunc_normal_(self.bin_proj, std=0.02)
+            nn.init.trunc_normal_(self.bin_out, std=0.02)
+            nn.init.zeros_(self.bin_bias)
+            nn.init.constant_(self.bin_log_width, math.log(0.1))
+        if self.n_quantiles:
+            nn.init.zeros_(self.quantile)
+            nn.init.zeros_(self.quantile_bias)
+
+    def logits(
+        self, x: torch.Tensor, var_ids: torch.Tensor, last: torch.Tensor, centres: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, N, D) horizon tokens, (B, C) last known values (scaled), (n_tokens,) each token's
+        bin centre → (B, C, N, p, n_tokens) bin logits."""
+        if self.bin_proj is None:
+            raise ValueError("this model has no bin vocabulary (ModelSpec.bins)")
+        h = torch.einsum("bnd,vkd->bvnk", self.norm(x), self.bin_proj[var_ids])
+        b, c, n, _ = h.shape
+        h = h.reshape(b, c, n, self.patch, -1)  # (B, C, N, p, D)
+        width = self.bin_log_width[var_ids].exp()[None, :, None, None, None]
+        prior = -(centres.to(h) - last[:, :, None, None, None].to(h)).abs() / width
+        return h @ self.bin_out.t() + self.bin_bias + prior
+
+    def quantiles(self, x: torch.Tensor, var_ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) horizon tokens, (B, C) last observed values → (B, C, N, p, Q)."""
+        if self.quantile is None:
+            raise ValueError("this model has no quantile head (ModelSpec.quantiles)")
+        out = torch.einsum("bnd,vkd->bvnk", self.norm(x), self.quantile[var_ids])
+        out = out + self.quantile_bias[var_ids][None, :, None, :]
+        b, c, n, _ = out.shape
+        return out.reshape(b, c, n, self.patch, self.n_quantiles) + last[:, :, None, None, None]

@@ -6,7 +6,13 @@
   replaced by the mask token, and the decoder of the batch's modality reconstructs every
   variable's values of the masked patches (loss on masked, valid values only);
 * pooled — per-sample targets from mean-pooled tokens: regression (MSE, NaN targets ignored) or
-  classification (cross-entropy on integer classes).
+  classification (cross-entropy on integer classes);
+* series_forecast — series windows of a source with a ``horizon``: the horizon's tokens are
+  replaced by the mask token (their times stay known) and one bidirectional pass over context
+  and horizon forecasts them — next-patch prediction of the whole horizon at once. Binned
+  sources (Chronos-style tokens): cross-entropy over the vocabulary of each horizon value's
+  token (PAD, a missing value, is left out); patch sources: the pinball (quantile) loss of
+  ``quantiles`` levels in normalised units (Koenker & Bassett 1978), averaged over levels.
 
 ``total_loss`` sums the enabled ones with their weights and returns the parts for logging.
 """
@@ -20,6 +26,7 @@ import torch.nn.functional as F
 
 from scigpt.models.losses import lat_weights, weighted_mse
 from scigpt.models.patch_embed import pad_to_multiple
+from scigpt.models.series_tokens import PAD_ID
 from scigpt.models.tokenizer import GRID
 
 
@@ -33,6 +40,8 @@ class Objectives:
     # variable id → loss weight (default 1): emphasise or silence variables
     variable_weights: dict[int, float] = field(default_factory=dict)
     geographic: bool = True  # grid coordinates are lat/lon (area weighting applies)
+    series_forecast: float = 0.0
+    quantiles: tuple[float, ...] = ()  # levels of the patch tokenizer's quantile head
 
 
 def _var_weights(var_ids: torch.Tensor, weights: dict[int, float]) -> torch.Tensor:
@@ -106,6 +115,115 @@ def pooled_loss(model, batch: dict, obj: Objectives, x: torch.Tensor | None = No
     return ((out - torch.nan_to_num(y)) ** 2 * ok).sum() / ok.sum().clamp_min(1)
 
 
+def horizon_mask(model, batch: dict, reveal: int = 0) -> torch.Tensor:
+    """(B, N) bool: the tokens of a forecast window's horizon (after ``batch["context"]``)
+    past its first ``reveal`` tokens, which count as known (sampling reveals them one by one)."""
+    p = model.tokenizer.series_patch
+    b, _, length = batch["fields"].shape
+    start = int(batch["context"]) // p + reveal
+    mask = torch.zeros(b, length // p, dtype=torch.bool, device=batch["fields"].device)
+    mask[:, start:] = True
+    return mask
+
+
+def last_observed(fields: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, C, L) → (B, C): each channel's last observed value (0, the normalised mean, if none)."""
+    if mask is None:
+        return fields[..., -1]
+    pos = torch.arange(fields.shape[-1], device=fields.device).expand_as(fields)
+    last = torch.where(mask, pos, torch.full_like(pos, -1)).amax(-1)  # (B, C)
+    vals = fields.gather(-1, last.clamp_min(0)[..., None])[..., 0]
+    return torch.where(last >= 0, vals, torch.zeros_like(vals))
+
+
+def series_forecast_outputs(
+    model, batch: dict, reveal: int = 0, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The forecast of a window's horizon tokens past the first ``reveal``: bin logits
+    (B, C', Nh, p, n_tokens) for binned batches, quantiles (B, C', Nh, p, Q) in normalised units
+    otherwise (added to the last value known before them), for the channels ``keep`` (C,) bool
+    (default all: C' = C; input channels need no forecast)."""
+    p = model.tokenizer.series_patch
+    start = int(batch["context"]) // p + reveal
+    x = model.encode(batch, horizon_mask(model, batch, reveal))[:, start:]  # (B, Nh, D)
+    f, m = batch["fields"], batch.get("mask")
+    known = start * p
+    last = last_observed(f[..., :known], None if m is None else m[..., :known])  # (B, C)
+    keep = torch.ones_like(batch["var_ids"], dtype=torch.bool) if keep is None else keep
+    var_ids, last = batch["var_ids"][keep], last[:, keep]
+    if batch.get("tokenizer") == "bins":  # in the context's scaled units, as the bins
+        _, scale = model.tokenizer.bin_ids(batch)
+        centres = model.tokenizer.bins.values_of_bins()
+        return model.series_head.logits(x, var_ids, last / scale[:, keep], centres)
+    return model.series_head.quantiles(x, var_ids, last)
+
+
+def hide_inputs(batch: dict, start: int, hidden: torch.Tensor) -> dict:
+    """The batch with the ``hidden`` (C,) bool channels unknown from sample ``start`` on: input
+    channels (forcing, flags — weight 0 in ``objectives.variable_weights``) are not forecast, so
+    no horizon value of theirs is ever seen, neither their truth while training nor a draw while
+    sampling (binned: PAD tokens; patch: the normalised mean, 0)."""
+    if not bool(hidden.any()):
+        return batch
+    f = batch["fields"].clone()
+    m = batch["mask"].clone() if batch.get("mask") is not None else torch.ones_like(f).bool()
+    f[:, hidden, start:] = 0
+    m[:, hidden, start:] = False
+    return {**batch, "fields": f, "mask": m}
+
+
+def unforecast(batch: dict, weights: dict[int, float]) -> torch.Tensor:
+    """(C,) bool: the batch's channels weighted 0, which are inputs only."""
+    return _var_weights(batch["var_ids"], weights) == 0
+
+
+def pinball_loss(q: torch.Tensor, y: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Elementwise mean over levels of max(τ(y − q), (τ − 1)(y − q)): q (…, Q), y (…)."""
+    e = y[..., None] - q
+    return torch.maximum(levels * e, (levels - 1) * e).mean(-1)
+
+
+def series_forecast_loss(
+    model,
+    batch: dict,
+    obj: Objectives,
+    generator: torch.Generator | None = None,
+    reveal: int | None = None,
+) -> torch.Tensor:
+    """Half the micro-batches reveal a random prefix of the horizon (1 … Nh − 1 tokens, its true
+    values) and forecast the rest, so that sampling, which reveals its own draws token by token
+    (``scigpt.eval.series_infer``), asks the network what it was trained on. ``reveal``: that
+    many tokens instead of a random draw (validation: 0)."""
+    if model.series_head is None:
+        raise ValueError("objectives.series_forecast > 0 needs a series head (ModelSpec.bins or "
+                         "ModelSpec.quantiles)")  # fmt: skip
+    p = model.tokenizer.series_patch
+    n_h = (batch["fields"].shape[-1] - int(batch["context"])) // p
+    if reveal is None:
+        draw = torch.rand(2, generator=generator, device="cpu")
+        reveal = int(draw[1] * (n_h - 1)) + 1 if n_h > 1 and draw[0] < 0.5 else 0
+    inputs = unforecast(batch, obj.variable_weights)
+    batch = hide_inputs(batch, int(batch["context"]), inputs)
+    keep = ~inputs
+    ctx = int(batch["context"]) + reveal * p
+    out = series_forecast_outputs(model, batch, reveal, keep).float()
+    b, c, nh, p = out.shape[:4]
+    vw = _var_weights(batch["var_ids"][keep], obj.variable_weights)[None, :, None, None]
+    if batch.get("tokenizer") == "bins":
+        ids, _ = model.tokenizer.bin_ids(batch)
+        labels = ids[:, keep, ctx:].reshape(b, c, nh, p)
+        ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), labels.reshape(-1),
+                             reduction="none").reshape(b, c, nh, p)  # fmt: skip
+        w = (labels != PAD_ID) * vw
+        return (w * ce).sum() / w.sum().clamp_min(1e-12)
+    y = batch["fields"][:, keep, ctx:].float().reshape(b, c, nh, p)
+    m = batch.get("mask")
+    valid = m[:, keep, ctx:].reshape(b, c, nh, p) if m is not None else torch.ones_like(y).bool()
+    levels = torch.tensor(obj.quantiles, dtype=out.dtype, device=out.device)
+    w = valid * vw
+    return (w * pinball_loss(out, y, levels)).sum() / w.sum().clamp_min(1e-12)
+
+
 def total_loss(
     model, batch: dict, obj: Objectives, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -116,14 +234,19 @@ def total_loss(
     if obj.forecast and grid and "target" in batch:
         x = model.encode(batch)
         parts["forecast"] = obj.forecast * forecast_loss(model.forecast(batch, x), batch, obj)
-    if obj.masked:
+    forecasting = obj.series_forecast and not grid and "context" in batch
+    if forecasting:
+        parts["series_forecast"] = obj.series_forecast * series_forecast_loss(
+            model, batch, obj, generator
+        )
+    if obj.masked and batch.get("tokenizer") != "bins":  # binned sources forecast only
         parts["masked"] = obj.masked * masked_loss(model, batch, obj, generator)
     if obj.pooled and "targets" in batch:
         parts["pooled"] = obj.pooled * pooled_loss(model, batch, obj, x)
     if not parts:
         raise ValueError(
             "no objective applies to this batch: enable forecast (grids with targets), "
-            "masked, or pooled (batches with targets)"
+            "masked, pooled (batches with targets) or series_forecast (series with a horizon)"
         )
     loss = torch.stack(list(parts.values())).sum()
     return loss, {k: float(v.detach()) for k, v in parts.items()}

@@ -10,6 +10,7 @@ dict of modules. Adding a variable at fine-tune time appends a row.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -87,3 +88,43 @@ class SeriesPatchEmbed(nn.Module):
         x = x.reshape(b, c, length // self.patch, self.patch)  # (B, C, N, p)
         tokens = torch.einsum("bcnp,cdp->bcnd", x, self.weight[var_ids])
         return tokens + self.bias[var_ids][None, :, None, :]
+
+
+class SeriesBinEmbed(nn.Module):
+    """Chronos-style series tokens (``scigpt.models.series_tokens``) → embeddings: one
+    (n_tokens × D) table per series modality (waveform, station series); a patch of p samples
+    is one token, ``Σ_j w_j ⊙ table[id_j]`` with a learned weight per position in the patch
+    (p = 1 is Chronos's one token per value).
+
+    The bins' rows start as sinusoidal features of their bin's value, so neighbouring bins start
+    close — an ordinal vocabulary the network does not have to discover from scratch (Chronos
+    learns its table from random; with a station's few thousand windows that is slow).
+    """
+
+    def __init__(self, n_tokens: int, dim: int, patch: int, values: Callable[[], torch.Tensor]):
+        super().__init__()
+        self.patch = patch
+        self.table = nn.Parameter(torch.empty(2, n_tokens, dim))  # (waveform, series)
+        self.mix = nn.Parameter(torch.empty(patch, dim))
+        self._values = values  # () → (n_tokens,) the scaled value of each token id (CPU)
+
+    def init_weights(self) -> None:
+        n, d = self.table.shape[1:]
+        half = d // 2
+        # frequencies log-spaced over the scaled range: coarse and fine level differences
+        freq = torch.logspace(-1.5, 1.0, half, device=self.table.device)
+        v = self._values().to(self.table.device)[:, None] * freq[None]  # (n, half)
+        feats = torch.cat([torch.sin(v), torch.cos(v)], 1)
+        feats = torch.cat([feats, torch.zeros(n, d - 2 * half, device=feats.device)], 1)
+        nn.init.trunc_normal_(self.table, std=0.02)
+        self.table.data += feats[None]
+        nn.init.constant_(self.mix, 1.0 / self.patch)
+
+    def forward(self, ids: torch.Tensor, modality: int) -> torch.Tensor:
+        """ids: (B, C, L) token ids, L a multiple of the patch → tokens (B, C, N, D)."""
+        b, c, length = ids.shape
+        if length % self.patch:
+            raise ValueError(f"series length {length} is not a multiple of patch {self.patch}")
+        emb = self.table[modality - 1][ids]  # (B, C, L, D)
+        emb = emb.reshape(b, c, length // self.patch, self.patch, -1)
+        return (emb * self.mix[None, None, None]).sum(3)  # (B, C, N, D)

@@ -17,32 +17,9 @@ the scaling are Chronos's, while the network reading the tokens is SciGPT's.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 
-PAD_ID, EOS_ID, N_SPECIAL = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class BinSettings:
-    """The tokenizer's settings (exported with a model package)."""
-
-    n_tokens: int = 4096  # the vocabulary: N_SPECIAL special tokens + bins
-    low: float = -15.0  # centre of the lowest bin, in units of the context's mean |x|
-    high: float = 15.0  # centre of the highest bin
-
-    def __post_init__(self) -> None:
-        if self.n_tokens < N_SPECIAL + 3:
-            raise ValueError(
-                f"bins.n_tokens={self.n_tokens} leaves fewer than 2 bins after the "
-                f"{N_SPECIAL} special tokens: use at least {N_SPECIAL + 3} (Chronos: 4096)"
-            )
-        if not self.low < self.high:
-            raise ValueError(f"bins.low={self.low} must be below bins.high={self.high}")
-
-    def to_dict(self) -> dict[str, float | int]:
-        return {**asdict(self), "pad_id": PAD_ID, "eos_id": EOS_ID, "n_special": N_SPECIAL}
+from scigpt.config_series import EOS_ID, N_SPECIAL, PAD_ID, BinSettings
 
 
 class MeanScaleUniformBins:
@@ -51,9 +28,11 @@ class MeanScaleUniformBins:
     def __init__(self, settings: BinSettings | None = None):
         self.settings = s = settings or BinSettings()
         # n_tokens − n_special − 1 centres, as Chronos (its decode subtracts n_special + 1)
-        self.centers = torch.linspace(s.low, s.high, s.n_tokens - N_SPECIAL - 1)
+        # on the CPU whatever the default device (models are built on meta)
+        self.centers = torch.linspace(s.low, s.high, s.n_tokens - N_SPECIAL - 1, device="cpu")
         mids = (self.centers[1:] + self.centers[:-1]) / 2
-        self.boundaries = torch.cat([torch.tensor([-1e20]), mids, torch.tensor([1e20])])
+        edge = torch.tensor([1e20], device="cpu")
+        self.boundaries = torch.cat([-edge, mids, edge])
 
     @property
     def n_tokens(self) -> int:
@@ -85,7 +64,7 @@ class MeanScaleUniformBins:
 
     def values_of_bins(self) -> torch.Tensor:
         """(n_tokens,) the scaled value each token id decodes to (specials: the lowest bin)."""
-        return self.decode(torch.arange(self.n_tokens), torch.ones(()))
+        return self.decode(torch.arange(self.n_tokens, device="cpu"), torch.ones((), device="cpu"))
 
     def context_tokens(
         self, context: torch.Tensor, *, eos: bool = False
@@ -107,8 +86,8 @@ class MeanScaleUniformBins:
         if not eos:
             return ids, mask
         shape = (*ids.shape[:-1], 1)
-        ids = torch.cat([ids, torch.full(shape, EOS_ID, dtype=ids.dtype)], -1)
-        return ids, torch.cat([mask, torch.ones(shape, dtype=torch.bool)], -1)
+        ids = torch.cat([ids, torch.full(shape, EOS_ID, dtype=ids.dtype, device=ids.device)], -1)
+        return ids, torch.cat([mask, torch.ones(shape, dtype=torch.bool, device=ids.device)], -1)
 
 
 __all__ = ["EOS_ID", "N_SPECIAL", "PAD_ID", "BinSettings", "MeanScaleUniformBins"]

@@ -20,7 +20,8 @@ from scigpt.models.encodings import (
     sphere_features,
     time_features,
 )
-from scigpt.models.patch_embed import GridPatchEmbed, SeriesPatchEmbed
+from scigpt.models.patch_embed import GridPatchEmbed, SeriesBinEmbed, SeriesPatchEmbed
+from scigpt.models.series_tokens import BinSettings, MeanScaleUniformBins
 
 GRID, WAVEFORM, SERIES = 0, 1, 2  # modality ids (data_pipeline.variables.MODALITIES)
 N_MODALITIES = 3
@@ -36,11 +37,18 @@ class MultimodalTokenizer(nn.Module):
         patch: int,
         history: int,
         series_patch: int,
+        bins: BinSettings | None = None,
     ):
         super().__init__()
         self.patch, self.series_patch = patch, series_patch
         self.embed = GridPatchEmbed(num_vars, dim, (history, patch, patch))
         self.series_embed = SeriesPatchEmbed(num_vars, dim, series_patch)
+        # Chronos-style tokens for series sources with ``tokenizer: bins`` (series_tokens.py)
+        self.bins = MeanScaleUniformBins(bins) if bins is not None else None
+        self.bin_embed = (
+            SeriesBinEmbed(bins.n_tokens, dim, series_patch, self.bins.values_of_bins)
+            if bins is not None else None
+        )  # fmt: skip
         self.var_embed = nn.Parameter(torch.empty(num_vars, dim))
         self.aggregate = VariableAggregation(num_vars, dim, heads)
         self.modality = nn.Parameter(torch.empty(N_MODALITIES, dim))
@@ -50,6 +58,8 @@ class MultimodalTokenizer(nn.Module):
     def init_weights(self) -> None:
         self.embed.init_weights()
         self.series_embed.init_weights()
+        if self.bin_embed is not None:
+            self.bin_embed.init_weights()
         nn.init.trunc_normal_(self.var_embed, std=0.02)
         nn.init.trunc_normal_(self.modality, std=0.02)
         self.aggregate.init_weights()
@@ -64,11 +74,30 @@ class MultimodalTokenizer(nn.Module):
             return gh * gw
         return f.shape[-1] // self.series_patch
 
+    def bin_ids(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """A binned series batch's token ids (B, C, L) and scales (B, C): each channel's mean
+        |x| over its observed *context* values (``batch["context"]`` samples; no look-ahead),
+        the whole window tokenised at that scale, missing values PAD. ``fields`` hold physical
+        values (the dataset does not normalise binned sources), ``mask`` where observed."""
+        if self.bins is None:
+            raise ValueError(
+                "this batch is binned (a source with tokenizer: bins) but the model has no bin "
+                "vocabulary: build it with ModelSpec.bins"
+            )
+        f = batch["fields"].float()
+        m = batch.get("mask")
+        x = torch.where(m, f, torch.full_like(f, float("nan"))) if m is not None else f
+        scale = self.bins.scale(x[..., : int(batch["context"])])
+        return self.bins.encode(x, scale), scale
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         fields, var_ids = batch["fields"], batch["var_ids"]
         modality = int(batch.get("modality_id", GRID))
         if modality == GRID:
             tokens = self.embed(fields, var_ids)  # (B, V, N, D)
+        elif batch.get("tokenizer") == "bins":
+            ids, _ = self.bin_ids(batch)
+            tokens = self.bin_embed(ids, modality).to(fields.dtype)  # (B, C, N, D)
         else:
             tokens = self.series_embed(fields, var_ids)  # (B, C, N, D)
         tokens = tokens + self.var_embed[var_ids][None, :, None, :]

@@ -8,15 +8,16 @@ pipeline stages and swap ``nn.Linear`` layers for tensor-parallel ones from outs
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
 from torch import nn
 
 from scigpt.models.attention import get_attention
-from scigpt.models.heads import ForecastHead, PooledHead, ReconstructionHead
+from scigpt.models.heads import ForecastHead, PooledHead, ReconstructionHead, SeriesForecastHead
 from scigpt.models.objectives import total_loss
+from scigpt.models.series_tokens import BinSettings
 from scigpt.models.tokenizer import GRID, MultimodalTokenizer
 
 
@@ -27,6 +28,10 @@ class ModelSpec:
     num_vars: int  # size of the variable registry (rows of the per-variable weights)
     history: int  # input frames per grid sample
     num_targets: int = 0  # outputs of the pooled head (0: no pooled head)
+    # series forecasting: the Chronos-style vocabulary of binned sources (None: no bin
+    # embedding), and the quantile levels of patch sources' forecast head (empty: none)
+    bins: BinSettings | None = None
+    quantiles: tuple[float, ...] = ()
 
 
 class Attention(nn.Module):
@@ -95,7 +100,7 @@ class SciGPTModel(nn.Module):
         self.spec, self.residual = spec, residual
         self.tokenizer = MultimodalTokenizer(
             spec.num_vars, embed_dim, heads, patch=patch_size, history=spec.history,
-            series_patch=series_patch,
+            series_patch=series_patch, bins=spec.bins,
         )  # fmt: skip
         self.mask_token = nn.Parameter(torch.empty(embed_dim))
         self.blocks = nn.ModuleList(
@@ -107,6 +112,11 @@ class SciGPTModel(nn.Module):
             spec.num_vars, embed_dim, spec.history * patch_size**2, series_patch
         )
         self.pooled = PooledHead(embed_dim, spec.num_targets) if spec.num_targets else None
+        n_bins = spec.bins.n_tokens if spec.bins is not None else 0
+        self.series_head = (
+            SeriesForecastHead(spec.num_vars, embed_dim, series_patch, n_bins, len(spec.quantiles))
+            if n_bins or spec.quantiles else None
+        )  # fmt: skip
 
     def init_steps(self) -> list[tuple[list[nn.Parameter], Callable[[], None]]]:
         """The initialisation, in order, as (parameters touched, init function) steps — so a
@@ -138,6 +148,8 @@ class SciGPTModel(nn.Module):
         ]
         if self.pooled is not None:
             steps.append((list(self.pooled.parameters()), self.pooled.init_weights))
+        if self.series_head is not None:
+            steps.append((list(self.series_head.parameters()), self.series_head.init_weights))
         return steps
 
     @torch.no_grad()
@@ -185,14 +197,18 @@ class SciGPTModel(nn.Module):
         so outputs are unchanged until training opens them (aggregation.py)."""
         old = self.spec.num_vars
         for mod, name in _PER_VARIABLE:
-            owner = self.get_submodule(mod)
-            p = getattr(owner, name)
+            owner = self
+            for part in mod.split("."):
+                owner = getattr(owner, part, None)
+            p = getattr(owner, name, None)
+            if p is None:  # a head this model does not have
+                continue
             extra = torch.empty((n, *p.shape[1:]), dtype=p.dtype, device=p.device)
             nn.init.trunc_normal_(extra, std=0.02) if p.dim() > 1 else nn.init.zeros_(extra)
             setattr(owner, name, nn.Parameter(torch.cat([p, extra])))
         for mod in ("tokenizer.embed", "tokenizer.series_embed"):
             self.get_submodule(mod).num_vars = old + n
-        self.spec = ModelSpec(old + n, self.spec.history, self.spec.num_targets)
+        self.spec = replace(self.spec, num_vars=old + n)
         return list(range(old, old + n))
 
 
@@ -210,6 +226,10 @@ _PER_VARIABLE = [
     ("reconstruct", "grid_bias"),
     ("reconstruct", "series"),
     ("reconstruct", "series_bias"),
+    ("series_head", "bin_proj"),
+    ("series_head", "bin_log_width"),
+    ("series_head", "quantile"),
+    ("series_head", "quantile_bias"),
 ]
 
 __all__ = ["ModelSpec", "SciGPTModel"]

@@ -23,6 +23,7 @@ from scigpt.eval.forecast import write_tables
 from scigpt.parallel.memory import rank_memory
 from scigpt.rundir import MetricsLog, RunDir
 from scigpt.train.plots import plot_forecast_map, plot_loss
+from scigpt.train.series_run import write_series_outputs
 
 if TYPE_CHECKING:  # the trainer imports this module
     from scigpt.train.trainer import Trainer
@@ -189,6 +190,9 @@ class RunOutputs(Callback):
     sample (``trainer.files`` lists them)."""
 
     def on_test_end(self, trainer: Trainer, test: dict[str, Any]) -> None:
+        if trainer.data.series_first:
+            trainer.files.update(write_series_outputs(trainer.run, test, trainer.cfg))
+            return
         trainer.files.update(write_outputs(trainer.run, trainer.data.store, test, trainer.cfg))
 
 

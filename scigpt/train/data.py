@@ -2,8 +2,9 @@
 validation and test datasets and the training stream.
 
 Grid sources train the forecast (and masked/pooled) objectives; series sources (waveforms,
-station series) the masked and pooled ones. The first source is a grid (a config check): its
-store gives evaluation, plots and exports.
+station series) the masked and pooled ones, and with a ``horizon`` the series forecast. The first
+source gives validation, test and exports (``scigpt.trainable``): a grid, its store; or, in a
+series-forecasting run, a series source, its forecast windows.
 """
 
 from __future__ import annotations
@@ -69,8 +70,15 @@ class RunData:
     series_test: dict[str, SeriesWindowDataset] = field(default_factory=dict)
 
     @property
+    def series_first(self) -> bool:
+        """A series-forecasting run: the first source is a series (``scigpt.trainable``)."""
+        return self.is_series[self.cfg.data.sources[0].name]
+
+    @property
     def store(self) -> GridStore:
         """The first source's store: evaluation, plots and exports use it."""
+        if self.series_first:
+            raise ValueError("a series-forecasting run has no grid store")
         return self.stores[self.cfg.data.sources[0].name]
 
     @property
@@ -174,7 +182,8 @@ def build_datasets(data: RunData) -> None:
             data.patch_store, src.name, time_range=getattr(splits, block).bounds(),
             targets=pooled_targets,
             var_ids=[reg_names.index(v.name) for v in data.registry.sources[src.name][0]],
-            gap=None if block == "train" else splits.gap_ns(),
+            gap=None if block == "train" else splits.gap_ns(), horizon=src.horizon,
+            tokenizer=src.tokenizer,
         )  # fmt: skip
 
     for src in cfg.data.sources:
@@ -205,6 +214,9 @@ def build_datasets(data: RunData) -> None:
         )
     if cfg.data.train_fraction < 1:
         data.train_dss = [_subset(d, cfg.data.train_fraction) for d in data.train_dss]
+    if data.series_first:
+        _series_blocks(data, series_dataset)
+        return
     store = data.store
     first_splits = cfg.data.sources[0].splits or cfg.data.splits
     gap = first_splits.gap_ns()  # val/test samples start this long after their block's start
@@ -229,6 +241,27 @@ def build_datasets(data: RunData) -> None:
             store, time_range=first_splits.val.bounds(), history=history, lead=lead,
             gap=gap, outputs=outputs_of(store), var_ids=store_ids,
         )  # fmt: skip
+
+
+def _series_blocks(data: RunData, series_dataset) -> None:
+    """A series-forecasting run: the first source's test (and validation) forecast windows;
+    every series source's test windows for their own scores."""
+    cfg = data.cfg
+    first = cfg.data.sources[0]
+    data.test_ds = series_dataset(first, "test")
+    data.series_test = {src.name: series_dataset(src, "test") for src in cfg.data.sources[1:]}
+    if len(data.test_ds) == 0:
+        raise ValueError(
+            f"source {first.name!r} has no forecast window (window={first.window or 1200} "
+            "samples) inside its test block: widen the test block or shorten the window"
+        )
+    if cfg.eval.every:
+        data.val_ds = series_dataset(first, "val")
+        if len(data.val_ds) == 0:
+            raise ValueError(
+                f"source {first.name!r} has no forecast window inside its val block: widen it "
+                "or shorten the window"
+            )
 
 
 def _build_downscale(data: RunData) -> None:

@@ -5,20 +5,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from scigpt.eval.forecast import evaluate_forecast
 from scigpt.eval.series import evaluate_series
 from scigpt.train.checkpoint import step_of
-from scigpt.train.data import RunData
+from scigpt.train.series_run import test_series
 
 if TYPE_CHECKING:
     from scigpt.train.trainer import Trainer
 
 
-def run_test(forecaster, data: RunData, weights: torch.Tensor, device: torch.device) -> dict:
-    """Test scores (``evaluate_forecast``), with ``series``: each series source's scores."""
-    test = evaluate_forecast(forecaster, data.test_ds, weights, device, batch_size=8)
+def run_test(t: Trainer) -> dict:
+    """Test scores (``evaluate_forecast``; a series-forecasting run's: ``series_run``), with
+    ``series``: each (other) series source's scores."""
+    forecaster, data, device = t.forecaster, t.data, t.device
+    test = (
+        test_series(t) if data.series_first
+        else evaluate_forecast(forecaster, data.test_ds, t.weights, device, batch_size=8)
+    )  # fmt: skip
     oc = data.cfg.objectives
     if data.series_test:
         test["series"] = {
@@ -27,7 +30,7 @@ def run_test(forecaster, data: RunData, weights: torch.Tensor, device: torch.dev
                 mask_ratio=oc.mask_ratio if oc.masked else None,
             )
             for name, ds in data.series_test.items()
-            if len(ds)
+            if len(ds) and (oc.pooled or oc.masked)
         }  # fmt: skip
     return test
 
@@ -57,7 +60,7 @@ def build_test_record(t: Trainer, test: dict[str, Any], tested: str) -> dict[str
         "kind": "test",
         **test["summary"],
         "checkpoint_step": step_of(tested),
-        **wins_and_losses(test, data.store.names),
+        **({} if data.series_first else wins_and_losses(test, data.store.names)),
         **{
             f"{name}/{k}": v
             for name, res in test.get("series", {}).items()

@@ -27,7 +27,8 @@ def objectives_of(cfg: RunConfig, reg_names: list[str]) -> Objectives:
         )
     return Objectives(
         forecast=oc.forecast, masked=oc.masked, mask_ratio=oc.mask_ratio, pooled=oc.pooled,
-        pooled_kind=oc.pooled_kind,
+        pooled_kind=oc.pooled_kind, series_forecast=oc.series_forecast,
+        quantiles=tuple(oc.quantiles),
         variable_weights={reg_names.index(k): w for k, w in oc.variable_weights.items()},
     )  # fmt: skip
 

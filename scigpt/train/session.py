@@ -22,6 +22,7 @@ from scigpt.preflight import check_run
 from scigpt.prepare import IngestRejected
 from scigpt.rundir import RunDir, Segment, provenance
 from scigpt.runlock import RunLocked, RunLockLost
+from scigpt.train.series_run import primary_stats
 
 if TYPE_CHECKING:
     from scigpt.train.trainer import Trainer
@@ -203,14 +204,14 @@ def write_provenance(
 
 def describe_run(t: Trainer) -> None:
     """Rank 0: the run's provenance.json and its one-line summary."""
-    store = t.data.store
     # ZeRO-3 partitions parameters: ds_numel is the full size, ds_tensor this rank's share.
     n_local = sum(
         p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in t.model.parameters()
     )
     write_provenance(
         t.run, resuming=t.resuming, start_step=t.start_step,
-        data_manifest_sha256=store.manifest_sha256, hosts=[t.info.master_addr],
+        data_manifest_sha256=primary_stats(t.data)["data_manifest_sha256"],
+        hosts=[t.info.master_addr],
         extra={
             "world_size": t.world, "topology": t.topo.describe(),
             "launcher": t.info.launcher, "n_params": t.n_params,

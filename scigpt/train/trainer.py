@@ -21,10 +21,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from scigpt.config import check_trainable
 from scigpt.config_loader import ConfigError, LoadedConfig
-from scigpt.eval.forecast import evaluate_forecast
-from scigpt.eval.metrics import lat_weights
 from scigpt.finetune import recipe
 from scigpt.launch.distributed import init_distributed
 from scigpt.models.build import build_model, forward_flops_per_token
@@ -38,6 +35,7 @@ from scigpt.preflight import machine_target, memory_problem
 from scigpt.rundir import RunDir, default_run_name, runs_root
 from scigpt.runlock import RunLockLost
 from scigpt.train import data as run_data
+from scigpt.train import series_run
 from scigpt.train.callbacks import CallbackList, MemoryReport, RunOutputs, WeightDiagnostics
 from scigpt.train.checkpoint import (
     RESHARD_NOTE,
@@ -63,6 +61,7 @@ from scigpt.train.session import (
     to_device,
 )
 from scigpt.train.tracking import metrics_sinks
+from scigpt.trainable import check_trainable
 
 
 def train(
@@ -283,19 +282,18 @@ class Trainer:
             else heads_record(cfg, data.lead)
         )  # fmt: skip
         spec = ModelSpec(num_vars=len(data.registry.names), history=cfg.data.history,
-                         num_targets=num_targets)  # fmt: skip
+                         num_targets=num_targets, **series_run.series_spec(cfg))  # fmt: skip
         meta = build_model(cfg.model, spec)  # on the meta device: sizes, and the layouts' source
         self.residual = meta.residual
         # Sizes of the whole model, before any parallelism shards it.
-        store = data.store
-        self.n_tokens = meta.num_tokens(*data.grid_shape)
+        self.n_tokens, vars_per_sample = series_run.primary_size(data, meta)
         self.flops_per_sample = 3 * forward_flops_per_token(meta, self.n_tokens) * self.n_tokens
         self.n_params = sum(p.numel() for p in meta.parameters())
 
         def fits() -> None:  # now that the grid is known: activations count too
             problem = memory_problem(
                 cfg, cfg.model, machine_target(self.world, self.info.local_world_size),
-                tokens=self.n_tokens, vars_per_sample=len(store.names),
+                tokens=self.n_tokens, vars_per_sample=vars_per_sample,
                 num_vars=len(data.registry.names), num_targets=num_targets,
             )  # fmt: skip
             if problem:
@@ -364,7 +362,7 @@ class Trainer:
     def _describe(self) -> None:
         """Peak FLOP/s, latitude weights; rank 0: provenance.json and the run's summary line."""
         self.peak = self.cfg.logging.peak_tflops or detect_peak_tflops(self.cfg.precision)
-        self.weights = lat_weights(torch.as_tensor(self.data.grid_lat)).to(self.device)
+        self.weights = series_run.area_weights(self.data, self.device)
         if self.is_main:
             describe_run(self)
 
@@ -393,14 +391,12 @@ class Trainer:
         self.callbacks.append(RunOutputs())
 
     def checkpoint_state(self, step: int) -> CheckpointState:
-        data, store = self.data, self.data.store
+        data = self.data
         return CheckpointState(
             config=self.resolved, step=step, world_size=self.world,
             variables=data.registry.dicts, variable_stats=data.registry.stats,
-            stats={"mean": store.mean.tolist(), "std": store.std.tolist()},
             source_stats=data.source_stats(), heads=self.heads_info,
-            time_step_ns=int(data.test_ds.time_step_ns),
-            data_manifest_sha256=store.manifest_sha256,
+            **series_run.primary_stats(data),
             # The stream position after the last consumed micro-batch: resume continues exactly.
             loader=self.batch_sampler.state_dict(step * self.accum),
             best_val=self.best_val, skipped=self.skipped_total, layout=self.layout.to_dict(),
@@ -524,17 +520,14 @@ class Trainer:
 
     def validate(self, step: int) -> bool:
         """Score the validation block; whether it is the best score so far."""
-        val = evaluate_forecast(
-            self.forecaster, self.data.val_ds, self.weights, self.device, batch_size=8
-        )
-        score = val["summary"][self.cfg.eval.metric]
+        summary, score = series_run.validation(self)
         improved = score < self.best_val
         if improved:
             self.best_val, self.stale_evals = score, 0
         else:
             self.stale_evals += 1
-        self.log({"kind": "val", **val["summary"], "best": improved}, step)
-        self.callbacks.on_validation_end(self, step, val["summary"], improved)
+        self.log({"kind": "val", **summary, "best": improved}, step)
+        self.callbacks.on_validation_end(self, step, summary, improved)
         return improved
 
     def save(self, step: int, *, best: bool = False) -> Path:
@@ -586,7 +579,7 @@ class Trainer:
         steps, run = self.steps, self.run
         ckpt = self.save(steps) if self.saved_at != steps else run.checkpoints / tag_of(steps)
         tested = self._load_tested()
-        test = run_test(self.forecaster, self.data, self.weights, self.device)
+        test = run_test(self)
         self.files.update({"checkpoint": ckpt, "tested": run.checkpoints / tested})
         if self.is_main:
             assert self.held.segment is not None

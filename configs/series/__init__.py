@@ -1,0 +1,1 @@
+"""Shipped series-forecasting configs (CAMELS discharge; docs/series.md)."""
