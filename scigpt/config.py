@@ -315,8 +315,22 @@ class ObjectivesConfig(_Strict):
     # series sources with a horizon: forecast it (scigpt.models.objectives.series_forecast);
     # quantiles: the levels the patch tokenizer's head predicts (pinball loss)
     series_forecast: Annotated[float, Field(ge=0)] = 0.0
-    quantiles: list[Annotated[float, Field(gt=0, lt=1)]] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
-                                                            0.8, 0.9]  # fmt: skip
+    # (tails included: the CRPS and the draws need more than the 0.1-0.9 of Chronos's WQL)
+    quantiles: list[Annotated[float, Field(gt=0, lt=1)]] = [
+        0.02,
+        0.05,
+        0.1,
+        0.2,
+        0.3,
+        0.4,
+        0.5,
+        0.6,
+        0.7,
+        0.8,
+        0.9,
+        0.95,
+        0.98,
+    ]
 
     @model_validator(mode="after")
     def _something(self) -> ObjectivesConfig:

@@ -151,7 +151,7 @@ def score_series(
                 scores, "mase", out / f"mase_by_lead_{tag}.png",
                 title=f"{st['station']} {name}: MASE by lead",
             )  # fmt: skip
-            files[f"fan_{tag}"] = _fan(wf, c, np.flatnonzero(sel)[-1], out / f"fan_{tag}.png",
+            files[f"fan_{tag}"] = fan_chart(wf, c, np.flatnonzero(sel)[-1], out / f"fan_{tag}.png",
                                        f"{st['station']} {name} ({wf.units[c]})")  # fmt: skip
     files.update(write_tables(rows, out))
     summary = {
@@ -179,7 +179,8 @@ def print_series_scores(summary: dict[str, Any], files: dict[str, Path]) -> None
         print(f"  {key:24s} {path}")
 
 
-def _fan(wf: WindowForecasts, c: int, k: int, path: Path, what: str) -> Path:
+def fan_chart(wf: WindowForecasts, c: int, k: int, path: Path, what: str) -> Path:
+    """The fan chart of window ``k``'s forecast of channel ``c`` (``plot_fan``)."""
     step = np.timedelta64(wf.step_ns, "ns")
     issue = np.datetime64(int(wf.issue_ns[k]), "ns")
     n_ctx, n_h = wf.context.shape[2], wf.obs.shape[2]
@@ -189,4 +190,4 @@ def _fan(wf: WindowForecasts, c: int, k: int, path: Path, what: str) -> Path:
                     title=f"{what}: forecast issued {str(issue)[:10]}")  # fmt: skip
 
 
-__all__ = ["EVAL_SAMPLES", "print_series_scores", "score_series", "station_series"]
+__all__ = ["EVAL_SAMPLES", "fan_chart", "print_series_scores", "score_series", "station_series"]

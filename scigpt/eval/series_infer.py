@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from scigpt.models.objectives import hide_inputs, horizon_mask, last_observed
+from scigpt.models.objectives import forecast_anchor, hide_inputs, horizon_mask
 from scigpt.models.series_tokens import N_SPECIAL
 
 _REPEATED = ("fields", "mask", "times", "lat", "lon", "depth", "targets")
@@ -120,17 +120,15 @@ def _distribution(model, batch, x, lo, keep):
     """The forecast distribution of tokens ``x`` (B', n, D) whose first sample is at ``lo``,
     channels ``keep``: ("bins", cdf (B', C', n, p, K), scale (B', C')) or ("quantiles",
     q (B', C', n, p, Q))."""
-    f, m = batch["fields"], batch["mask"]
-    last = last_observed(f[..., :lo], m[..., :lo])[:, keep]  # (B', C')
     var_ids = batch["var_ids"][keep]
+    anchor = forecast_anchor(model, batch, lo, x.shape[1] * model.tokenizer.series_patch, keep)
     if batch.get("tokenizer") == "bins":
         _, scale = model.tokenizer.bin_ids(batch)  # the context's scale (no look-ahead)
-        scale = scale[:, keep]
         centres = model.tokenizer.bins.values_of_bins()
-        logits = model.series_head.logits(x, var_ids, last / scale, centres).float()
+        logits = model.series_head.logits(x, var_ids, anchor, centres).float()
         logits[..., :N_SPECIAL] = -torch.inf  # a forecast value is a bin, never PAD/EOS
-        return "bins", torch.softmax(logits, -1).cumsum(-1), scale
-    return "quantiles", model.series_head.quantiles(x, var_ids, last).float(), None
+        return "bins", torch.softmax(logits, -1).cumsum(-1), scale[:, keep]
+    return "quantiles", model.series_head.quantiles(x, var_ids, anchor).float(), None
 
 
 def _sample(model, dist, u: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:

@@ -136,26 +136,42 @@ def last_observed(fields: torch.Tensor, mask: torch.Tensor | None) -> torch.Tens
     return torch.where(last >= 0, vals, torch.zeros_like(vals))
 
 
+def forecast_anchor(model, batch: dict, known: int, n: int, keep: torch.Tensor) -> torch.Tensor:
+    """(B, C', n): the series head's anchor (``SeriesForecastHead.anchor``) for the n samples
+    after the first ``known`` ones of the channels ``keep``: from each channel's last observed
+    value, in normalised units (patch) or in the context's scaled units (bins)."""
+    f, m = batch["fields"], batch.get("mask")
+    last = last_observed(f[..., :known], None if m is None else m[..., :known])[:, keep]
+    step = int(batch["step_ns"])
+    t_last = batch["times"] + (known - 1) * step
+    var_ids = batch["var_ids"][keep]
+    head = model.series_head
+    if batch.get("tokenizer") == "bins":
+        _, scale = model.tokenizer.bin_ids(batch)
+        t_ref = batch["times"] + (int(batch["context"]) - 1) * step // 2  # the context's middle
+        return head.anchor(var_ids, last / scale[:, keep], t_last, step, n, log_ratio=True,
+                           t_ref=t_ref)  # fmt: skip
+    return head.anchor(var_ids, last, t_last, step, n)
+
+
 def series_forecast_outputs(
     model, batch: dict, reveal: int = 0, keep: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The forecast of a window's horizon tokens past the first ``reveal``: bin logits
     (B, C', Nh, p, n_tokens) for binned batches, quantiles (B, C', Nh, p, Q) in normalised units
-    otherwise (added to the last value known before them), for the channels ``keep`` (C,) bool
-    (default all: C' = C; input channels need no forecast)."""
+    otherwise (around the head's anchor), for the channels ``keep`` (C,) bool (default all:
+    C' = C; input channels need no forecast)."""
     p = model.tokenizer.series_patch
     start = int(batch["context"]) // p + reveal
     x = model.encode(batch, horizon_mask(model, batch, reveal))[:, start:]  # (B, Nh, D)
-    f, m = batch["fields"], batch.get("mask")
-    known = start * p
-    last = last_observed(f[..., :known], None if m is None else m[..., :known])  # (B, C)
     keep = torch.ones_like(batch["var_ids"], dtype=torch.bool) if keep is None else keep
-    var_ids, last = batch["var_ids"][keep], last[:, keep]
-    if batch.get("tokenizer") == "bins":  # in the context's scaled units, as the bins
-        _, scale = model.tokenizer.bin_ids(batch)
+    known = start * p
+    anchor = forecast_anchor(model, batch, known, batch["fields"].shape[-1] - known, keep)
+    var_ids = batch["var_ids"][keep]
+    if batch.get("tokenizer") == "bins":
         centres = model.tokenizer.bins.values_of_bins()
-        return model.series_head.logits(x, var_ids, last / scale[:, keep], centres)
-    return model.series_head.quantiles(x, var_ids, last)
+        return model.series_head.logits(x, var_ids, anchor, centres)
+    return model.series_head.quantiles(x, var_ids, anchor)
 
 
 def hide_inputs(batch: dict, start: int, hidden: torch.Tensor) -> dict:

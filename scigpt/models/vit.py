@@ -228,6 +228,9 @@ _PER_VARIABLE = [
     ("reconstruct", "series_bias"),
     ("series_head", "bin_proj"),
     ("series_head", "bin_log_width"),
+    ("series_head", "bin_width_growth"),
+    ("series_head", "season"),
+    ("series_head", "log_damping"),
     ("series_head", "quantile"),
     ("series_head", "quantile_bias"),
 ]

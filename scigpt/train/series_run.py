@@ -1,7 +1,7 @@
 """What a series-forecasting run (the first source a series with a ``horizon``,
 ``scigpt.trainable``) does where a grid run scores forecast maps: its model's series heads, its
 size, its checkpoint's statistics, validation (the forecast objective on the validation windows,
-lower is better) and the test (sample paths of every test window, scored against the
+lower is better) and the test (draws of every test window's forecast, scored against the
 observations and persistence, ``scigpt.eval.series_forecast``).
 """
 
@@ -17,14 +17,8 @@ from scigpt.config import RunConfig
 from scigpt.config_series import series_spec_fields
 from scigpt.eval.forecast import evaluate_forecast
 from scigpt.eval.metrics import lat_weights
-from scigpt.eval.series_forecast import (
-    LEVELS,
-    compare_table,
-    plot_fan,
-    plot_scores_by_lead,
-    score,
-    write_tables,
-)
+from scigpt.eval.series_eval import fan_chart
+from scigpt.eval.series_forecast import compare_table, plot_scores_by_lead, score, write_tables
 from scigpt.eval.series_windows import WindowForecasts, forecast_loss, forecast_windows
 from scigpt.rundir import RunDir
 from scigpt.train.data import RunData
@@ -33,7 +27,7 @@ from scigpt.train.plots import plot_loss
 if TYPE_CHECKING:
     from scigpt.train.trainer import Trainer
 
-TEST_SAMPLES = 64  # sample paths per test window (CRPS, quantiles and the median from them)
+TEST_SAMPLES = 64  # draws per test window (the CRPS; the median and WQL: exact quantiles)
 
 
 def series_spec(cfg: RunConfig) -> dict[str, Any]:
@@ -137,17 +131,9 @@ def write_series_outputs(run: RunDir, test: dict[str, Any], cfg: RunConfig) -> d
             scores, "crps", run.plots / f"crps_by_lead_{name}.png",
             title=f"{cfg.name}: {name} CRPS ({res['units']}) by lead",
         )  # fmt: skip
-        k = -1  # the last test window
-        step = np.timedelta64(wf.step_ns, "ns")
-        issue = np.datetime64(int(wf.issue_ns[k]), "ns")
-        n_ctx, n_h = wf.context.shape[2], wf.obs.shape[2]
-        quantiles = np.nanquantile(wf.samples[c, k], LEVELS, axis=-1)  # (Q, H)
-        files[f"fan_{name}"] = plot_fan(
-            issue + step * np.arange(1, n_h + 1), wf.obs[c, k],
-            issue + step * np.arange(-n_ctx + 1, 1), wf.context[c, k], quantiles, LEVELS,
-            run.plots / f"forecast_{name}.png",
-            title=f"{cfg.name}: {name} ({res['units']}) issued {str(issue)[:16]}",
-        )  # fmt: skip
+        files[f"fan_{name}"] = fan_chart(
+            wf, c, -1, run.plots / f"forecast_{name}.png", f"{cfg.name}: {name} ({res['units']})"
+        )  # the last test window
     files.update(write_tables(rows, run.eval_dir))
     files["loss_plot"] = plot_loss(
         run.metrics(), run.plots / "loss.png", title=f"{cfg.name}: training loss"
