@@ -272,7 +272,7 @@ def test_series_of_only_new_variables_is_finite_and_opens_gates():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"first_series": True}, "first source must be gridded"),
+        ({"first_series": True}, "series source without a horizon"),
         ({"objectives": {"forecast": 1.0}}, "objectives.masked or objectives.pooled"),
         (
             {"objectives": {"pooled": 1.0, "pooled_kind": "classification",

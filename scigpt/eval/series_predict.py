@@ -79,6 +79,14 @@ def _stations(paths: list[Path], fmt: str, options: dict[str, Any]) -> list[dict
     return out
 
 
+def _last_observed(station: dict[str, Any], channels: list[str]) -> np.datetime64:
+    rows = [station["channels"].index(c) for c in channels if c in station["channels"]]
+    seen = np.flatnonzero(np.isfinite(station["values"][rows]).any(0)) if rows else []
+    if not len(seen):
+        raise ValueError(f"station {station['station']}: none of {channels} is ever observed")
+    return station["times"][seen[-1]]
+
+
 def predict_series(
     package: str | Path,
     inputs: Sequence[str | Path],
@@ -133,12 +141,14 @@ def predict_series(
             f"{pm.config['data']['time_step_ns']} ns: resample the inputs"
         )
     step = next(iter(steps))
-    t0 = (np.datetime64(init).astype("datetime64[ns]") if init is not None
-          else min(s["times"][-1] for s in stations))  # fmt: skip
     window = context + trained_h
     weights = ((pm.config.get("run_config") or {}).get("objectives") or {}).get(
         "variable_weights") or {}  # fmt: skip
     forecast = [c for c in channels if weights.get(c, 1.0) > 0 and c not in absent]
+    # default init: the latest time at which every station has a forecast channel observed
+    # (a joined record may run on with forcing only, as CAMELS's Daymet files past the gauge's)
+    t0 = (np.datetime64(init).astype("datetime64[ns]") if init is not None
+          else min(_last_observed(s, forecast) for s in stations))  # fmt: skip
     fields = np.full((len(stations), len(channels), window), np.nan)
     for k, st in enumerate(stations):
         idx = np.flatnonzero(st["times"] == t0)
