@@ -19,7 +19,8 @@ Lower is better throughout. Writes ``series_compare.csv``, ``series_compare.md``
 
 Limits: CAMELS is the shipped sample, one basin (01022500) and three years (train 2000-2001,
 test June-December 2002: ~200 overlapping windows, so the scores are strongly correlated); the
-pretraining mixture is two stations; the model is vit-tiny with 600 steps, CPU-sized. This shows
+pretraining mixture is two stations; the model is vit-tiny, CPU-sized (pretraining 600 steps, the
+downstream runs as configs/series/camels-<tok>.yaml). This shows
 the machinery and the sign of an effect at this scale, not a result about Chronos-scale
 pretraining (Ansari et al. 2024 pretrain on ~10^10 tokens).
 """
