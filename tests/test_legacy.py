@@ -132,9 +132,9 @@ def test_checkpoint_state_defaults_for_older_client_states():
 
 def test_resume_config_check_reads_an_older_config_with_the_current_schema(tmp_path):
     """7c47fe5's config.yaml lacks keys added since (data.sources[].plausibility, units,
-    unit_timeout_s, the selection block): read through the current schema they take their
-    defaults, so its own config resumes (as written, it would be refused); changing one of them,
-    or an old key, is still refused by name. In-process, < 1 s."""
+    unit_timeout_s, the selection block, objectives.series_forecast): read through the current
+    schema they take their defaults, so its own config resumes (as written, it would be
+    refused); changing one of them, or an old key, is still refused by name. In-process, < 1 s."""
     from scigpt.config_loader import load_resolved
     from scigpt.rundir import RunDir
     from scigpt.train.session import saved_config
@@ -143,7 +143,7 @@ def test_resume_config_check_reads_an_older_config_with_the_current_schema(tmp_p
     run = RunDir(tmp_path)
     resolved = load_resolved(run.read_config(), "run").resolved_dict()
     run.check_same_config(resolved, saved=saved_config(run))
-    with pytest.raises(ValueError, match=r"selection\.seeds: None -> \[0, 1, 2\]"):
+    with pytest.raises(ValueError, match=r"objectives\.series_forecast: None -> 0\.0"):
         run.check_same_config(resolved)  # as written: the keys added since differ
     changed = json.loads(json.dumps(resolved))
     changed["data"]["sources"][0]["plausibility"] = "off"

@@ -39,9 +39,10 @@ def is_series_package(path: str | Path) -> bool:
     load)."""
     cfg = Path(path) / CONFIG
     try:
-        return bool(json.loads(cfg.read_text()).get("series"))
+        config = json.loads(cfg.read_text())
     except (OSError, ValueError):
         return False  # the grid path's loader names the problem
+    return isinstance(config, dict) and bool(config.get("series"))
 
 
 def series_facts(pm, source: str | None = None) -> tuple[str, dict[str, Any]]:
