@@ -123,7 +123,7 @@ def _distribution(model, batch, x, lo, keep):
     var_ids = batch["var_ids"][keep]
     anchor = forecast_anchor(model, batch, lo, x.shape[1] * model.tokenizer.series_patch, keep)
     if batch.get("tokenizer") == "bins":
-        _, scale = model.tokenizer.bin_ids(batch)  # the context's scale (no look-ahead)
+        scale = model.tokenizer.bin_scale(batch)  # the context's scale (no look-ahead)
         centres = model.tokenizer.bins.values_of_bins()
         logits = model.series_head.logits(x, var_ids, anchor, centres).float()
         logits[..., :N_SPECIAL] = -torch.inf  # a forecast value is a bin, never PAD/EOS

@@ -147,7 +147,7 @@ def forecast_anchor(model, batch: dict, known: int, n: int, keep: torch.Tensor) 
     var_ids = batch["var_ids"][keep]
     head = model.series_head
     if batch.get("tokenizer") == "bins":
-        _, scale = model.tokenizer.bin_ids(batch)
+        scale = model.tokenizer.bin_scale(batch)
         t_ref = batch["times"] + (int(batch["context"]) - 1) * step // 2  # the context's middle
         return head.anchor(var_ids, last / scale[:, keep], t_last, step, n, log_ratio=True,
                            t_ref=t_ref)  # fmt: skip

@@ -84,11 +84,20 @@ class MultimodalTokenizer(nn.Module):
                 "this batch is binned (a source with tokenizer: bins) but the model has no bin "
                 "vocabulary: build it with ModelSpec.bins"
             )
-        f = batch["fields"].float()
-        m = batch.get("mask")
-        x = torch.where(m, f, torch.full_like(f, float("nan"))) if m is not None else f
+        x = self._observed(batch)
         scale = self.bins.scale(x[..., : int(batch["context"])])
         return self.bins.encode(x, scale), scale
+
+    def bin_scale(self, batch: dict) -> torch.Tensor:
+        """(B, C) the scales of ``bin_ids`` alone (the heads' anchor needs no token ids)."""
+        return self.bins.scale(self._observed(batch)[..., : int(batch["context"])])
+
+    @staticmethod
+    def _observed(batch: dict) -> torch.Tensor:
+        """The batch's fields as float32, NaN where not observed."""
+        f = batch["fields"].float()
+        m = batch.get("mask")
+        return torch.where(m, f, torch.full_like(f, float("nan"))) if m is not None else f
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         fields, var_ids = batch["fields"], batch["var_ids"]
